@@ -1,0 +1,197 @@
+"""Incremental decoder: bytes in, events out (spec §1.1, §3.1). Sans-IO.
+
+Binary packets and admin text lines are told apart per event by the first
+byte: NUL starts a binary packet, anything else an admin line.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from ._admin import AdminCommand, parse_admin_line
+from ._errors import RemoteProtocolError
+from ._packet import HEADER_SIZE, Packet
+from ._types import ARITY, Magic, PacketType
+
+#: Default largest payload accepted: well above 16 MiB workloads.
+DEFAULT_MAX_PACKET_SIZE: Final = 64 * 1024 * 1024
+#: Default longest admin line accepted (bytes, without the newline).
+DEFAULT_MAX_LINE_LENGTH: Final = 8192
+
+_HEADER: Final = struct.Struct(">4sII")
+_TYPES: Final = tuple(
+    PacketType(n) if n in PacketType._value2member_map_ else None for n in range(len(ARITY))
+)
+_MAGICS: Final = {b"\0REQ": Magic.REQ, b"\0RES": Magic.RES}
+
+
+class _Sentinel:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+#: Returned by ``next_event`` when more bytes are needed.
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+
+
+class ConnectionClosed:
+    """The peer closed its side cleanly, at a packet boundary."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ConnectionClosed)
+
+    def __hash__(self) -> int:
+        return hash(ConnectionClosed)
+
+    def __repr__(self) -> str:
+        return "ConnectionClosed()"
+
+
+Event = Packet | AdminCommand | ConnectionClosed
+
+
+class Parser:
+    """Turns a byte stream into Packets, AdminCommands and ConnectionClosed.
+
+    Feed bytes with ``receive_data`` (``b""`` means EOF), then call
+    ``next_event`` until it returns ``NEED_DATA``, or take every complete event
+    at once with ``events``. Bad input raises only ``RemoteProtocolError``;
+    once one is raised the parser stays broken and raises it again.
+    """
+
+    __slots__ = ("_buf", "_pos", "_eof", "_error", "max_packet_size", "max_line_length")
+
+    def __init__(
+        self,
+        *,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+    ) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._error: RemoteProtocolError | None = None
+        self.max_packet_size = max_packet_size
+        self.max_line_length = max_line_length
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet turned into events."""
+        return len(self._buf) - self._pos
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes from the peer; ``b""`` means the peer closed its side."""
+        if self._eof and data:
+            raise RuntimeError("received data after EOF")
+        if not data:
+            self._eof = True
+            return
+        if self._pos:
+            # Compact lazily: only when the consumed prefix dominates the buffer.
+            if self._pos >= len(self._buf):
+                self._buf.clear()
+                self._pos = 0
+            elif self._pos > 65536 and self._pos * 2 > len(self._buf):
+                del self._buf[: self._pos]
+                self._pos = 0
+        self._buf += data
+
+    def _fail(self, exc: RemoteProtocolError) -> RemoteProtocolError:
+        self._error = exc
+        return exc
+
+    def next_event(self) -> Event | _Sentinel:
+        """The next complete event, or ``NEED_DATA``."""
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        pos = self._pos
+        avail = len(buf) - pos
+        if avail == 0:
+            return ConnectionClosed() if self._eof else NEED_DATA
+        if buf[pos] == 0:
+            if avail < HEADER_SIZE:
+                return self._need(avail)
+            magic_raw, ptype_num, size = _HEADER.unpack_from(buf, pos)
+            magic = _MAGICS.get(bytes(magic_raw))
+            if magic is None:
+                raise self._fail(RemoteProtocolError("bad magic", code="INVALID_MAGIC"))
+            ptype = _TYPES[ptype_num] if ptype_num < len(_TYPES) else None
+            if ptype is None:
+                raise self._fail(
+                    RemoteProtocolError(
+                        f"unknown packet type {ptype_num}", code="INVALID_COMMAND"
+                    )
+                )
+            if size > self.max_packet_size:
+                raise self._fail(
+                    RemoteProtocolError(
+                        f"packet of {size} bytes exceeds the limit of "
+                        f"{self.max_packet_size}",
+                        code="ARGUMENT_TOO_LARGE",
+                    )
+                )
+            end = pos + HEADER_SIZE + size
+            if end > len(buf):
+                return self._need(avail)
+            nargs = ARITY[ptype_num]
+            assert nargs is not None
+            if nargs == 0:
+                args: tuple[bytes, ...] = ()
+            else:
+                args = tuple(bytes(buf[pos + HEADER_SIZE : end]).split(b"\0", nargs - 1))
+                if len(args) != nargs:
+                    raise self._fail(
+                        RemoteProtocolError(
+                            f"{ptype.name} needs {nargs} arguments, "
+                            f"payload has {len(args)}"
+                        )
+                    )
+            self._pos = end
+            return Packet._trusted(magic, ptype, args)
+        # An admin text line.
+        nl = buf.find(b"\n", pos)
+        if nl < 0:
+            if avail > self.max_line_length:
+                raise self._fail(
+                    RemoteProtocolError(
+                        "admin line too long", code="ARGUMENT_TOO_LARGE"
+                    )
+                )
+            return self._need(avail)
+        if nl - pos > self.max_line_length:
+            raise self._fail(
+                RemoteProtocolError("admin line too long", code="ARGUMENT_TOO_LARGE")
+            )
+        line = bytes(buf[pos:nl])
+        self._pos = nl + 1
+        return parse_admin_line(line)
+
+    def _need(self, avail: int) -> _Sentinel:
+        if self._eof:
+            raise self._fail(
+                RemoteProtocolError(
+                    f"connection closed with {avail} bytes of an incomplete packet"
+                )
+            )
+        return NEED_DATA
+
+    def events(self) -> list[Event]:
+        """Every complete event buffered now (stops after ConnectionClosed)."""
+        out: list[Event] = []
+        while True:
+            event = self.next_event()
+            if event is NEED_DATA:
+                return out
+            assert not isinstance(event, _Sentinel)
+            out.append(event)
+            if isinstance(event, ConnectionClosed):
+                return out
