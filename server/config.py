@@ -1,0 +1,50 @@
+"""The server's settings: one frozen value built by the command line, read by everything else."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from pathlib import Path
+
+
+def default_handle_prefix() -> str:
+    """``H:<nodename>`` as the reference builds it (spec §2.1)."""
+    return "H:" + socket.gethostname().split(".")[0]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything ``serve()`` needs. Defaults are the reference's where they make sense."""
+
+    #: Addresses to listen on; empty = all (0.0.0.0 and ::).
+    listen: tuple[str, ...] = ()
+    port: int = 4730
+    backlog: int = 32
+    #: Job handles are ``<prefix>:<n>``.
+    job_handle_prefix: str = dataclasses.field(default_factory=default_handle_prefix)
+    #: HEAD semantics: None = unlimited, 0 = fail on the first lost worker, N = after N retries.
+    job_retries: int | None = None
+    #: NOOPs per queued job; 0 = wake every sleeping worker.
+    worker_wakeup: int = 0
+    #: Accepted for compatibility; rotation between functions is always on.
+    round_robin: bool = False
+    #: Every connection starts with the ``exceptions`` option on.
+    exceptions: bool = False
+    keepalive: bool = False
+    keepalive_idle: int = -1
+    keepalive_interval: int = -1
+    keepalive_count: int = -1
+    #: Largest packet payload accepted from a peer.
+    max_packet_size: int = 64 * 1024 * 1024
+    #: Outgoing bytes buffered for one peer before its reader is paused.
+    max_outgoing_buffer: int = 8 * 1024 * 1024
+    #: Mutating admin commands (shutdown, cancel job, ...) from non-loopback peers.
+    admin_from_anywhere: bool = False
+    #: Persistent queue: "builtin" (memory only) or a store name, with its options.
+    queue_type: str = "builtin"
+    queue_options: tuple[tuple[str, str], ...] = ()
+    #: Seconds that ``shutdown graceful`` / SIGUSR1 waits for running work.
+    graceful_timeout: float = 30.0
+    pid_file: Path | None = None
+    #: Version string answered to the ``version`` admin command.
+    version: str = "0.1.0"
