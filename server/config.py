@@ -46,5 +46,7 @@ class ServerConfig:
     #: Seconds that ``shutdown graceful`` / SIGUSR1 waits for running work.
     graceful_timeout: float = 30.0
     pid_file: Path | None = None
+    #: Log level name answered to the ``verbose`` admin command (the reference's names).
+    verbose: str = "ERROR"
     #: Version string answered to the ``version`` admin command.
     version: str = "0.1.0"
