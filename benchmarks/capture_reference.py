@@ -9,6 +9,7 @@ connection, and writes the streams to ``tests/fixtures/`` (see its README).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -99,10 +100,8 @@ class LoggingProxy:
                 dst.sendall(data)
         except OSError:
             pass
-        try:
+        with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
     def wait_for(self, index: int, needle: bytes, timeout: float = TIMEOUT) -> None:
         """Wait until connection ``index`` has sent ``needle`` to the server."""
