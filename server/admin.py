@@ -1,0 +1,181 @@
+"""The text admin protocol: one command line in, one reply out (spec §3, decisions.md "Admin").
+
+A translator from admin words onto manager queries and calls; the bytes of each reply
+come from ``protocol.admin`` so they match the reference exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from protocol import AdminCommand
+from protocol import admin as text
+
+from .manager import Conn, Manager
+
+#: The reference closes the connection past five words; we answer instead (decisions.md).
+MAX_WORDS = 5
+
+
+@dataclasses.dataclass
+class AdminContext:
+    """What admin commands may see and do beyond the manager."""
+
+    manager: Manager
+    version: str
+    verbose: str
+    pid: int
+    shutdown: Callable[[bool], None]
+    admin_from_anywhere: bool = False
+
+
+def _loopback(address: str) -> bool:
+    return address.startswith("127.") or address in ("::1", "-") or address.startswith(
+        "::ffff:127.")
+
+
+def handle_admin(ctx: AdminContext, conn: Conn, cmd: AdminCommand) -> bytes:
+    """The reply to one admin line."""
+    words = cmd.words
+    if not words:
+        return text.unknown_command(b"")
+    if len(words) > MAX_WORDS:
+        return text.err("TOO_MANY_ARGUMENTS", "Too many words in the command line")
+    name = cmd.name
+    handler = _COMMANDS.get(name)
+    if handler is None:
+        return text.unknown_command(words[0])
+    if name in _MUTATING and not (ctx.admin_from_anywhere or _loopback(conn.address)):
+        return text.err("PERMISSION_DENIED",
+                        "Administrative commands are only accepted from loopback")
+    return handler(ctx, conn, words)
+
+
+def _workers(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    out = bytearray()
+    for c in sorted(ctx.manager.conns.values(), key=lambda c: c.id):
+        out += f"{c.id} {c.address} ".encode() + c.client_id + b" :"
+        for fname in reversed(c.abilities):
+            out += b" " + fname
+        out += b"\n"
+    out += b".\n"
+    return bytes(out)
+
+
+def _status(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    fns = ctx.manager.functions
+    return text.table(
+        (name, fn.total, fn.running, len(fn.workers))
+        for name, fn in sorted(fns.items())
+    )
+
+
+def _prioritystatus(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    fns = ctx.manager.functions
+    return text.table(
+        (name, fn.live[0], fn.live[1] + fn.scheduled, fn.live[2], len(fn.workers))
+        for name, fn in sorted(fns.items())
+    )
+
+
+def _show(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    if len(words) < 2:
+        return text.unknown_command(words[0])
+    what = b" ".join(w.lower() for w in words[1:])
+    jobs = ctx.manager.iter_jobs()
+    if what == b"jobs":
+        return text.table(
+            (j.handle, j.retries, int(j.cancelled), int(j.background)) for j in jobs
+        )
+    if what == b"unique jobs":
+        return text.lines(j.unique for j in jobs)
+    return text.err("UNKNOWN_SHOW_ARGUMENTS")
+
+
+def _cancel(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    if len(words) < 3:
+        return text.unknown_command(words[0])
+    if len(words) != 3 or words[1].lower() != b"job":
+        return text.err("UNKNOWN_ERROR")
+    if ctx.manager.cancel(words[2]):
+        return text.ok()
+    return text.err("UNKNOWN_JOB")
+
+
+def _create(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    if len(words) != 3 or words[1].lower() != b"function":
+        return text.invalid_arguments(words[0])
+    ctx.manager.function(words[2])
+    return text.ok()
+
+
+def _drop(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    if len(words) != 3 or words[1].lower() != b"function":
+        return text.invalid_arguments(words[0])
+    problem = ctx.manager.drop_function(words[2])
+    if problem is None:
+        return text.ok()
+    return text.err_raw(problem)
+
+
+def _maxqueue(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    if len(words) < 2:
+        return text.invalid_arguments(words[0])
+    sizes: list[int] = []
+    for raw in words[2:]:
+        try:
+            sizes.append(max(0, int(raw)))
+        except ValueError:
+            sizes.append(0)
+    if not sizes:
+        limits = [0, 0, 0]
+    elif len(sizes) == 1:
+        limits = [sizes[0]] * 3
+    elif len(sizes) == 2:
+        limits = [sizes[0], sizes[1], 0]
+    else:
+        limits = sizes[:3]
+    fn = ctx.manager.functions.get(words[1])
+    if fn is not None:
+        fn.maxqueue = limits
+    return text.ok()
+
+
+def _getpid(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    return text.ok(str(ctx.pid), crlf=False)
+
+
+def _verbose(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    return text.ok(ctx.verbose, crlf=False)
+
+
+def _version(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    return text.ok(ctx.version, crlf=False)
+
+
+def _shutdown(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    if len(words) == 1:
+        ctx.shutdown(False)
+    elif len(words) == 2 and words[1].lower() == b"graceful":
+        ctx.shutdown(True)
+    else:
+        return text.invalid_arguments(words[0])
+    return text.ok()
+
+
+_COMMANDS: dict[str, Callable[[AdminContext, Conn, tuple[bytes, ...]], bytes]] = {
+    "workers": _workers,
+    "status": _status,
+    "prioritystatus": _prioritystatus,
+    "show": _show,
+    "cancel": _cancel,
+    "create": _create,
+    "drop": _drop,
+    "maxqueue": _maxqueue,
+    "getpid": _getpid,
+    "verbose": _verbose,
+    "version": _version,
+    "shutdown": _shutdown,
+}
+_MUTATING = frozenset({"shutdown", "cancel", "drop", "maxqueue", "create"})

@@ -1,0 +1,421 @@
+"""The trio server around the job manager: listeners, one nursery per connection, timers.
+
+Each connection's reader parses every complete packet it received before awaiting
+again; replies go to the peer's outgoing buffer and one writer task flushes it with a
+single ``send_all``. A peer that stops reading is paused, then dropped past a bound.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import trio
+
+from protocol import NEED_DATA, AdminCommand, ConnectionClosed, Magic, Packet, Parser
+from protocol import RemoteProtocolError as ProtoError
+from protocol import admin as admin_text
+
+from .admin import AdminContext, handle_admin
+from .config import ServerConfig
+from .manager import Conn, Job, Manager, error_packet
+
+log = logging.getLogger(__name__)
+
+_RECEIVE_SIZE: Final = 256 * 1024
+#: Accept errors that mean "out of resources": wait and retry instead of dying.
+_ACCEPT_RETRY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+class Hold:
+    """A place in a peer's output reserved for a reply that is not known yet."""
+
+    __slots__ = ("buffered", "done", "reply")
+
+    def __init__(self) -> None:
+        self.reply = b""
+        self.done = False
+        #: What was delivered to the peer after this hold was taken.
+        self.buffered = bytearray()
+
+
+class PeerConnection:
+    """The Peer the manager delivers to: an outgoing buffer flushed by one writer task."""
+
+    __slots__ = ("_drained", "_holds", "_wake", "closing", "cid", "hard_limit", "limit",
+                 "out", "stream")
+
+    def __init__(self, stream: trio.SocketStream, limit: int) -> None:
+        self.stream = stream
+        self.out = bytearray()
+        self.limit = limit
+        #: Past this, the peer is dropped rather than buffered for.
+        self.hard_limit = limit * 4
+        self._wake = trio.Event()
+        self._drained = trio.Event()
+        self._drained.set()
+        self._holds: deque[Hold] = deque()
+        self.closing = False
+        self.cid = 0
+
+    def deliver(self, data: bytes) -> None:
+        if self._holds:
+            self._holds[-1].buffered += data
+            return
+        out = self.out
+        out += data
+        if len(out) > self.limit:
+            if self._drained.is_set():
+                self._drained = trio.Event()
+            if len(out) > self.hard_limit and not self.closing:
+                log.warning("connection %d: peer does not read (%d bytes pending); dropping",
+                            self.cid, len(out))
+                self.closing = True
+        self._wake.set()
+
+    def hold(self) -> Hold:
+        """Reserve the next place in the output; later deliveries wait behind it."""
+        hold = Hold()
+        self._holds.append(hold)
+        return hold
+
+    def release(self, hold: Hold, reply: bytes) -> None:
+        """Fill a reserved place; flush everything no earlier hold still blocks."""
+        hold.reply = reply
+        hold.done = True
+        holds = self._holds
+        while holds and holds[0].done:
+            first = holds.popleft()
+            if holds:
+                holds[0].buffered[:0] = first.reply + first.buffered
+            else:
+                self.out += first.reply
+                self.out += first.buffered
+        self._wake.set()
+
+    async def wait_drained(self) -> None:
+        while not self._drained.is_set():
+            await self._drained.wait()
+
+    async def writer(self) -> None:
+        stream = self.stream
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            if not self.out:
+                if self.closing:
+                    return
+                continue
+            data = bytes(self.out)
+            self.out.clear()
+            await stream.send_all(data)
+            if len(self.out) <= self.limit and not self._drained.is_set():
+                self._drained.set()
+            if self.closing:
+                return
+
+    async def flush_and_close(self) -> None:
+        """Stop reading: let the writer send what is buffered, then end."""
+        self.closing = True
+        self._wake.set()
+
+
+def _is_loopback(address: str) -> bool:
+    return address.startswith("127.") or address in ("::1", "localhost") or (
+        address.startswith("::ffff:127."))
+
+
+class Server:
+    """gearmand: ``await Server(config).serve()`` until ``shutdown()``."""
+
+    def __init__(self, config: ServerConfig, *, store: Any = None) -> None:
+        self.config = config
+        self.manager = Manager(
+            handle_prefix=config.job_handle_prefix,
+            job_retries=config.job_retries,
+            worker_wakeup=config.worker_wakeup,
+            exceptions=config.exceptions,
+        )
+        self.addresses: list[tuple[str, int]] = []
+        self._shutdown = trio.Event()
+        self._graceful = False
+        self._accepting: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._timer_wake = trio.Event()
+        self._timer_target = math.inf
+        self._peers: dict[int, PeerConnection] = {}
+        self._store_writer: Any = store
+        self.admin = AdminContext(
+            manager=self.manager,
+            version=config.version,
+            verbose=config.verbose,
+            pid=os.getpid(),
+            shutdown=self.shutdown,
+            admin_from_anywhere=config.admin_from_anywhere,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def shutdown(self, graceful: bool = False) -> None:
+        """Ask the server to stop; graceful lets running work finish within a bound."""
+        self._graceful = self._graceful or graceful
+        if self._accepting is not None:
+            self._accepting.cancel()
+        self._shutdown.set()
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[tuple[str, int]]]
+                    = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind, replay the store, report the bound addresses, serve until shutdown."""
+        config = self.config
+        listeners: list[trio.SocketListener] = []
+        hosts: list[str | None] = list(config.listen) or [None]
+        port = config.port
+        for host in hosts:
+            bound = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
+            listeners.extend(bound)
+            if port == 0 and bound:
+                port = bound[0].socket.getsockname()[1]
+        self.addresses = [
+            (str(li.socket.getsockname()[0]), int(li.socket.getsockname()[1]))
+            for li in listeners
+        ]
+        for address in self.addresses:
+            log.info("listening on %s:%d", *address)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self._store_writer is not None:
+                    await nursery.start(self._store_writer.run)
+                    await self._replay()
+                nursery.start_soon(self._timer)
+                with trio.CancelScope() as accepting:
+                    self._accepting = accepting
+                    if self._shutdown.is_set():
+                        accepting.cancel()
+                    for listener in listeners:
+                        nursery.start_soon(self._accept_loop, listener, accepting)
+                    task_status.started(list(self.addresses))
+                    await self._shutdown.wait()
+                for listener in listeners:
+                    await listener.aclose()
+                if self._graceful:
+                    await self._drain()
+                nursery.cancel_scope.cancel()
+        finally:
+            for listener in listeners:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+            if self._store_writer is not None:
+                log.info("store closed")
+        log.info("server stopped")
+
+    async def _drain(self) -> None:
+        """Graceful shutdown: wait for running and queued foreground work, bounded."""
+        manager = self.manager
+        with trio.move_on_after(self.config.graceful_timeout) as scope:
+            while any(j.worker is not None or (j.clients and j.queued)
+                      for j in manager.jobs.values()):
+                await trio.sleep(0.05)
+        if scope.cancelled_caught:
+            log.warning("graceful shutdown: work still running after %.0fs",
+                        self.config.graceful_timeout)
+
+    async def _replay(self) -> None:
+        writer = self._store_writer
+        jobs = await writer.replay()
+        now = time.time()
+        for stored in jobs:
+            self.manager.restore(stored.function, stored.unique, stored.data,
+                                 stored.priority, stored.when, stored.reducer,
+                                 stored.key, now)
+        if jobs:
+            log.info("replayed %d background jobs from the store", len(jobs))
+
+    # ------------------------------------------------------------------ accepting
+
+    async def _accept_loop(self, listener: trio.SocketListener,
+                           scope: trio.CancelScope) -> None:
+        nursery = self._nursery
+        assert nursery is not None
+        with scope:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_RETRY_ERRNOS:
+                        log.error("accept failed (%s); retrying in 100 ms", exc)
+                        await trio.sleep(0.1)
+                        continue
+                    raise
+                self._configure(stream)
+                nursery.start_soon(self._handle_connection, stream)
+
+    def _configure(self, stream: trio.SocketStream) -> None:
+        sock = stream.socket
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            config = self.config
+            if config.keepalive:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                for opt, value in (("TCP_KEEPIDLE", config.keepalive_idle),
+                                   ("TCP_KEEPINTVL", config.keepalive_interval),
+                                   ("TCP_KEEPCNT", config.keepalive_count)):
+                    if value >= 0 and hasattr(socket, opt):
+                        sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+        except OSError as exc:  # e.g. the peer already left
+            log.debug("setsockopt failed: %s", exc)
+
+    # ------------------------------------------------------------------ connections
+
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        try:
+            peername = stream.socket.getpeername()
+            address = str(peername[0])
+        except OSError:
+            address = "-"
+        peer = PeerConnection(stream, self.config.max_outgoing_buffer)
+        conn = self.manager.connect(peer, address)
+        peer.cid = conn.id
+        self._peers[conn.id] = peer
+        log.info("connection %d: accepted from %s", conn.id, address)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run_writer, peer, nursery.cancel_scope)
+                await self._reader(conn, peer)
+                await peer.flush_and_close()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("connection %d: %s", conn.id, exc or "closed by peer")
+        except Exception:
+            log.exception("connection %d: dropped after an unexpected error", conn.id)
+        finally:
+            self._peers.pop(conn.id, None)
+            self.manager.disconnect(conn, time.time())
+            self._poke_timer()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            log.info("connection %d: closed", conn.id)
+
+    async def _run_writer(self, peer: PeerConnection, scope: trio.CancelScope) -> None:
+        try:
+            await peer.writer()
+        finally:
+            # The writer ends when the peer is closing or broken: stop reading too.
+            scope.cancel()
+
+    async def _reader(self, conn: Conn, peer: PeerConnection) -> None:
+        parser = Parser(max_packet_size=self.config.max_packet_size)
+        stream = peer.stream
+        manager = self.manager
+        handle_packet = manager.handle_packet
+        req = Magic.REQ
+        packet_type = Packet
+        debug = log.isEnabledFor(logging.DEBUG)
+        while not peer.closing:
+            if len(peer.out) > peer.limit:
+                await peer.wait_drained()
+            data = await stream.receive_some(_RECEIVE_SIZE)
+            parser.receive_data(data)
+            now = time.time()
+            try:
+                while True:
+                    event = parser.next_event()
+                    if event is NEED_DATA:
+                        break
+                    if type(event) is packet_type:
+                        magic, ptype, args = event
+                        if debug:
+                            log.debug("connection %d: %s", conn.id, event)
+                        if magic is req:
+                            handle_packet(conn, ptype, args, now)
+                        else:
+                            peer.deliver(error_packet("INVALID_MAGIC", "Request magic expected"))
+                    elif isinstance(event, AdminCommand):
+                        if debug:
+                            log.debug("connection %d: admin %r", conn.id, event.line)
+                        peer.deliver(handle_admin(self.admin, conn, event))
+                    elif isinstance(event, ConnectionClosed):
+                        return
+            except ProtoError as exc:
+                log.warning("connection %d: protocol error: %s", conn.id, exc.text)
+                if exc.text.startswith("admin"):
+                    peer.deliver(admin_text.err(exc.code, exc.text))
+                else:
+                    peer.deliver(error_packet(exc.code, exc.text))
+                return
+            finally:
+                self._poke_timer()
+
+    # ------------------------------------------------------------------ time
+
+    def _poke_timer(self) -> None:
+        deadline = self.manager.next_deadline()
+        if deadline is not None and deadline < self._timer_target:
+            self._timer_wake.set()
+
+    async def _timer(self) -> None:
+        manager = self.manager
+        while True:
+            deadline = manager.next_deadline()
+            self._timer_target = deadline if deadline is not None else math.inf
+            self._timer_wake = trio.Event()
+            if deadline is None:
+                await self._timer_wake.wait()
+                continue
+            delay = deadline - time.time()
+            if delay > 0:
+                with trio.move_on_after(delay):
+                    await self._timer_wake.wait()
+                    continue
+            manager.tick(time.time())
+
+    # ------------------------------------------------------------------ persistence
+
+    def attach_store(self, writer: Any) -> None:
+        """Persist background jobs through ``writer`` (add / done / replay)."""
+        self._store_writer = writer
+        self.manager.on_store = self._store_job
+        self.manager.on_done = self._forget_stored
+
+    def _store_job(self, job: Job, conn: Conn) -> None:
+        peer = self._peers.get(conn.id)
+        nursery = self._nursery
+        assert nursery is not None
+        hold = peer.hold() if peer is not None else None
+        nursery.start_soon(self._commit, job, peer, hold)
+
+    async def _commit(self, job: Job, peer: PeerConnection | None, hold: Hold | None) -> None:
+        writer = self._store_writer
+        key = writer.new_key()
+        job.store_key = key
+        ok = True
+        try:
+            await writer.add(writer.stored_job(key, job))
+        except Exception as exc:
+            log.error("store: could not persist job %s: %s", job.handle.decode("latin-1"), exc)
+            ok = False
+        reply = self.manager.job_stored(job, ok, time.time())
+        if peer is not None and hold is not None:
+            peer.release(hold, reply)
+
+    def _forget_stored(self, job: Job) -> None:
+        if job.store_key is not None:
+            self._store_writer.done(job.store_key)
+
+
+async def run_server(config: ServerConfig,
+                     started: Callable[[list[tuple[str, int]]], Awaitable[None]] | None = None
+                     ) -> Server:
+    """Serve ``config`` until shutdown (a small convenience for scripts and tests)."""
+    server = Server(config)
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(server.serve)
+        if started is not None:
+            await started(addresses)
+    return server
