@@ -199,10 +199,12 @@ class Server:
                     self._accepting = accepting
                     if self._shutdown.is_set():
                         accepting.cancel()
-                    for listener in listeners:
-                        nursery.start_soon(self._accept_loop, listener, accepting)
-                    task_status.started(list(self.addresses))
-                    await self._shutdown.wait()
+                    async with trio.open_nursery() as accept_nursery:
+                        for listener in listeners:
+                            accept_nursery.start_soon(self._accept_loop, listener)
+                        task_status.started(list(self.addresses))
+                        await self._shutdown.wait()
+                        accept_nursery.cancel_scope.cancel()
                 for listener in listeners:
                     await listener.aclose()
                 if self._graceful:
@@ -240,22 +242,20 @@ class Server:
 
     # ------------------------------------------------------------------ accepting
 
-    async def _accept_loop(self, listener: trio.SocketListener,
-                           scope: trio.CancelScope) -> None:
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
         nursery = self._nursery
         assert nursery is not None
-        with scope:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno in _ACCEPT_RETRY_ERRNOS:
-                        log.error("accept failed (%s); retrying in 100 ms", exc)
-                        await trio.sleep(0.1)
-                        continue
-                    raise
-                self._configure(stream)
-                nursery.start_soon(self._handle_connection, stream)
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY_ERRNOS:
+                    log.error("accept failed (%s); retrying in 100 ms", exc)
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            self._configure(stream)
+            nursery.start_soon(self._handle_connection, stream)
 
     def _configure(self, stream: trio.SocketStream) -> None:
         sock = stream.socket
