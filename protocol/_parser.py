@@ -157,17 +157,18 @@ class Parser:
                     )
             self._pos = end
             return Packet._trusted(magic, ptype, args)
-        # An admin text line.
+        # An admin text line. Its length excludes the line end, so a line that
+        # fits with "\n" also fits with "\r\n" (decisions.md, Admin).
         nl = buf.find(b"\n", pos)
         if nl < 0:
-            if avail > self.max_line_length:
+            if avail - (buf[-1] == 13) > self.max_line_length:
                 raise self._fail(
                     RemoteProtocolError(
                         "admin line too long", code="ARGUMENT_TOO_LARGE"
                     )
                 )
             return self._need(avail)
-        if nl - pos > self.max_line_length:
+        if nl - pos - (nl > pos and buf[nl - 1] == 13) > self.max_line_length:
             raise self._fail(
                 RemoteProtocolError("admin line too long", code="ARGUMENT_TOO_LARGE")
             )
