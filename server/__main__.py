@@ -1,14 +1,198 @@
-"""Entry point of the ``gearmand`` command and of ``python -m server``."""
+"""Entry point of the ``gearmand`` command and of ``python -m server``.
+
+Parse (server.cli), set up the process (logs, limits, -d, pid file), then run the server
+under trio with the reference's signals (spec §2.12): TERM/INT stop, USR1 stops
+gracefully, HUP reopens the log file.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
+import functools
+import logging
+import os
+import pwd
+import signal
 import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import trio
+
+from server import cli, daemon, logs
+from server.config import ServerConfig
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run gearmand (not implemented yet: exits 2)."""
-    print("gearmand: not implemented yet", file=sys.stderr)
-    return 2
+class Serving(Protocol):
+    """What main needs from the server (server.app.Server)."""
+
+    async def serve(self, *, task_status: trio.TaskStatus[Any] = ...) -> None: ...
+
+    def shutdown(self, graceful: bool = False) -> None: ...
+
+
+ServerFactory = Callable[[ServerConfig], Serving]
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+
+
+def _default_factory(config: ServerConfig) -> Serving:
+    from server.app import Server  # the core; imported late so --help stays quick
+
+    return Server(config)
+
+
+def format_address(address: Any) -> str:
+    """``host:port``, with brackets for IPv6 (``[::1]:4730``)."""
+    host, port = str(address[0]), int(address[1])
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve(config: ServerConfig, factory: ServerFactory, *,
+                on_started: Callable[[list[Address]], None],
+                on_reopen: Callable[[], None]) -> None:
+    """Run one server until it stops, turning signals into shutdown / reopen calls."""
+    server = factory(config)
+    with trio.open_signal_receiver(*SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:
+            addresses: list[Address] = await nursery.start(_serve_then_stop, server,
+                                                           nursery.cancel_scope)
+            on_started([(str(a[0]), int(a[1])) for a in addresses])
+            nursery.start_soon(_watch_signals, signals, server, on_reopen)
+
+
+async def _serve_then_stop(server: Serving, scope: trio.CancelScope, *,
+                           task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+                           ) -> None:
+    await server.serve(task_status=task_status)
+    scope.cancel()  # the server is done: stop watching for signals
+
+
+async def _watch_signals(signals: Any, server: Serving, on_reopen: Callable[[], None]) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            on_reopen()
+        elif signum == signal.SIGUSR1:
+            logger.log(logs.NOTICE, "Received %s, shutting down gracefully", name)
+            server.shutdown(graceful=True)
+        else:
+            logger.log(logs.NOTICE, "Received %s, shutting down", name)
+            server.shutdown()
+
+
+def run(invocation: cli.Invocation, factory: ServerFactory = _default_factory,
+        log_parent: logging.Logger | None = None) -> int:
+    """Set up the process as ``invocation`` says and serve; the exit status."""
+    log_setup = logs.configure(invocation.log, log_parent)
+    readiness = daemon.Readiness()
+    pid_file: daemon.PidFile | None = None
+    try:
+        _enable_crash_tracebacks(invocation, log_setup)
+        account: pwd.struct_passwd | None = None
+        try:
+            if invocation.file_descriptors is not None:
+                daemon.set_file_descriptor_limit(invocation.file_descriptors)
+            if invocation.user is not None:
+                account = daemon.lookup_user(invocation.user)
+        except daemon.StartupError as exc:
+            logger.critical("%s", exc)
+            readiness.fail(str(exc))
+            return 1
+        if invocation.daemon:
+            readiness = daemon.daemonize()
+        if invocation.pid_file is not None:
+            pid_file = daemon.PidFile(invocation.pid_file)
+            try:
+                pid_file.write()
+            except daemon.StartupError as exc:
+                pid_file = None
+                if invocation.pid_file_explicit:
+                    logger.critical("%s", exc)
+                    readiness.fail(str(exc))
+                    return 1
+                logger.debug("%s (default pid file, ignored)", exc)
+        config = invocation.config
+        logger.info("gearmand %s starting up with pid %d, verbose is set to %s",
+                    config.version, os.getpid(), config.verbose)
+        for note in invocation.notes:
+            logger.info("%s", note)
+
+        def on_started(addresses: list[Address]) -> None:
+            if account is not None:
+                daemon.switch_user(account)
+                logger.info("Switched to user %s", account.pw_name)
+            for address in addresses:
+                logger.info("Listening on %s", format_address(address))
+            logger.info("Queue type: %s", config.queue_type)
+            readiness.ready()
+
+        def on_reopen() -> None:
+            log_setup.reopen()
+            _enable_crash_tracebacks(invocation, log_setup)
+
+        try:
+            trio.run(functools.partial(serve, config, factory, on_started=on_started,
+                                       on_reopen=on_reopen))
+        except BaseException as raised:
+            failure = _unwrap(raised)
+            if isinstance(failure, KeyboardInterrupt):
+                logger.log(logs.NOTICE, "Interrupted, shutting down")
+            elif isinstance(failure, daemon.StartupError | OSError):
+                message = str(failure) if isinstance(failure, daemon.StartupError) \
+                    else f"Could not start: {failure}"
+                logger.critical("%s", message)
+                readiness.fail(message)
+                return 1
+            else:
+                raise
+        logger.info("Shutdown complete")
+        return 0
+    finally:
+        if pid_file is not None:
+            pid_file.remove()
+        if not invocation.coredump:
+            faulthandler.disable()
+        log_setup.close()
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member exception groups, else ``exc``."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _enable_crash_tracebacks(invocation: cli.Invocation, log_setup: logs.LogSetup) -> None:
+    """The reference prints a backtrace on SIGSEGV & co. unless ``--coredump``; so do we."""
+    if invocation.coredump:
+        return
+    handler = log_setup.file_handler
+    target = handler.stream if handler is not None else sys.stderr
+    # A stderr without a file descriptor (embedded use) cannot take tracebacks.
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        faulthandler.enable(file=target)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``gearmand [OPTIONS]``: the exit status (0 after a normal shutdown, 1 on errors)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        invocation = cli.parse_args(args, os.environ)
+    except cli.Exit as done:
+        print(done.output)
+        return done.code
+    except cli.CliError as exc:
+        print(f"gearmand: {exc.format_message()}", file=sys.stderr)
+        return exc.exit_code
+    if invocation.check_args:
+        return 0
+    return run(invocation)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,476 @@
+"""The ``gearmand`` command line, parse-only: argv (plus a config file) to an :class:`Invocation`.
+
+Every option of the reference's ``gearmand --help`` is accepted (spec §4); those we cannot
+honour are refused with one line naming them. Nothing here opens sockets or starts trio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from protocol import __version__
+from server import logs
+from server.config import ServerConfig
+
+PROG = "gearmand"
+DEFAULT_PORT = "4730"
+DEFAULT_LOG_FILE = "/var/log/gearmand.log"
+DEFAULT_PID_FILE = "/var/gearmand.pid"
+DEFAULT_CONFIG_FILE = "/etc/gearmand.conf"
+VERSION_LINE = f"{PROG} {__version__} - the Gearman toolkit for Python"
+
+#: ``-q`` names we know (lower case; the reference's are case-insensitive: ``Postgres``,
+#: ``MySQL``). ``flatfile`` is ours: an embedded store that needs nothing outside Python.
+QUEUE_TYPES: tuple[str, ...] = (
+    "builtin", "flatfile", "libsqlite3", "postgres", "mysql", "libmemcached", "redis",
+)
+
+GENERAL = "General options"
+OURS = "Options of this server (not in the reference)"
+HTTP = "HTTP"
+GEAR = "Gear"
+
+
+class CliError(click.ClickException):
+    """A usage or configuration error: one line on stderr, exit status 1 (as the reference)."""
+
+    exit_code = 1
+
+
+class Exit(Exception):
+    """``--help`` or ``--version``: print ``output`` on stdout and exit with ``code``."""
+
+    def __init__(self, output: str, code: int = 0) -> None:
+        super().__init__(output)
+        self.output = output
+        self.code = code
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Invocation:
+    """Everything the command line decided: the server's config and the process around it."""
+
+    config: ServerConfig
+    log: logs.LogSettings
+    daemon: bool = False
+    #: Where to write our pid; a failure is fatal only when the path was given explicitly.
+    pid_file: Path | None = None
+    pid_file_explicit: bool = False
+    user: str | None = None
+    file_descriptors: int | None = None
+    #: Accepted for compatibility; the server is one trio thread whatever this says.
+    threads: int = 4
+    #: Off: Python's faulthandler prints a traceback on a crash; on: leave the signal alone.
+    coredump: bool = False
+    #: ``--check-args``: validate everything, then exit 0 without serving.
+    check_args: bool = False
+    #: Notes to log once logging is up (options accepted but without effect here).
+    notes: tuple[str, ...] = ()
+
+
+class _Option(click.Option):
+    """A click option that knows which ``--help`` section it belongs to."""
+
+    def __init__(self, *args: Any, section: str = GENERAL, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.section = section
+
+
+class _Command(click.Command):
+    """Help grouped in the reference's sections; ``-h`` is help, as in the reference."""
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(PROG, "[OPTIONS]")
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            section = param.section if isinstance(param, _Option) else GENERAL
+            sections.setdefault(section, []).append(record)
+        for section, records in sections.items():
+            with formatter.section(section):
+                formatter.write_dl(records)
+
+
+class _Int(click.ParamType[int]):
+    """An integer with a lower bound, without click's range note in ``--help``."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int) -> None:
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            number = value
+        else:
+            try:
+                number = int(str(value), 10)
+            except ValueError:
+                self.fail(f"'{value}' is not an integer", param, ctx)
+        if number < self.minimum:
+            self.fail(f"{number} is less than {self.minimum}", param, ctx)
+        return number
+
+
+def _default(name: str) -> Any:
+    """A ServerConfig field's default (the class is slotted: no class attributes to read)."""
+    for field in dataclasses.fields(ServerConfig):
+        if field.name == name:
+            return field.default
+    raise KeyError(name)
+
+
+def _opt(*decls: str, section: str = GENERAL, **kwargs: Any) -> _Option:
+    kwargs.setdefault("show_default", "default" in kwargs and kwargs["default"] is not None
+                      and not kwargs.get("is_flag", False))
+    return _Option(list(decls), section=section, **kwargs)
+
+
+def _queue_opt(name: str, section: str, help_: str, default: str | None = None,
+               flag: bool = False) -> _Option:
+    extra = f" (the store's default: {default})" if default is not None else ""
+    if flag:
+        return _opt(f"--{name}", section=section, is_flag=True, help=help_)
+    return _opt(f"--{name}", section=section, metavar="ARG", help=help_ + extra)
+
+
+#: The queue modules' options (spec §4.3), passed to the store as (name, value) pairs.
+QUEUE_OPTIONS: tuple[_Option, ...] = (
+    _queue_opt("flatfile-file", "flatfile", "Journal file of the embedded flat-file store."),
+    _queue_opt("libmemcached-servers", "libmemcached", "List of Memcached servers to use."),
+    _queue_opt("libmemcached-prefix", "libmemcached", "Prefix to use in memcached keys",
+               "gear_"),
+    _queue_opt("libsqlite3-db", "libsqlite3", "Database file to use."),
+    _queue_opt("store-queue-on-shutdown", "libsqlite3", "Store queue on shutdown.", flag=True),
+    _queue_opt("libsqlite3-table", "libsqlite3", "Table to use.", "gearman_queue"),
+    _queue_opt("libpq-conninfo", "Postgres", "PostgreSQL connection information string."),
+    _queue_opt("libpq-table", "Postgres", "Table to use.", "queue"),
+    _queue_opt("redis-server", "redis", "Redis server", "127.0.0.1"),
+    _queue_opt("redis-port", "redis", "Redis server port/service", "6379"),
+    _queue_opt("redis-password", "redis", "Redis server password/service"),
+    _queue_opt("redis-prefix", "redis", "Prefix to use in redis keys", "_gear_"),
+    _queue_opt("mysql-host", "MySQL", "MySQL host.", "localhost"),
+    _queue_opt("mysql-port", "MySQL", "Port of server.", "3306"),
+    _queue_opt("mysql-user", "MySQL", "MySQL user."),
+    _queue_opt("mysql-password", "MySQL", "MySQL user password."),
+    _queue_opt("mysql-db", "MySQL", "MySQL database."),
+    _queue_opt("mysql-table", "MySQL", "MySQL table name.", "gearman_queue"),
+)
+
+#: Accepted by the parser, refused at once: we have no TLS (spec §4.2).
+REFUSED_SSL = ("ssl", "ssl_ca_file", "ssl_certificate", "ssl_key")
+
+PARAMS: list[click.Parameter] = [
+    _opt("-b", "--backlog", type=_Int(1), default=32, metavar="N",
+         help="Number of backlog connections for listen."),
+    _opt("-d", "--daemon", is_flag=True,
+         help="Daemon, detach and run in the background. The command returns once the "
+              "server listens (exit 0) or failed to start (exit 1, with the reason)."),
+    _opt("--exceptions", is_flag=True, help="Enable protocol exceptions by default."),
+    _opt("-f", "--file-descriptors", type=_Int(1), metavar="N",
+         help="Number of file descriptors to allow for the process (RLIMIT_NOFILE). "
+              "Default is the limit the process was started with."),
+    _opt("-h", "--help", "help_", is_flag=True, help="Print this help menu."),
+    _opt("-j", "--job-retries", type=_Int(-1), default=-1, metavar="N",
+         help="Number of times a job is retried after its worker was lost or timed out "
+              "before the server fails it; 0 fails it on the first loss. "
+              "-1 (the default) means no limit."),
+    _opt("--job-handle-prefix", metavar="PREFIX",
+         help='Prefix used to generate a job handle string. If not provided, the default '
+              '"H:<host_name>" is used.'),
+    _opt("--hashtable-buckets", type=int, default=991, metavar="N",
+         help="Accepted for compatibility (must be > 0); no effect: Python's hash tables "
+              "size themselves."),
+    _opt("--keepalive", is_flag=True, help="Enable keepalive on sockets."),
+    _opt("--keepalive-idle", type=_Int(-1), default=-1, metavar="SECONDS",
+         help="With --keepalive: TCP_KEEPIDLE; -1 leaves the system default."),
+    _opt("--keepalive-interval", type=_Int(-1), default=-1, metavar="SECONDS",
+         help="With --keepalive: TCP_KEEPINTVL; -1 leaves the system default."),
+    _opt("--keepalive-count", type=_Int(-1), default=-1, metavar="N",
+         help="With --keepalive: TCP_KEEPCNT; -1 leaves the system default."),
+    _opt("-l", "--log-file", default=DEFAULT_LOG_FILE, metavar="FILE",
+         help="Log file to write errors and information to. 'stderr' logs to stderr, "
+              "'none' turns the log off. A file that cannot be opened is reported and "
+              "stderr used instead. SIGHUP reopens the file."),
+    _opt("-L", "--listen", multiple=True, metavar="ADDRESS",
+         help="Address the server should listen on; repeat for several. "
+              "Default is every address (0.0.0.0 and ::)."),
+    _opt("-P", "--pid-file", default=DEFAULT_PID_FILE, metavar="FILE",
+         help="File to write process ID out to (removed on exit). Failing to write the "
+              "default one is ignored; failing to write one given here is fatal."),
+    _opt("-r", "--protocol", multiple=True, metavar="NAME",
+         help="Load protocol module. The only module, 'http', is not available yet."),
+    _opt("-R", "--round-robin", is_flag=True,
+         help="Accepted for compatibility: work is always rotated fairly between a "
+              "worker's functions."),
+    _opt("-q", "--queue-type", default="builtin", metavar="NAME",
+         help="Persistent queue type to use: " + ", ".join(QUEUE_TYPES)
+              + " (case-insensitive; builtin keeps nothing)."),
+    _opt("--config-file", default=DEFAULT_CONFIG_FILE, metavar="FILE",
+         help="More options, written as on the command line (whitespace or newline "
+              "separated, # starts a comment); the command line wins. A missing default "
+              "file is ignored."),
+    _opt("--syslog", is_flag=True, help="Use syslog too (facility LOG_USER, ident gearmand)."),
+    _opt("--coredump", is_flag=True,
+         help="Do not print a Python traceback on a fatal signal (SIGSEGV, ...); let the "
+              "system dump core."),
+    _opt("-t", "--threads", type=_Int(0), default=4, metavar="N",
+         help="Accepted for compatibility; no effect: this server is one single-threaded "
+              "trio event loop (the reference's number of I/O threads)."),
+    _opt("-u", "--user", metavar="USER",
+         help="Switch to given user after startup (once the ports are bound; needs root)."),
+    _opt("--verbose", metavar="LEVEL",
+         help="Set verbose level (" + ", ".join(logs.LEVEL_NAMES) + "). Default ERROR."),
+    _opt("-v", "v_count", count=True,
+         help="Each -v logs one level more than --verbose (or ERROR): -v WARNING, "
+              "-vv NOTICE, -vvv INFO, -vvvv DEBUG."),
+    _opt("-V", "--version", is_flag=True, help="Display the version of gearmand and exit."),
+    _opt("-w", "--worker-wakeup", type=_Int(0), default=0, metavar="N",
+         help="Number of workers to wakeup for each job received. The default (0) is to "
+              "wakeup all available workers."),
+    _opt("--check-args", is_flag=True, hidden=True),
+    _opt("--graceful-timeout", section=OURS, type=float, default=30.0,
+         metavar="SECONDS",
+         help="How long SIGUSR1 and the 'shutdown graceful' admin command wait for "
+              "running work."),
+    _opt("--admin-from-anywhere", section=OURS, is_flag=True,
+         help="Accept mutating admin commands (shutdown, cancel job, drop function, "
+              "maxqueue, create function) from any address, not only loopback."),
+    _opt("--max-packet-size", section=OURS, type=_Int(1024),
+         default=_default("max_packet_size"), metavar="BYTES",
+         help="Largest packet a peer may send."),
+    _opt("--http-port", section=HTTP, type=_Int(0), default=8080,
+         metavar="PORT", help="Port to listen on (with -r http)."),
+    _opt("-p", "--port", section=GEAR, default=DEFAULT_PORT, metavar="PORT",
+         help="Port or service name the server should listen on. GEARMAND_PORT in the "
+              "environment replaces the default; 0 picks a free port."),
+    _opt("--ssl", section=GEAR, is_flag=True, help="Refused: TLS is not supported yet."),
+    _opt("--ssl-ca-file", section=GEAR, metavar="FILE", help="Refused with --ssl."),
+    _opt("--ssl-certificate", section=GEAR, metavar="FILE", help="Refused with --ssl."),
+    _opt("--ssl-key", section=GEAR, metavar="FILE", help="Refused with --ssl."),
+    *QUEUE_OPTIONS,
+]
+
+COMMAND = _Command(
+    PROG,
+    params=PARAMS,
+    help="The Gearman job server (pure Python, trio).",
+    epilog="Signals: SIGTERM and SIGINT stop the server; SIGUSR1 stops it gracefully "
+           "(no new connections, running work may finish); SIGHUP reopens the log file.",
+    context_settings={"help_option_names": [], "allow_extra_args": True,
+                      "max_content_width": 100},
+    add_help_option=False,
+)
+
+
+def help_text() -> str:
+    """What ``gearmand --help`` prints."""
+    with click.Context(COMMAND, info_name=PROG) as ctx:
+        return COMMAND.get_help(ctx)
+
+
+def _make_context(args: Sequence[str], what: str) -> click.Context:
+    try:
+        ctx = COMMAND.make_context(PROG, list(args))
+    except click.NoSuchOption as exc:
+        raise CliError(f"unrecognised option '{exc.option_name}'{what}") from None
+    except click.BadOptionUsage as exc:
+        if "requires an argument" in exc.message:
+            raise CliError(f"the required argument for option '{exc.option_name}' is "
+                           f"missing{what}") from None
+        raise CliError(exc.format_message() + what) from None
+    except click.BadParameter as exc:
+        option = exc.param.opts[-1] if exc.param is not None and exc.param.opts else "?"
+        raise CliError(f"invalid value for {option}: {exc.message}{what}") from None
+    except click.UsageError as exc:
+        raise CliError(exc.format_message() + what) from None
+    if ctx.args:
+        raise CliError(f"unrecognised option '{ctx.args[0]}'{what}")
+    return ctx
+
+
+def _read_config_file(path: str, explicit: bool) -> list[str]:
+    """The file's words, as on a command line; a missing default file is no file at all."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        if explicit:
+            raise CliError("Could not open configuration file.") from None
+        return []
+    try:
+        return shlex.split(text, comments=True)
+    except ValueError as exc:
+        raise CliError(f"Could not parse configuration file {path}: {exc}") from None
+
+
+def _merge(cli: click.Context, conf: click.Context | None) -> dict[str, Any]:
+    """Command line first, then the config file, then defaults (spec §4.1)."""
+    values: dict[str, Any] = {}
+    for name, value in cli.params.items():
+        values[name] = value
+        if conf is not None and cli.get_parameter_source(name) is not ParameterSource.COMMANDLINE \
+                and conf.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+            values[name] = conf.params[name]
+    return values
+
+
+def _given(cli: click.Context, conf: click.Context | None, name: str) -> bool:
+    return any(ctx is not None and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+               for ctx in (cli, conf))
+
+
+def parse_port(value: str, environ: Mapping[str, str]) -> int:
+    """``-p``: a number or a service name; GEARMAND_PORT replaces 4730 (spec §4.1)."""
+    if value == DEFAULT_PORT and environ.get("GEARMAND_PORT"):
+        value = environ["GEARMAND_PORT"]
+    if value == "":
+        try:
+            return socket.getservbyname("gearman", "tcp")
+        except OSError:
+            return int(DEFAULT_PORT)
+    if value.isdigit():
+        port = int(value)
+        if port > 65535:
+            raise CliError(f"the argument ('{value}') for option '--port' is invalid")
+        return port
+    try:
+        return socket.getservbyname(value, "tcp")
+    except OSError:
+        raise CliError(f"the argument ('{value}') for option '--port' is invalid: "
+                       "not a port number or a known service name") from None
+
+
+def _queue_type(value: str) -> str:
+    name = value.lower()
+    if name not in QUEUE_TYPES:
+        raise CliError(f"Unknown queue {value}")
+    return name
+
+
+def _queue_options(values: Mapping[str, Any], given: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """The queue options given (not defaults), as (long option name, value) pairs."""
+    pairs: list[tuple[str, str]] = []
+    wanted = set(given)
+    for option in QUEUE_OPTIONS:
+        name = option.name
+        assert name is not None
+        if name not in wanted:
+            continue
+        value = values[name]
+        pairs.append((option.opts[0][2:], "true" if value is True else str(value)))
+    return tuple(pairs)
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Invocation:
+    """Turn gearmand's arguments into an :class:`Invocation`.
+
+    Raises :class:`Exit` for ``--help``/``--version`` and :class:`CliError` (one line,
+    exit 1) for anything wrong or refused.
+    """
+    env: Mapping[str, str] = environ if environ is not None else {}
+    cli = _make_context(argv, "")
+    conf: click.Context | None = None
+    config_explicit = cli.get_parameter_source("config_file") is ParameterSource.COMMANDLINE
+    config_path = str(cli.params["config_file"])
+    words = _read_config_file(config_path, config_explicit)
+    if words:
+        conf = _make_context(words, f" (in {config_path})")
+        if conf.get_parameter_source("config_file") is ParameterSource.COMMANDLINE:
+            raise CliError(f"--config-file cannot be used inside a configuration file "
+                           f"({config_path})")
+    values = _merge(cli, conf)
+
+    def given(name: str) -> bool:
+        return _given(cli, conf, name)
+
+    if values["help_"]:
+        raise Exit(help_text())
+    if values["version"]:
+        raise Exit(VERSION_LINE)
+
+    for name in REFUSED_SSL:
+        if given(name):
+            raise CliError(f"--{name.replace('_', '-')}: TLS is not supported by this server "
+                           "yet; put a TLS proxy in front of it")
+    for protocol in values["protocol"]:
+        if protocol == "http":
+            raise CliError("-r http: the HTTP protocol is not available in this server yet")
+        raise CliError(f"Unknown protocol module : {protocol}")
+    if values["graceful_timeout"] < 0:
+        raise CliError("invalid value for --graceful-timeout: it cannot be negative")
+    if values["http_port"] > 65535:
+        raise CliError("invalid value for --http-port: it must be at most 65535")
+    if values["hashtable_buckets"] <= 0:
+        raise CliError("hashtable-buckets has to be greater than 0")
+
+    base = values["verbose"] if values["verbose"] is not None else logs.DEFAULT_LEVEL_NAME
+    if base not in logs.LEVELS:
+        raise CliError("Invalid value for --verbose supplied")
+    level_name = logs.raise_level(base, values["v_count"])
+
+    notes: list[str] = []
+    if given("http_port"):
+        notes.append("--http-port has no effect without -r http")
+    if given("threads"):
+        notes.append(f"-t {values['threads']} ignored: this server is single-threaded (trio)")
+    if given("hashtable_buckets"):
+        notes.append("--hashtable-buckets ignored: Python's hash tables size themselves")
+
+    retries: int = values["job_retries"]
+    pid_file = Path(values["pid_file"]).absolute() if values["pid_file"] else None
+    log_file = values["log_file"]
+    if log_file not in ("stderr", "none"):
+        log_file = str(Path(log_file).absolute())
+
+    prefix_kw: dict[str, Any] = {}
+    if values["job_handle_prefix"] is not None:
+        prefix_kw["job_handle_prefix"] = values["job_handle_prefix"]
+    config = ServerConfig(
+        listen=tuple(values["listen"]),
+        port=parse_port(values["port"], env),
+        backlog=values["backlog"],
+        job_retries=None if retries == -1 else retries,
+        worker_wakeup=values["worker_wakeup"],
+        round_robin=values["round_robin"],
+        exceptions=values["exceptions"],
+        keepalive=values["keepalive"],
+        keepalive_idle=values["keepalive_idle"],
+        keepalive_interval=values["keepalive_interval"],
+        keepalive_count=values["keepalive_count"],
+        max_packet_size=values["max_packet_size"],
+        admin_from_anywhere=values["admin_from_anywhere"],
+        queue_type=_queue_type(values["queue_type"]),
+        queue_options=_queue_options(values, (o.name for o in QUEUE_OPTIONS
+                                              if o.name is not None and given(o.name))),
+        graceful_timeout=values["graceful_timeout"],
+        pid_file=pid_file,
+        verbose=level_name,
+        version=__version__,
+        **prefix_kw,
+    )
+    return Invocation(
+        config=config,
+        log=logs.LogSettings(destination=log_file, level_name=level_name,
+                             syslog=values["syslog"]),
+        daemon=values["daemon"],
+        pid_file=pid_file,
+        pid_file_explicit=given("pid_file"),
+        user=values["user"],
+        file_descriptors=values["file_descriptors"],
+        threads=values["threads"],
+        coredump=values["coredump"],
+        check_args=values["check_args"],
+        notes=tuple(notes),
+    )
