@@ -1,0 +1,180 @@
+"""One trio task that applies store operations in order, in groups (group commit).
+
+``await add(job)`` returns once the job is durable; ``done(key)`` never blocks and is
+applied with the next batch. Commits run in a worker thread, one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import trio
+
+from server.store.base import Store, StoredJob, StoreError
+
+log = logging.getLogger(__name__)
+
+
+class _Pending:
+    """An ``add`` waiting for its batch: set ``error`` (or not), then ``event``."""
+
+    __slots__ = ("error", "event", "job", "seq")
+
+    def __init__(self, job: StoredJob, seq: int) -> None:
+        self.job = job
+        self.seq = seq
+        self.event = trio.Event()
+        self.error: StoreError | None = None
+
+
+class StoreWriter:
+    """Owns one ``Store`` (closes it when ``run`` ends) and the only task that calls it.
+
+    Operations are applied in the order they were issued. Every ``add`` waiting when a
+    commit starts goes into that commit, with every ``done`` queued before it; adds that
+    arrive during a commit form the next one. A failed commit makes its ``add`` callers
+    raise ``StoreError``; its ``done`` keys are kept and retried with the next batch.
+    If an ``add`` caller is cancelled, its job is still committed (it may be replayed).
+    """
+
+    def __init__(self, store: Store, *, max_batch: int = 1000,
+                 max_batch_bytes: int = 64 << 20, retry_delay: float = 1.0) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
+        self.retry_delay = retry_delay
+        #: Successful and failed commit calls (stats and tests).
+        self.commits = 0
+        self.failures = 0
+        self._failing = False
+        self._seq = 0  # issue order of adds and dones
+        self._adds: list[_Pending] = []
+        self._done: list[tuple[int, str]] = []
+        self._wakeup = trio.Event()
+        self._closing = False
+        self._closed = False
+
+    # --- API for the server ---
+
+    async def add(self, job: StoredJob) -> None:
+        """Store ``job``; return once it is durable. ``StoreError`` if it is not."""
+        if self._closing or self._closed:
+            raise StoreError("the queue store is closed")
+        self._seq += 1
+        pending = _Pending(job, self._seq)
+        self._adds.append(pending)
+        self._wakeup.set()
+        await pending.event.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    def done(self, key: str) -> None:
+        """Remove the job stored under ``key``, with the next batch. Never blocks."""
+        if self._closed:
+            log.warning("queue store closed; done(%r) dropped", key)
+            return
+        self._seq += 1
+        self._done.append((self._seq, key))
+        self._wakeup.set()
+
+    async def replay(self) -> list[StoredJob]:
+        """Every stored job, in the order added (call before ``run`` starts committing)."""
+        return await trio.to_thread.run_sync(self.store.replay)
+
+    def close(self) -> None:
+        """Ask ``run`` to flush what is queued and return."""
+        self._closing = True
+        self._wakeup.set()
+
+    @property
+    def pending(self) -> int:
+        """Operations queued and not yet handed to the store."""
+        return len(self._adds) + len(self._done)
+
+    # --- the task ---
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Apply queued operations until ``close()`` or cancellation, then flush what is
+        queued (shielded) and close the store."""
+        task_status.started()
+        try:
+            while not self._closing:
+                if self._adds:
+                    await self._commit_batch()
+                    continue
+                if self._done and not self._failing:
+                    await self._commit_batch()
+                    continue
+                self._wakeup = trio.Event()
+                if self._done:  # dones left over from a failed commit: retry later
+                    with trio.move_on_after(self.retry_delay):
+                        await self._wakeup.wait()
+                    if not self._adds:
+                        await self._commit_batch()
+                else:
+                    await self._wakeup.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    while self._adds or self._done:
+                        if not await self._commit_batch():
+                            break
+                finally:
+                    self._closed = True
+                    self._fail_all(StoreError("the queue store is closed"))
+                    try:
+                        await trio.to_thread.run_sync(self.store.close)
+                    except Exception:
+                        log.exception("closing the queue store failed")
+
+    async def _commit_batch(self) -> bool:
+        """Commit the next batch; True if it succeeded."""
+        batch: list[_Pending] = []
+        size = 0
+        for pending in self._adds:
+            if batch and (len(batch) >= self.max_batch
+                          or size + len(pending.job.data) > self.max_batch_bytes):
+                break
+            batch.append(pending)
+            size += len(pending.job.data)
+        del self._adds[:len(batch)]
+        # A done issued after an add left for the next batch waits for that batch too.
+        limit = self._adds[0].seq if self._adds else self._seq + 1
+        cut = next((i for i, (seq, _) in enumerate(self._done) if seq > limit),
+                   len(self._done))
+        taken, self._done = self._done[:cut], self._done[cut:]
+        added: Sequence[StoredJob] = [p.job for p in batch]
+        done = [key for _, key in taken]
+        try:
+            # Shielded, so a cancellation can neither lose the ops taken above nor
+            # abandon a commit in flight; it lands at the run loop's next checkpoint.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.store.commit, added, done)
+        except Exception as exc:
+            self.failures += 1
+            self._failing = True
+            error = exc if isinstance(exc, StoreError) else StoreError(
+                f"{type(exc).__name__}: {exc}")
+            log.error("queue store commit of %d jobs, %d removals failed: %s",
+                      len(batch), len(done), error)
+            self._done[:0] = taken
+            for pending in batch:
+                pending.error = error
+                pending.event.set()
+            return False
+        self.commits += 1
+        self._failing = False
+        for pending in batch:
+            pending.event.set()
+        return True
+
+    def _fail_all(self, error: StoreError) -> None:
+        for pending in self._adds:
+            pending.error = error
+            pending.event.set()
+        self._adds.clear()
+        if self._done:
+            log.warning("queue store closed with %d removals not applied", len(self._done))
+            self._done.clear()
