@@ -47,13 +47,21 @@ class Hold:
 
 
 class PeerConnection:
-    """The Peer the manager delivers to: an outgoing buffer flushed by one writer task."""
+    """The Peer the manager delivers to: an outgoing buffer, written straight to the socket.
 
-    __slots__ = ("_drained", "_holds", "_wake", "closing", "cid", "hard_limit", "limit",
-                 "out", "stream")
+    ``deliver`` only appends and marks the peer dirty; the server flushes every dirty
+    peer once per batch of events (one write system call per peer per batch). What the
+    kernel does not take at once is left to the peer's writer task, which waits for the
+    socket to become writable.
+    """
 
-    def __init__(self, stream: trio.SocketStream, limit: int) -> None:
+    __slots__ = ("_drained", "_holds", "_wake", "broken", "cid", "closing", "dirty", "fd",
+                 "hard_limit", "limit", "out", "stream")
+
+    def __init__(self, stream: trio.SocketStream, limit: int,
+                 dirty: list[PeerConnection]) -> None:
         self.stream = stream
+        self.fd = stream.socket.fileno()
         self.out = bytearray()
         self.limit = limit
         #: Past this, the peer is dropped rather than buffered for.
@@ -63,13 +71,18 @@ class PeerConnection:
         self._drained.set()
         self._holds: deque[Hold] = deque()
         self.closing = False
+        self.broken = False
         self.cid = 0
+        #: The server's list of peers with unflushed output (shared by all peers).
+        self.dirty = dirty
 
     def deliver(self, data: bytes) -> None:
         if self._holds:
             self._holds[-1].buffered += data
             return
         out = self.out
+        if not out:
+            self.dirty.append(self)
         out += data
         if len(out) > self.limit:
             if self._drained.is_set():
@@ -78,7 +91,8 @@ class PeerConnection:
                 log.warning("connection %d: peer does not read (%d bytes pending); dropping",
                             self.cid, len(out))
                 self.closing = True
-        self._wake.set()
+                self.broken = True
+                self._wake.set()
 
     def hold(self) -> Hold:
         """Reserve the next place in the output; later deliveries wait behind it."""
@@ -87,41 +101,67 @@ class PeerConnection:
         return hold
 
     def release(self, hold: Hold, reply: bytes) -> None:
-        """Fill a reserved place; flush everything no earlier hold still blocks."""
+        """Fill a reserved place; pass on everything no earlier hold still blocks."""
         hold.reply = reply
         hold.done = True
         holds = self._holds
         while holds and holds[0].done:
             first = holds.popleft()
-            if holds:
-                holds[0].buffered[:0] = first.reply + first.buffered
-            else:
-                self.out += first.reply
-                self.out += first.buffered
-        self._wake.set()
+            if not self.out:
+                self.dirty.append(self)
+            self.out += first.reply
+            self.out += first.buffered
+
+    def flush(self) -> None:
+        """Write what the kernel takes now; leave the rest to the writer task."""
+        out = self.out
+        if not out or self.broken:
+            return
+        try:
+            written = os.write(self.fd, out)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            log.info("connection %d: write failed: %s", self.cid, exc)
+            self.broken = True
+            out.clear()
+            self._wake.set()
+            return
+        if written == len(out):
+            out.clear()
+        else:
+            del out[:written]
+            self._wake.set()
+        if len(out) <= self.limit and not self._drained.is_set():
+            self._drained.set()
 
     async def wait_drained(self) -> None:
         while not self._drained.is_set():
             await self._drained.wait()
 
     async def writer(self) -> None:
-        stream = self.stream
+        """Finish writes the kernel could not take at once; end when closing or broken."""
+        out = self.out
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            if not self.out:
-                if self.closing:
-                    return
-                continue
-            data = bytes(self.out)
-            self.out.clear()
-            await stream.send_all(data)
-            if len(self.out) <= self.limit and not self._drained.is_set():
-                self._drained.set()
-            if self.closing:
+            while out and not self.broken:
+                await trio.lowlevel.wait_writable(self.fd)
+                try:
+                    written = os.write(self.fd, out)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    log.info("connection %d: write failed: %s", self.cid, exc)
+                    self.broken = True
+                    break
+                del out[:written]
+                if len(out) <= self.limit and not self._drained.is_set():
+                    self._drained.set()
+            if self.broken or self.closing:
                 return
 
-    async def flush_and_close(self) -> None:
+    def close_when_flushed(self) -> None:
         """Stop reading: let the writer send what is buffered, then end."""
         self.closing = True
         self._wake.set()
@@ -151,6 +191,8 @@ class Server:
         self._timer_wake = trio.Event()
         self._timer_target = math.inf
         self._peers: dict[int, PeerConnection] = {}
+        #: Peers with output not yet written; flushed once per batch of events.
+        self._dirty: list[PeerConnection] = []
         self._store_writer: Any = store
         self.admin = AdminContext(
             manager=self.manager,
@@ -280,7 +322,7 @@ class Server:
             address = str(peername[0])
         except OSError:
             address = "-"
-        peer = PeerConnection(stream, self.config.max_outgoing_buffer)
+        peer = PeerConnection(stream, self.config.max_outgoing_buffer, self._dirty)
         conn = self.manager.connect(peer, address)
         peer.cid = conn.id
         self._peers[conn.id] = peer
@@ -289,14 +331,19 @@ class Server:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._run_writer, peer, nursery.cancel_scope)
                 await self._reader(conn, peer)
-                await peer.flush_and_close()
+                self._flush()
+                peer.close_when_flushed()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("connection %d: %s", conn.id, exc or "closed by peer")
         except Exception:
             log.exception("connection %d: dropped after an unexpected error", conn.id)
         finally:
             self._peers.pop(conn.id, None)
+            # Never write to this fd again: its number may be reused by a new connection.
+            peer.broken = True
+            peer.out.clear()
             self.manager.disconnect(conn, time.time())
+            self._flush()
             self._poke_timer()
             with trio.CancelScope(shield=True):
                 await stream.aclose()
@@ -317,7 +364,7 @@ class Server:
         req = Magic.REQ
         packet_type = Packet
         debug = log.isEnabledFor(logging.DEBUG)
-        while not peer.closing:
+        while not (peer.closing or peer.broken):
             if len(peer.out) > peer.limit:
                 await peer.wait_drained()
             data = await stream.receive_some(_RECEIVE_SIZE)
@@ -350,7 +397,17 @@ class Server:
                     peer.deliver(error_packet(exc.code, exc.text))
                 return
             finally:
+                self._flush()
                 self._poke_timer()
+
+    def _flush(self) -> None:
+        """Write out every peer that was delivered to since the last flush."""
+        dirty = self._dirty
+        while dirty:
+            batch = dirty[:]
+            dirty.clear()
+            for peer in batch:
+                peer.flush()
 
     # ------------------------------------------------------------------ time
 
@@ -374,6 +431,7 @@ class Server:
                     await self._timer_wake.wait()
                     continue
             manager.tick(time.time())
+            self._flush()
 
     # ------------------------------------------------------------------ persistence
 
@@ -403,6 +461,7 @@ class Server:
         reply = self.manager.job_stored(job, ok, time.time())
         if peer is not None and hold is not None:
             peer.release(hold, reply)
+        self._flush()
 
     def _forget_stored(self, job: Job) -> None:
         if job.store_key is not None:
