@@ -17,7 +17,7 @@ import pytest
 from server.store import Store, StoredJob, open_store
 
 IN_CI = os.environ.get("CI") == "true"
-STORES = ["libsqlite3", "flatfile"]  # network stores: next commit
+STORES = ["libsqlite3", "flatfile", "postgres", "mysql"]
 
 Opener = Callable[[], Store]
 
