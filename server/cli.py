@@ -218,10 +218,12 @@ PARAMS: list[click.Parameter] = [
     _opt("-q", "--queue-type", default="builtin", metavar="NAME",
          help="Persistent queue type to use: " + ", ".join(QUEUE_TYPES)
               + " (case-insensitive; builtin keeps nothing)."),
-    _opt("--config-file", default=DEFAULT_CONFIG_FILE, metavar="FILE",
+    # The default is looked up at parse time so that tests can point it elsewhere.
+    _opt("--config-file", default=lambda: DEFAULT_CONFIG_FILE,
+         show_default=False, metavar="FILE",
          help="More options, written as on the command line (whitespace or newline "
               "separated, # starts a comment); the command line wins. A missing default "
-              "file is ignored."),
+              f"file ({DEFAULT_CONFIG_FILE}) is ignored."),
     _opt("--syslog", is_flag=True, help="Use syslog too (facility LOG_USER, ident gearmand)."),
     _opt("--coredump", is_flag=True,
          help="Do not print a Python traceback on a fatal signal (SIGSEGV, ...); let the "

@@ -223,6 +223,9 @@ def configure(settings: LogSettings, logger: logging.Logger | None = None, *,
         syslog = _syslog_handler(err)
         if syslog is not None:
             handlers.append(syslog)
+    if not handlers:
+        # "none": say so explicitly, or logging's last resort would print on stderr.
+        handlers.append(logging.NullHandler())
     for handler in handlers:
         logger.addHandler(handler)
     logger.setLevel(settings.level)
