@@ -25,7 +25,7 @@ from protocol import admin as admin_text
 
 from .admin import AdminContext, handle_admin
 from .config import ServerConfig
-from .manager import Conn, Job, Manager, error_packet
+from .manager import Conn, Job, Manager, Priority, error_packet
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,11 @@ class Server:
         self._peers: dict[int, PeerConnection] = {}
         #: Peers with output not yet written; flushed once per batch of events.
         self._dirty: list[PeerConnection] = []
-        self._store_writer: Any = store
+        self._store_writer: Any = None
+        self._store_prefix = ""
+        self._store_seq = 0
+        if store is not None:
+            self.attach_store(store)
         self.admin = AdminContext(
             manager=self.manager,
             version=config.version,
@@ -216,6 +220,8 @@ class Server:
                     = trio.TASK_STATUS_IGNORED) -> None:
         """Bind, replay the store, report the bound addresses, serve until shutdown."""
         config = self.config
+        if config.queue_type.lower() != "builtin" and self._store_writer is None:
+            self._open_store()
         listeners: list[trio.SocketListener] = []
         hosts: list[str | None] = list(config.listen) or [None]
         port = config.port
@@ -234,8 +240,8 @@ class Server:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if self._store_writer is not None:
-                    await nursery.start(self._store_writer.run)
                     await self._replay()
+                    await nursery.start(self._store_writer.run)
                 nursery.start_soon(self._timer)
                 with trio.CancelScope() as accepting:
                     self._accepting = accepting
@@ -277,7 +283,7 @@ class Server:
         now = time.time()
         for stored in jobs:
             self.manager.restore(stored.function, stored.unique, stored.data,
-                                 stored.priority, stored.when, stored.reducer,
+                                 Priority(stored.priority), stored.when, stored.reducer,
                                  stored.key, now)
         if jobs:
             log.info("replayed %d background jobs from the store", len(jobs))
@@ -435,9 +441,21 @@ class Server:
 
     # ------------------------------------------------------------------ persistence
 
+    def _open_store(self) -> None:
+        # Imported here: the builtin (memory) queue needs none of the store modules.
+        from .store import open_store
+        from .store.writer import StoreWriter
+
+        store = open_store(self.config.queue_type, dict(self.config.queue_options))
+        if store is not None:
+            log.info("queue: %s", self.config.queue_type)
+            self.attach_store(StoreWriter(store))
+
     def attach_store(self, writer: Any) -> None:
         """Persist background jobs through ``writer`` (add / done / replay)."""
         self._store_writer = writer
+        self._store_prefix = f"{time.time_ns():x}.{os.getpid()}."
+        self._store_seq = 0
         self.manager.on_store = self._store_job
         self.manager.on_done = self._forget_stored
 
@@ -446,15 +464,20 @@ class Server:
         nursery = self._nursery
         assert nursery is not None
         hold = peer.hold() if peer is not None else None
+        self._store_seq += 1
+        job.store_key = self._store_prefix + str(self._store_seq)
         nursery.start_soon(self._commit, job, peer, hold)
 
     async def _commit(self, job: Job, peer: PeerConnection | None, hold: Hold | None) -> None:
-        writer = self._store_writer
-        key = writer.new_key()
-        job.store_key = key
+        from .store import StoredJob
+
+        assert job.store_key is not None
+        stored = StoredJob(key=job.store_key, function=job.function.name, unique=job.unique,
+                           priority=int(job.priority), data=job.data, when=int(job.when),
+                           reducer=job.reducer)
         ok = True
         try:
-            await writer.add(writer.stored_job(key, job))
+            await self._store_writer.add(stored)
         except Exception as exc:
             log.error("store: could not persist job %s: %s", job.handle.decode("latin-1"), exc)
             ok = False
