@@ -280,14 +280,16 @@ class Manager:
             return
         conn.closed = True
         self.conns.pop(conn.id, None)
-        for job in list(conn.assigned.values()):
-            self._lost(job, conn, now)
+        # Out of the sleepers before requeueing, so the requeue's NOOPs go to live workers.
         for name in conn.abilities:
             fn = self.functions.get(name)
             if fn is not None:
                 fn.workers.pop(conn, None)
                 fn.sleepers.pop(conn, None)
         conn.abilities.clear()
+        conn.sleeping = False
+        for job in list(conn.assigned.values()):
+            self._lost(job, conn, now)
         for job in list(conn.attached):
             self._detach(job, conn)
         conn.attached.clear()
