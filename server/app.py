@@ -19,13 +19,13 @@ from typing import Any, Final
 
 import trio
 
-from protocol import NEED_DATA, AdminCommand, ConnectionClosed, Magic, Packet, Parser
+from protocol import NEED_DATA, AdminCommand, ConnectionClosed, Magic, Packet, Parser, Priority
 from protocol import RemoteProtocolError as ProtoError
 from protocol import admin as admin_text
 
 from .admin import AdminContext, handle_admin
 from .config import ServerConfig
-from .manager import Conn, Job, Manager, Priority, error_packet
+from .manager import Conn, Job, Manager, error_packet
 
 log = logging.getLogger(__name__)
 
