@@ -809,8 +809,9 @@ class Manager:
         fn.dead[prio] += 1
         queue = fn.queues[prio]
         if fn.dead[prio] >= _COMPACT_MIN and fn.dead[prio] * 2 > len(queue):
-            fn.queues[prio].clear()
-            fn.queues[prio].extend(j for j in list(queue) if j.queued)
+            live = [j for j in queue if j.queued]
+            queue.clear()
+            queue.extend(live)
             fn.dead[prio] = 0
         if not queue:
             fn.dead[prio] = 0
