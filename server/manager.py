@@ -781,10 +781,10 @@ class Manager:
 
     def _detach(self, job: Job, client: Conn) -> None:
         """A foreground client stops waiting for ``job`` (spec §2.8, decisions.md)."""
-        try:
-            job.clients.remove(client)
-        except ValueError:
+        if client not in job.clients:
             return
+        # Every entry: a client that submitted the same unique twice is attached twice.
+        job.clients = [c for c in job.clients if c is not client]
         if job.clients or job.background:
             return
         # Nobody can still want it: out of the unique index at once, so a later submit
