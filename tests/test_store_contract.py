@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from server.store import Store, StoredJob, open_store
+from server.store import memcached as mc
 
 IN_CI = os.environ.get("CI") == "true"
-STORES = ["libsqlite3", "flatfile", "postgres", "mysql"]
+STORES = ["libsqlite3", "flatfile", "postgres", "mysql", "redis", "libmemcached"]
 
 Opener = Callable[[], Store]
 
@@ -245,3 +246,72 @@ def test_a_large_payload(opener: Opener) -> None:
     big = job(1, data=os.urandom(3 << 20) + b"\x00end")
     store.commit([big, job(2)], [])
     assert reopen(opener, store).replay() == [big, job(2)]
+
+
+# --- memcached's own index: segments roll over, compaction keeps live jobs ---
+
+
+def mc_job(n: int) -> StoredJob:
+    return StoredJob(key=f"H:x:{n}", function=b"f-\x00", unique=b"-", priority=n % 3,
+                     data=b"d" * n)
+
+
+def test_index_segments_and_compaction_keep_live_jobs_in_order(
+        memcached_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mc, "SEGMENT", 2000)
+    monkeypatch.setattr(mc, "COMPACT_SLACK", 50)
+    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    store = mc.MemcachedStore([("127.0.0.1", memcached_port)], prefix)
+    jobs = [mc_job(n) for n in range(300)]
+    for start in range(0, 300, 30):
+        store.commit(jobs[start:start + 30], [])
+    assert store._last > 0  # the index rolled over to more segments
+    live = jobs[::25]
+    store.commit([], [j.key for j in jobs if j not in live])
+    assert store._entries == len(live)  # compacted
+    store.commit([mc_job(1000)], [])
+    store.close()
+    store = mc.MemcachedStore([("127.0.0.1", memcached_port)], prefix)
+    assert store.replay() == [*live, mc_job(1000)]
+    store.close()
+
+
+def test_server_list_parsing() -> None:
+    assert mc.parse_servers("a:1, b,--SERVER=c:3") == [("a", 1), ("b", 11211), ("c", 3)]
+
+
+# --- SQL stores refuse a table the C gearmand created (its key is (unique, function)) ---
+
+REFERENCE_DDL = {
+    "postgres": "CREATE TABLE {t} (unique_key VARCHAR(64), function_name VARCHAR(255), "
+                "priority INTEGER, data BYTEA, when_to_run INTEGER, "
+                "UNIQUE (unique_key, function_name))",
+    "mysql": "CREATE TABLE {t} (unique_key VARCHAR(64), function_name VARCHAR(255), "
+             "priority INT, data LONGBLOB, when_to_run INT, "
+             "unique key (unique_key, function_name))",
+}
+
+
+@pytest.mark.parametrize("name", ["postgres", "mysql"])
+def test_sql_stores_refuse_the_reference_servers_table(
+        name: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from server.store import StoreError
+
+    options, cleanup = _options(name, tmp_path, uuid.uuid4().hex[:10], request)
+    table = options["libpq-table" if name == "postgres" else "mysql-table"]
+    ddl = REFERENCE_DDL[name].format(t=table)
+    try:
+        if name == "postgres":
+            import psycopg
+            with psycopg.connect(options["libpq-conninfo"], autocommit=True) as conn:
+                conn.execute(ddl)
+        else:
+            import pymysql
+            conn = pymysql.connect(host="127.0.0.1", user="root", database="test")
+            with conn.cursor() as cur:
+                cur.execute(ddl)
+            conn.close()
+        with pytest.raises(StoreError, match=r"created by the C gearmand.*use another"):
+            open_store(name, options)
+    finally:
+        cleanup()
