@@ -866,9 +866,17 @@ class Manager:
         if len(unique) > MAX_UNIQUE:
             conn.peer.deliver(error_packet("ARGUMENT_TOO_LARGE", "Unique value too large"))
             return
-        same = self.by_unique.get(unique)
-        job = next((j for j in same if j.unique != b"-"), None) if same else None
-        if job is None or job.cancelled:
+        # Prefer the job a submit with this unique would join over a cancelled or
+        # abandoned one that a worker is still finishing (decisions.md, job life).
+        job: Job | None = None
+        for j in self.by_unique.get(unique, ()):
+            if j.unique == b"-" or j.cancelled:
+                continue
+            if j.index_key is not None:
+                job = j
+                break
+            job = job or j
+        if job is None:
             conn.peer.deliver(
                 encode_res(PT.STATUS_RES_UNIQUE, unique, b"0", b"0", b"0", b"0", b"0"))
             return
