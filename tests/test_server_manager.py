@@ -1068,3 +1068,65 @@ def test_drop_function(w: World) -> None:
     assert w.m.drop_function(b"busy") == \
         "there are still connected workers or executing clients"
     assert w.m.drop_function(b"nothere") == "function not found"
+
+
+def test_get_status_unique_finds_the_fresh_job_not_the_dead_one(w: World) -> None:
+    a, b, wk, asker = w.end(), w.end(), w.end(), w.end()
+    h = a.submit(b"f", b"u")
+    wk.can_do(b"f")
+    wk.grab()
+    assert w.m.cancel(h)  # running, cancelled: its worker is still busy with it
+    b.submit(b"f", b"u")
+    asker.send(PT.GET_STATUS_UNIQUE, b"u")
+    assert asker.take() == [res(PT.STATUS_RES_UNIQUE, b"u", b"1", b"0", b"0", b"0", b"1")]
+    c, wk2 = w.end(), w.end()
+    h3 = c.submit(b"g", b"v")
+    wk2.can_do(b"g")
+    wk2.grab()
+    c.close()  # running job abandoned by its only client
+    d = w.end()
+    d.submit(b"g", b"v")
+    asker.send(PT.GET_STATUS_UNIQUE, b"v")
+    assert asker.take() == [res(PT.STATUS_RES_UNIQUE, b"v", b"1", b"0", b"0", b"0", b"1")]
+    assert h3
+
+
+# ---------------------------------------------------------------- error replies (decisions.md)
+
+
+def test_over_long_handle_in_get_status_gets_an_error(w: World) -> None:
+    c = w.end()
+    c.send(PT.GET_STATUS, b"H" * 64)
+    (reply,) = c.take()
+    assert reply.type == PT.ERROR and reply.args[0] == b"ARGUMENT_TOO_LARGE"
+
+
+def test_over_long_unique_in_get_status_unique_gets_an_error(w: World) -> None:
+    c = w.end()
+    c.send(PT.GET_STATUS_UNIQUE, b"u" * 65)
+    (reply,) = c.take()
+    assert reply.type == PT.ERROR and reply.args[0] == b"ARGUMENT_TOO_LARGE"
+
+
+def test_over_long_timeout_string_gets_an_error(w: World) -> None:
+    c = w.end()
+    c.send(PT.CAN_DO_TIMEOUT, b"f", b"1" * 21)
+    (reply,) = c.take()
+    assert reply.type == PT.ERROR
+    assert c.conn.abilities == {}
+
+
+def test_epoch_overflow_gets_an_error(w: World) -> None:
+    c = w.end()
+    c.send(PT.SUBMIT_JOB_EPOCH, b"f", b"", b"9" * 30, b"x")
+    (reply,) = c.take()
+    assert reply.type == PT.ERROR
+    assert w.m.jobs == {}
+
+
+def test_sched_with_bad_field_gets_an_error(w: World) -> None:
+    c = w.end()
+    c.send(PT.SUBMIT_JOB_SCHED, b"f", b"", b"every", b"", b"", b"", b"", b"x")
+    (reply,) = c.take()
+    assert reply.type == PT.ERROR
+    assert w.m.jobs == {}
