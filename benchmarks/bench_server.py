@@ -77,6 +77,13 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pin_self() -> None:
     if (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
@@ -199,15 +206,18 @@ def main() -> None:
                 for name, _unit, fn, _higher in scenarios:
                     proc, port = start(kind, logdir)
                     current["pid"] = proc.pid
+                    cpu0 = cpu_seconds(proc.pid)
                     try:
                         value, note = fn(port, args.jobs)
+                        cpu = cpu_seconds(proc.pid) - cpu0
                     finally:
                         proc.terminate()
                         proc.wait(10)
                     results.setdefault((name, kind), []).append(value)
                     if note:
                         notes[(name, kind)] = note
-                    print(f"run {run + 1} {kind:9} {name}: {value:,.1f} {note}",
+                    print(f"run {run + 1} {kind:9} {name}: {value:,.1f} {note}"
+                          f" (server CPU {cpu * 1e6 / args.jobs:.1f} us/job)",
                           file=sys.stderr, flush=True)
     print(f"\n| measure | unit | {' | '.join(kinds)} | ratio |")
     print("|---|---|" + "---|" * len(kinds) + "---|")

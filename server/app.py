@@ -193,6 +193,8 @@ class Server:
         self._peers: dict[int, PeerConnection] = {}
         #: Peers with output not yet written; flushed once per batch of events.
         self._dirty: list[PeerConnection] = []
+        self._flush_wake = trio.Event()
+        self._flush_scheduled = False
         self._store_writer: Any = None
         self._store_prefix = ""
         self._store_seq = 0
@@ -243,6 +245,7 @@ class Server:
                     await self._replay()
                     await nursery.start(self._store_writer.run)
                 nursery.start_soon(self._timer)
+                nursery.start_soon(self._flusher)
                 with trio.CancelScope() as accepting:
                     self._accepting = accepting
                     if self._shutdown.is_set():
@@ -349,7 +352,7 @@ class Server:
             peer.broken = True
             peer.out.clear()
             self.manager.disconnect(conn, time.time())
-            self._flush()
+            self._flush_soon()
             self._poke_timer()
             with trio.CancelScope(shield=True):
                 await stream.aclose()
@@ -403,8 +406,22 @@ class Server:
                     peer.deliver(error_packet(exc.code, exc.text))
                 return
             finally:
-                self._flush()
+                self._flush_soon()
                 self._poke_timer()
+
+    def _flush_soon(self) -> None:
+        """Flush after every task that is runnable now has run, so that output produced
+        for one peer by several connections' batches goes out in one write."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._flush_wake.set()
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._flush_wake.wait()
+            self._flush_wake = trio.Event()
+            self._flush_scheduled = False
+            self._flush()
 
     def _flush(self) -> None:
         """Write out every peer that was delivered to since the last flush."""
@@ -437,7 +454,7 @@ class Server:
                     await self._timer_wake.wait()
                     continue
             manager.tick(time.time())
-            self._flush()
+            self._flush_soon()
 
     # ------------------------------------------------------------------ persistence
 
@@ -484,7 +501,7 @@ class Server:
         reply = self.manager.job_stored(job, ok, time.time())
         if peer is not None and hold is not None:
             peer.release(hold, reply)
-        self._flush()
+        self._flush_soon()
 
     def _forget_stored(self, job: Job) -> None:
         if job.store_key is not None:
