@@ -68,6 +68,7 @@ def test_store_queue_on_shutdown_is_accepted_and_says_so(
 def test_wal_and_full_sync(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "q.db"))
     store.commit([StoredJob("k", b"f", b"", 1, b"x")], [])
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     store.close()
     db = sqlite3.connect(tmp_path / "q.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
