@@ -22,6 +22,7 @@ import trio
 
 from server import cli, daemon, logs
 from server.config import ServerConfig
+from server.store.base import StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -143,9 +144,9 @@ def run(invocation: cli.Invocation, factory: ServerFactory = _default_factory,
             failure = _unwrap(raised)
             if isinstance(failure, KeyboardInterrupt):
                 logger.log(logs.NOTICE, "Interrupted, shutting down")
-            elif isinstance(failure, daemon.StartupError | OSError):
-                message = str(failure) if isinstance(failure, daemon.StartupError) \
-                    else f"Could not start: {failure}"
+            elif isinstance(failure, daemon.StartupError | StoreError | OSError):
+                message = f"Could not start: {failure}" if isinstance(failure, OSError) \
+                    else str(failure)
                 logger.critical("%s", message)
                 readiness.fail(message)
                 return 1

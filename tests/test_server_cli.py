@@ -706,3 +706,26 @@ def test_man_page_renders_without_warnings() -> None:
     assert result.returncode == 0
     assert result.stderr == ""
     assert "gearmand" in result.stdout
+
+
+def test_queue_problems_are_one_line_exit_1(tmp_path: Path) -> None:
+    result = gearmand("-q", "libsqlite3", "-p", str(free_port()), "-L", "127.0.0.1",
+                      "-l", "none", "-P", "")
+    assert (result.returncode, result.stderr) == (
+        1, "gearmand: queue libsqlite3 needs --libsqlite3-db\n")
+
+
+@pytest.mark.parametrize(("queue", "option"), [("libsqlite3", "--libsqlite3-db"),
+                                               ("flatfile", "--flatfile-file")])
+def test_embedded_queues_start_and_are_logged(
+        tmp_path: Path, processes: list[subprocess.Popen[bytes]], queue: str,
+        option: str) -> None:
+    port = free_port()
+    log = tmp_path / "q.log"
+    proc = spawn(processes, tmp_path, "-q", queue, f"{option}={tmp_path / 'store'}",
+                 "-p", str(port), "-L", "127.0.0.1", "-l", str(log), "-P", "", "-vvv")
+    wait_for_port(port)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert f"Queue type: {queue}" in log.read_text()
+    assert (tmp_path / "store").exists()
