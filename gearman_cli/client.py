@@ -258,6 +258,11 @@ class Task:
         return self.function.decode("utf-8", "replace")
 
     @property
+    def attempts(self) -> int:
+        """How many times the task was sent (more than once after a failover)."""
+        return self._attempts
+
+    @property
     def done(self) -> bool:
         """True once nothing more will happen to the task."""
         return self._done

@@ -253,6 +253,9 @@ class AsyncWorker:
         # Per-run state (set by _work).
         self._slots = trio.Semaphore(concurrency)
         self._budget: int | None = None
+        self._budget_returned = trio.Event()
+        self._stopping = False
+        self._inflight = 0
         self._active = 0
         self._completed = 0
         self._all_done: trio.Event | None = None
@@ -334,11 +337,13 @@ class AsyncWorker:
                 trio.from_thread.run_sync(self._stop_now, trio_token=token)
 
     def _stop_now(self) -> None:
-        self._budget = 0
+        self._stopping = True
         self._check_done()
 
     def _check_done(self) -> None:
-        if self._budget == 0 and self._active == 0 and self._all_done is not None:
+        if self._all_done is None or self._active:
+            return
+        if self._stopping or (self._budget == 0 and self._inflight == 0):
             self._all_done.set()
 
     async def _work(self, count: int | None) -> int:
@@ -347,6 +352,9 @@ class AsyncWorker:
         self._running = True
         self._slots = trio.Semaphore(self._concurrency)
         self._budget = count
+        self._budget_returned = trio.Event()
+        self._stopping = False
+        self._inflight = 0
         self._active = 0
         self._completed = 0
         self._all_done = trio.Event()
@@ -423,31 +431,50 @@ class AsyncWorker:
         pre_sleep = encode_req(PacketType.PRE_SLEEP)
         while True:
             await self._slots.acquire()
-            if self._budget == 0 or not self._functions:
+            if self._stopping or self._budget == 0:
                 self._slots.release()
-                if self._budget == 0:
-                    await trio.sleep_forever()
+                await self._budget_returned.wait()
+                continue
+            if not self._functions:
+                self._slots.release()
                 conn.send(pre_sleep)
                 await self._next(session, noop=True)
                 continue
-            conn.send(grab)
-            reply = await self._next(session, noop=False)
-            if reply.type in _ASSIGN:
-                if self._budget is not None:
-                    self._budget -= 1
-                self._active += 1
-                jobs.start_soon(self._run_job, self._job_from(conn, reply))
-            elif reply.type is PacketType.NO_JOB:
+            # Pipeline: one GRAB per free slot (within the budget), sent in one batch and
+            # answered in order.
+            want = 1
+            while self._slots.value > 0 and (self._budget is None or want < self._budget):
+                self._slots.acquire_nowait()
+                want += 1
+            if self._budget is not None:
+                self._budget -= want
+            self._inflight += want
+            conn.send(grab * want)
+            idle = False
+            for _ in range(want):
+                reply = await self._next(session, noop=False)
+                self._inflight -= 1
+                if reply.type in _ASSIGN:
+                    self._active += 1
+                    jobs.start_soon(self._run_job, self._job_from(conn, reply))
+                    continue
                 self._slots.release()
+                if self._budget is not None:
+                    self._budget += 1
+                    self._budget_returned.set()
+                    self._budget_returned = trio.Event()
+                self._check_done()
+                if reply.type is PacketType.NO_JOB:
+                    idle = True
+                else:
+                    logger.warning("conn %d: unexpected reply to GRAB: %r", conn.id, reply)
+                    if reply.type is PacketType.ERROR:
+                        await trio.sleep(1)  # never busy-loop on a server that refuses us
+            if idle:
                 conn.send(pre_sleep)
                 session.sleeping = True
                 await self._next(session, noop=True)
                 session.sleeping = False
-            else:
-                self._slots.release()
-                logger.warning("conn %d: unexpected reply to GRAB: %r", conn.id, reply)
-                if reply.type is PacketType.ERROR:
-                    await trio.sleep(1)  # never busy-loop on a server that refuses us
 
     def _job_from(self, conn: Connection, packet: Packet) -> Job:
         args = packet.args
