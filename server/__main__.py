@@ -64,7 +64,8 @@ async def serve(config: ServerConfig, factory: ServerFactory, *,
             addresses: list[Address] = await nursery.start(_serve_then_stop, server,
                                                            nursery.cancel_scope)
             on_started([(str(a[0]), int(a[1])) for a in addresses])
-            nursery.start_soon(_watch_signals, signals, server, on_reopen)
+            nursery.start_soon(_watch_signals, signals, server, on_reopen,
+                               nursery.cancel_scope)
 
 
 async def _serve_then_stop(server: Serving, scope: trio.CancelScope, *,
@@ -74,7 +75,9 @@ async def _serve_then_stop(server: Serving, scope: trio.CancelScope, *,
     scope.cancel()  # the server is done: stop watching for signals
 
 
-async def _watch_signals(signals: Any, server: Serving, on_reopen: Callable[[], None]) -> None:
+async def _watch_signals(signals: Any, server: Serving, on_reopen: Callable[[], None],
+                         scope: trio.CancelScope) -> None:
+    stopping = False
     async for signum in signals:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
@@ -82,9 +85,15 @@ async def _watch_signals(signals: Any, server: Serving, on_reopen: Callable[[], 
         elif signum == signal.SIGUSR1:
             logger.log(logs.NOTICE, "Received %s, shutting down gracefully", name)
             server.shutdown(graceful=True)
+            stopping = True
+        elif stopping:
+            # TERM/INT while already stopping (say, draining after USR1): stop now.
+            logger.log(logs.NOTICE, "Received %s again, stopping now", name)
+            scope.cancel()
         else:
             logger.log(logs.NOTICE, "Received %s, shutting down", name)
             server.shutdown()
+            stopping = True
 
 
 def run(invocation: cli.Invocation, factory: ServerFactory = _default_factory,

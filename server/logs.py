@@ -45,6 +45,9 @@ DEFAULT_LEVEL_NAME = "ERROR"
 logging.addLevelName(NOTICE, "NOTICE")
 logging.addLevelName(ALERT, "ALERT")
 
+#: The local syslog socket (module-level so tests can point it elsewhere).
+SYSLOG_SOCKET = "/dev/log"
+
 #: The reference names its thread in every line; we have one thread, called main there too.
 THREAD_FIELD = "[  main ]"
 
@@ -234,7 +237,7 @@ def configure(settings: LogSettings, logger: logging.Logger | None = None, *,
 
 def _syslog_handler(err: TextIO) -> logging.Handler | None:
     """LOG_USER, ident ``gearmand`` (spec §4.1 ``--syslog``), over the local socket."""
-    address: str | tuple[str, int] = "/dev/log" if os.path.exists("/dev/log") \
+    address: str | tuple[str, int] = SYSLOG_SOCKET if os.path.exists(SYSLOG_SOCKET) \
         else ("localhost", logging.handlers.SYSLOG_UDP_PORT)
     try:
         handler = _SysLogHandler(

@@ -729,3 +729,44 @@ def test_embedded_queues_start_and_are_logged(
     assert proc.wait(10) == 0
     assert f"Queue type: {queue}" in log.read_text()
     assert (tmp_path / "store").exists()
+
+
+class StubbornServer(FakeServer):
+    """Ignores graceful shutdown (work that never ends) to test the forced stop."""
+
+    def shutdown(self, graceful: bool = False) -> None:
+        self.calls.append("graceful" if graceful else "stop")
+
+
+def test_sigterm_during_a_graceful_stop_stops_at_once(tmp_path: Path) -> None:
+    servers: list[FakeServer] = []
+
+    def factory(config: ServerConfig) -> FakeServer:
+        servers.append(StubbornServer(config, [signal.SIGUSR1, signal.SIGTERM]))
+        return servers[0]
+
+    inv = parse("-l", str(tmp_path / "s.log"), "-P", "", "--coredump", "-vv")
+    started = time.monotonic()
+    assert entry.run(inv, factory, logging.getLogger("server")) == 0
+    assert time.monotonic() - started < 4  # not the fake's 5 s fail_after
+    assert servers[0].calls == ["graceful"]
+    assert "Received SIGTERM again, stopping now" in (tmp_path / "s.log").read_text()
+
+
+def test_syslog_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "log.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sink:
+        sink.bind(str(path))
+        sink.settimeout(5)
+        monkeypatch.setattr(logs, "SYSLOG_SOCKET", str(path))
+        logger = logging.getLogger("test_server_cli.syslog")
+        logger.propagate = False
+        setup = logs.configure(logs.LogSettings("none", "INFO", syslog=True), logger)
+        try:
+            logger.log(logs.NOTICE, "hello")
+            logger.critical("bad")
+            # facility user (1) * 8 + notice (5) = 13; + crit (2) = 10
+            assert sink.recv(1024) == b"<13>gearmand: NOTICE hello\x00"
+            assert sink.recv(1024) == b"<10>gearmand: CRITICAL bad\x00"
+        finally:
+            setup.close()
