@@ -12,18 +12,24 @@ from typing import Final
 from ._admin import AdminCommand, parse_admin_line
 from ._errors import RemoteProtocolError
 from ._packet import HEADER_SIZE, Packet
-from ._types import ARITY, Magic, PacketType
+from ._types import PACKET_SPECS, Magic, PacketType
 
 #: Default largest payload accepted: well above 16 MiB workloads.
 DEFAULT_MAX_PACKET_SIZE: Final = 64 * 1024 * 1024
 #: Default longest admin line accepted (bytes, without the newline).
 DEFAULT_MAX_LINE_LENGTH: Final = 8192
 
-_HEADER: Final = struct.Struct(">4sII")
-_TYPES: Final = tuple(
-    PacketType(n) if n in PacketType._value2member_map_ else None for n in range(len(ARITY))
-)
+#: The header without its size: magic and type as one 8-byte key.
+_HEAD: Final = struct.Struct(">8sI")
 _MAGICS: Final = {b"\0REQ": Magic.REQ, b"\0RES": Magic.RES}
+#: Every valid (magic, type) prefix -> (magic, type, arity): one dict lookup per
+#: packet on the hot path; a miss is sorted out by ``_header_error``.
+_KNOWN: Final[dict[bytes, tuple[Magic, PacketType, int]]] = {
+    magic.value + struct.pack(">I", ptype): (magic, ptype, len(PACKET_SPECS[ptype].args))
+    for magic in Magic
+    for ptype in PacketType
+}
+_new_packet: Final = tuple.__new__
 
 
 class _Sentinel:
@@ -120,17 +126,10 @@ class Parser:
         if buf[pos] == 0:
             if avail < HEADER_SIZE:
                 return self._need(avail)
-            magic_raw, ptype_num, size = _HEADER.unpack_from(buf, pos)
-            magic = _MAGICS.get(bytes(magic_raw))
-            if magic is None:
-                raise self._fail(RemoteProtocolError("bad magic", code="INVALID_MAGIC"))
-            ptype = _TYPES[ptype_num] if ptype_num < len(_TYPES) else None
-            if ptype is None:
-                raise self._fail(
-                    RemoteProtocolError(
-                        f"unknown packet type {ptype_num}", code="INVALID_COMMAND"
-                    )
-                )
+            head, size = _HEAD.unpack_from(buf, pos)
+            kind = _KNOWN.get(head)
+            if kind is None:
+                raise self._fail(_header_error(head))
             if size > self.max_packet_size:
                 raise self._fail(
                     RemoteProtocolError(
@@ -139,24 +138,27 @@ class Parser:
                         code="ARGUMENT_TOO_LARGE",
                     )
                 )
-            end = pos + HEADER_SIZE + size
+            start = pos + HEADER_SIZE
+            end = start + size
             if end > len(buf):
                 return self._need(avail)
-            nargs = ARITY[ptype_num]
-            assert nargs is not None
-            if nargs == 0:
-                args: tuple[bytes, ...] = ()
+            nargs = kind[2]
+            if nargs == 1:
+                args: tuple[bytes, ...] = (bytes(buf[start:end]),)
+            elif nargs == 0:
+                args = ()
             else:
-                args = tuple(bytes(buf[pos + HEADER_SIZE : end]).split(b"\0", nargs - 1))
+                args = tuple(bytes(buf[start:end]).split(b"\0", nargs - 1))
                 if len(args) != nargs:
                     raise self._fail(
                         RemoteProtocolError(
-                            f"{ptype.name} needs {nargs} arguments, "
+                            f"{kind[1].name} needs {nargs} arguments, "
                             f"payload has {len(args)}"
                         )
                     )
             self._pos = end
-            return Packet._trusted(magic, ptype, args)
+            # Packet._trusted, inlined: the split already guarantees arity and NULs.
+            return _new_packet(Packet, (kind[0], kind[1], args))
         # An admin text line. Its length excludes the line end, so a line that
         # fits with "\n" also fits with "\r\n" (decisions.md, Admin).
         nl = buf.find(b"\n", pos)
@@ -188,11 +190,20 @@ class Parser:
     def events(self) -> list[Event]:
         """Every complete event buffered now (stops after ConnectionClosed)."""
         out: list[Event] = []
+        append = out.append
+        next_event = self.next_event
         while True:
-            event = self.next_event()
-            if event is NEED_DATA:
+            event = next_event()
+            if isinstance(event, _Sentinel):  # NEED_DATA, the only instance
                 return out
-            assert not isinstance(event, _Sentinel)
-            out.append(event)
-            if isinstance(event, ConnectionClosed):
+            append(event)
+            if type(event) is ConnectionClosed:
                 return out
+
+
+def _header_error(head: bytes) -> RemoteProtocolError:
+    """Why an 8-byte magic+type prefix is not a known packet header."""
+    if head[:4] not in _MAGICS:
+        return RemoteProtocolError("bad magic", code="INVALID_MAGIC")
+    ptype_num = int.from_bytes(head[4:], "big")
+    return RemoteProtocolError(f"unknown packet type {ptype_num}", code="INVALID_COMMAND")
