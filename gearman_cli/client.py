@@ -537,9 +537,14 @@ class AsyncClient(_TaskQueue):
         tb: TracebackType | None,
     ) -> bool | None:
         await self.aclose()
-        cm, self._nursery_cm, self._nursery = self._nursery_cm, None, None
-        result: bool | None = await cm.__aexit__(exc_type, exc, tb)
-        return result
+        cm, self._nursery_cm, nursery = self._nursery_cm, None, self._nursery
+        self._nursery = None
+        assert nursery is not None
+        nursery.cancel_scope.cancel()
+        # The connection tasks never raise; the body's own exception is not handed to the
+        # nursery, so it propagates as itself rather than wrapped in an ExceptionGroup.
+        await cm.__aexit__(None, None, None)
+        return None
 
     async def aclose(self) -> None:
         """Close every connection; tasks still in flight are left unfinished."""
