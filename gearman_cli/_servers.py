@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -117,11 +117,12 @@ def _weight(server: ServerAddress, key: bytes) -> bytes:
 class ServerPool:
     """The server list of a client plus each server's health (back-off state).
 
-    Health uses ``time.monotonic`` so it survives across ``trio.run`` calls of the
+    Health uses ``clock`` (``time.monotonic``) so it survives across ``trio.run`` calls of the
     blocking facade.
     """
 
     explicit: list[ServerAddress] = field(default_factory=list)
+    clock: Callable[[], float] = time.monotonic
     _health: dict[ServerAddress, _Health] = field(default_factory=dict)
     _rr: int = 0
 
@@ -138,13 +139,13 @@ class ServerPool:
         health = self._health.get(server)
         if health is None or health.failures == 0:
             return False
-        return (time.monotonic() if now is None else now) < health.retry_at
+        return (self.clock() if now is None else now) < health.retry_at
 
     def mark_down(self, server: ServerAddress) -> None:
         health = self._health.setdefault(server, _Health())
         delay = min(BACKOFF_MAX, BACKOFF_MIN * 2**health.failures)
         health.failures += 1
-        health.retry_at = time.monotonic() + delay
+        health.retry_at = self.clock() + delay
         logger.info("server %s is down; retry in %.1fs", server, delay)
 
     def mark_up(self, server: ServerAddress) -> None:
@@ -168,7 +169,7 @@ class ServerPool:
                 start = self._rr % len(servers)
                 self._rr += 1
                 servers = servers[start:] + servers[:start]
-        now = time.monotonic()
+        now = self.clock()
         up = [s for s in servers if not self.is_down(s, now)]
         if len(up) == len(servers):
             return servers

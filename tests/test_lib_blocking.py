@@ -157,11 +157,10 @@ def test_consistent_hash_and_round_robin() -> None:
     assert [one.order()[0] for _ in range(8)] == servers * 2
 
 
-def test_failed_server_goes_last_until_its_backoff_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_server_goes_last_until_its_backoff_ends() -> None:
     now = [1000.0]
-    monkeypatch.setattr("gearman_cli._servers.time.monotonic", lambda: now[0])
     a, b = ServerAddress("a"), ServerAddress("b")
-    pool = ServerPool([a, b])
+    pool = ServerPool([a, b], clock=lambda: now[0])
     key = next(k for k in (b"k%d" % i for i in range(100)) if pool.order(k)[0] == a)
     pool.mark_down(a)
     assert pool.order(key) == [b, a]
