@@ -850,3 +850,301 @@ def test_waiting_is_bounded() -> None:
         wire = Wire(listener.getsockname()[1], timeout=0.2)
         with wire, pytest.raises(WireTimeout):
             wire.recv()
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def test_unique_length_limits(any_server: RunningServer) -> None:
+    port = any_server.port
+    with connect(port) as c, worker(port, b"f") as w:
+        u64 = bytes(range(65, 65 + 26)) * 2 + b"0123456789AB"
+        assert len(u64) == 64
+        h = submit(c, b"f", b"x", u64, PT.SUBMIT_JOB_BG)
+        w.send(PT.GRAB_JOB_UNIQ)
+        if ours(any_server):
+            w.expect(PT.JOB_ASSIGN_UNIQ, h, b"f", u64, b"x")  # decisions.md: kept whole
+        else:
+            # 1.1.20 keeps 63 bytes and its terminating NUL lands in front of the data.
+            w.expect(PT.JOB_ASSIGN_UNIQ, h, b"f", u64[:63], b"\0x")
+        c.send(PT.SUBMIT_JOB, b"f", u64 + b"C", b"x")
+        c.expect(PT.ERROR, b"ARGUMENT_TOO_LARGE", b"Unique value too large")
+        c.send(PT.ECHO_REQ, b"open")
+        c.expect(PT.ECHO_RES, b"open")
+
+
+def test_get_status_overlong_handle(any_server: RunningServer) -> None:
+    with connect(any_server.port) as c:
+        h63 = b"H:" + b"x" * 61
+        c.send(PT.GET_STATUS, h63)
+        c.expect(PT.STATUS_RES, h63, b"0", b"0", b"0", b"0")
+        c.send(PT.GET_STATUS, h63 + b"y")
+        if ours(any_server):
+            # decisions.md: an ERROR instead of the reference's silence.
+            reply = c.recv()
+            assert reply.type is PT.ERROR and reply.args[0] == b"ARGUMENT_TOO_LARGE", reply
+        else:
+            c.quiet()
+
+
+def test_set_client_id_truncated(any_server: RunningServer) -> None:
+    port = any_server.port
+    with connect(port) as w, connect(port) as a:
+        w.send(PT.SET_CLIENT_ID, b"i" * 200)
+        w.send(PT.CAN_DO, b"f")
+        w.send(PT.ECHO_REQ, b"")
+        w.recv()
+        lines = status_lines(a, "workers")
+        assert any(line.endswith(b" " + b"i" * 127 + b" : f") for line in lines), lines
+
+
+def test_empty_function_name(any_server: RunningServer) -> None:
+    port = any_server.port
+    with connect(port) as c, worker(port, b"") as w:
+        h = submit(c, b"", b"data")
+        w.send(PT.GRAB_JOB)
+        w.expect(PT.JOB_ASSIGN, h, b"", b"data")
+
+
+def test_foreground_reduce_job(any_server: RunningServer) -> None:
+    port = any_server.port
+    with connect(port) as c, worker(port, b"map") as w:
+        c.send(PT.SUBMIT_REDUCE_JOB, b"map", b"ru", b"reducer", b"", b"input")
+        h = c.recv().args[0]
+        w.send(PT.GRAB_JOB_ALL)
+        w.expect(PT.JOB_ASSIGN_ALL, h, b"map", b"ru", b"reducer", b"input")
+        w.send(PT.WORK_COMPLETE, h, b"reduced")
+        c.expect(PT.WORK_COMPLETE, h, b"reduced")
+
+
+# --------------------------------------------------------------------------- job life
+
+
+def test_foreground_client_leaving_bg_job(any_server: RunningServer) -> None:
+    port = any_server.port
+    with connect(port) as c, worker(port, b"f") as w:
+        h = submit(c, b"f", b"bg", b"shared", PT.SUBMIT_JOB_BG)
+        with connect(port) as fg:
+            assert submit(fg, b"f", b"fg", b"shared") == h
+        time.sleep(0.2)
+        w.send(PT.GRAB_JOB)
+        if ours(any_server):
+            w.expect(PT.JOB_ASSIGN, h, b"f", b"bg")  # decisions.md: the bg job survives
+        else:
+            w.expect(PT.NO_JOB)  # 1.1.20 drops it (spec §2.2 bug a)
+
+
+def test_resubmit_after_all_clients_left(any_server: RunningServer) -> None:
+    port = any_server.port
+    with connect(port) as c, connect(port) as a:
+        with connect(port) as gone:
+            h = submit(gone, b"f", b"x", b"u")
+        time.sleep(0.2)
+        with worker(port, b"f") as w:
+            h2 = submit(c, b"f", b"y", b"u")
+            if ours(any_server):
+                # decisions.md: a fresh job, never the dead one.
+                assert h2 != h
+                assert status_lines(a, "show jobs") == [h2 + b"\t0\t0\t0"]
+                w.send(PT.GRAB_JOB)
+                w.expect(PT.JOB_ASSIGN, h2, b"f", b"y")
+                w.send(PT.WORK_COMPLETE, h2, b"answer")
+                c.expect(PT.WORK_COMPLETE, h2, b"answer")
+            else:
+                assert h2 == h  # attached to the doomed job: never answered
+                assert status_lines(a, "show jobs") == [h + b"\t0\t1\t0"]
+                w.send(PT.GRAB_JOB)
+                w.expect(PT.NO_JOB)
+                c.quiet()
+
+
+def test_client_leaving_queued_job(any_server: RunningServer) -> None:
+    port = any_server.port
+    with connect(port) as a:
+        with connect(port) as gone:
+            h = submit(gone, b"f", b"x")
+        if ours(any_server):
+            wait_for(lambda: a.admin("show jobs") == b".\n")  # dropped at once
+        else:
+            # Doomed but kept, and counted, until a GRAB reaches it (spec §2.8).
+            wait_for(lambda: a.admin("show jobs") == h + b"\t0\t1\t0\n.\n")
+            assert function_status(a, b"f") == b"f\t1\t0\t0"
+        with worker(port, b"f") as w:
+            w.send(PT.GRAB_JOB)
+            w.expect(PT.NO_JOB)
+        # Ours drops it at once, the reference when the GRAB reaches it (spec §2.8).
+        wait_for(lambda: function_status(a, b"f") == b"f\t0\t0\t0")
+
+
+def test_client_leaving_running_job(any_server: RunningServer) -> None:
+    port = any_server.port
+    with connect(port) as a, worker(port, b"f") as w:
+        with connect(port) as gone:
+            h = submit(gone, b"f", b"x")
+            w.send(PT.GRAB_JOB)
+            w.expect(PT.JOB_ASSIGN, h, b"f", b"x")
+        time.sleep(0.2)
+        # Results of a job nobody waits for are accepted without error (spec §2.8).
+        w.send(PT.WORK_DATA, h, b"d")
+        w.send(PT.WORK_COMPLETE, h, b"r")
+        w.send(PT.ECHO_REQ, b"sync")
+        w.expect(PT.ECHO_RES, b"sync")
+        assert function_status(a, b"f") == b"f\t0\t0\t1"
+
+
+def test_future_epoch_job_does_not_hide_lower_priority(any_server: RunningServer) -> None:
+    port = any_server.port
+    with connect(port) as c, worker(port, b"f") as w:
+        future = str(int(time.time()) + 3600).encode()
+        c.send(PT.SUBMIT_JOB_EPOCH, b"f", b"", future, b"later")
+        c.recv()
+        h = submit(c, b"f", b"low", b"", PT.SUBMIT_JOB_LOW_BG)
+        w.send(PT.GRAB_JOB)
+        if ours(any_server):
+            w.expect(PT.JOB_ASSIGN, h, b"f", b"low")  # decisions.md
+        else:
+            w.expect(PT.NO_JOB)  # 1.1.20: the NORMAL level hides the LOW one
+
+
+def test_epoch_job_falling_due_wakes_sleepers(any_server: RunningServer) -> None:
+    port = any_server.port
+    with connect(port) as c, worker(port, b"f") as w:
+        due = int(time.time()) + 2
+        c.send(PT.SUBMIT_JOB_EPOCH, b"f", b"", str(due).encode(), b"soon")
+        h = c.recv().args[0]
+        # Submitting it already wakes sleepers (spec §2.5); they find nothing.
+        w.send(PT.GRAB_JOB)
+        w.expect(PT.NO_JOB)
+        w.send(PT.PRE_SLEEP)
+        wait = due - time.time() + 1.5
+        if ours(any_server):
+            w.expect(PT.NOOP, timeout=wait)  # decisions.md: HEAD wakes them when due
+            assert time.time() >= due - 0.05
+        else:
+            w.quiet(wait)  # 1.1.20 does not
+        w.send(PT.GRAB_JOB)
+        w.expect(PT.JOB_ASSIGN, h, b"f", b"soon")
+
+
+def test_can_do_twice(any_server: RunningServer) -> None:
+    port = any_server.port
+    with connect(port) as a, worker(port, b"f", b"f") as w:
+        w.send(PT.ECHO_REQ, b"")
+        w.recv()
+        line = function_status(a, b"f")
+        lines = status_lines(a, "workers")
+        # Not in decisions.md: we register a function once per connection.
+        if ours(any_server):
+            assert line == b"f\t0\t0\t1"
+            assert any(x.endswith(b" - : f") for x in lines), lines
+        else:
+            assert line == b"f\t0\t0\t2"
+            assert any(x.endswith(b" - : f f") for x in lines), lines
+        w.send(PT.CANT_DO, b"f")
+        w.send(PT.ECHO_REQ, b"")
+        w.recv()
+        assert function_status(a, b"f") == b"f\t0\t0\t0"
+
+
+def test_can_do_timeout_requeues(any_server: RunningServer) -> None:
+    port = any_server.port
+    with connect(port) as c, connect(port) as w, worker(port, b"f") as w2:
+        w.send(PT.CAN_DO_TIMEOUT, b"f", b"1")  # raised to 1000 ms
+        h = submit(c, b"f", b"slow")
+        start = time.monotonic()
+        w.send(PT.GRAB_JOB)
+        w.expect(PT.JOB_ASSIGN, h, b"f", b"slow")
+        w2.send(PT.PRE_SLEEP)
+        w2.expect(PT.NOOP, timeout=3)
+        assert 0.8 < time.monotonic() - start < 2.5
+        w2.send(PT.GRAB_JOB)
+        w2.expect(PT.JOB_ASSIGN, h, b"f", b"slow")
+        w.send(PT.WORK_COMPLETE, h, b"late")
+        w.expect(PT.ERROR, b"JOB_NOT_FOUND", b"Job given in work result not found")
+        w2.send(PT.WORK_COMPLETE, h, b"ok")
+        c.expect(PT.WORK_COMPLETE, h, b"ok")
+        c.quiet()
+
+
+def test_can_do_timeout_cancelled_on_completion(any_server: RunningServer) -> None:
+    port = any_server.port
+    with connect(port) as c, connect(port) as w, connect(port) as a:
+        w.send(PT.CAN_DO_TIMEOUT, b"f", b"1000")
+        h = submit(c, b"f", b"quick")
+        w.send(PT.GRAB_JOB)
+        w.expect(PT.JOB_ASSIGN, h, b"f", b"quick")
+        w.send(PT.WORK_COMPLETE, h, b"ok")
+        c.expect(PT.WORK_COMPLETE, h, b"ok")
+        time.sleep(1.5)
+        if ours(any_server):
+            assert function_status(a, b"f") == b"f\t0\t0\t1"
+            assert a.admin("show jobs") == b".\n"
+        # (1.1.20's stale timer may corrupt its counters here: spec §2.7; not asserted.)
+        c.send(PT.ECHO_REQ, b"alive")
+        c.expect(PT.ECHO_RES, b"alive")
+
+
+@pytest.mark.parametrize("retries", ["0", "2"])
+def test_job_retries(start_server: object, retries: str) -> None:
+    assert callable(start_server)
+    for kind in ("ours", "reference"):
+        server: RunningServer = start_server(kind, "--job-retries", retries)
+        port = server.port
+        with connect(port) as c:
+            h = submit(c, b"f", b"x")
+            failed_after = None
+            for attempt in range(1, 4):
+                with worker(port, b"f") as w:
+                    w.send(PT.GRAB_JOB)
+                    reply = w.recv()
+                if reply.type is PT.NO_JOB:
+                    break
+                assert reply.args[0] == h
+                try:
+                    c.expect(PT.WORK_FAIL, h, timeout=0.3)
+                    failed_after = attempt
+                    break
+                except WireTimeout:
+                    pass
+            if retries == "0":
+                # decisions.md: HEAD, 0 = no retry; 1.1.20: 0 = unlimited.
+                assert failed_after == (1 if kind == "ours" else None), kind
+            else:
+                assert failed_after == 2, kind
+
+
+def test_worker_wakeup_rotation(start_server: object) -> None:
+    assert callable(start_server)
+    for kind in ("ours", "reference"):
+        server: RunningServer = start_server(kind, "--worker-wakeup", "1")
+        port = server.port
+        with connect(port) as c, worker(port, b"f") as w1, worker(port, b"f") as w2, \
+                worker(port, b"f") as w3:
+            for w in (w1, w2, w3):
+                w.send(PT.PRE_SLEEP)
+                w.send(PT.ECHO_REQ, b"")
+                w.recv()
+            woken = []
+            for n in range(3):
+                submit(c, b"f", str(n).encode(), ptype=PT.SUBMIT_JOB_BG)
+                time.sleep(0.1)
+                for i, w in enumerate((w1, w2, w3)):
+                    try:
+                        w.expect(PT.NOOP, timeout=0.05)
+                        woken.append(i)
+                    except WireTimeout:
+                        pass
+            assert sorted(woken) == [0, 1, 2], (kind, woken)
+            submit(c, b"f", b"4", ptype=PT.SUBMIT_JOB_BG)
+            for w in (w1, w2, w3):
+                w.quiet(0.1)
+
+
+def test_admin_shutdown(any_server: RunningServer) -> None:
+    with connect(any_server.port) as a:
+        reply = a.admin("shutdown")
+        if ours(any_server):
+            assert reply == b"OK\r\n"
+            any_server.proc.wait(5)
+        else:
+            assert reply == b"ERR UNKNOWN_COMMAND Unknown+server+commandshutdown\r\n"
