@@ -19,9 +19,10 @@ from gearman_cli import (
 
 
 @pytest.fixture
-def server(reference_server: Any) -> Any:
-    """The server these tests run against (switch to ``any_server`` for both)."""
-    return reference_server
+def server(any_server: Any) -> Any:
+    """The server these tests run against: ours and the reference (``reference_server``
+    for the reference alone)."""
+    return any_server
 
 
 async def _noop(job: Job) -> bytes:

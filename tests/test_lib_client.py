@@ -25,9 +25,10 @@ from protocol import Packet, PacketType
 
 
 @pytest.fixture
-def server(reference_server: Any) -> Any:
-    """The server these tests run against (switch to ``any_server`` for both)."""
-    return reference_server
+def server(any_server: Any) -> Any:
+    """The server these tests run against: ours and the reference (``reference_server``
+    for the reference alone)."""
+    return any_server
 
 
 async def reverse(job: Job) -> bytes:

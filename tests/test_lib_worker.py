@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def server(reference_server: Any) -> Any:
-    """The server these tests run against (switch to ``any_server`` for both)."""
-    return reference_server
+def server(any_server: Any) -> Any:
+    """The server these tests run against: ours and the reference (``reference_server``
+    for the reference alone)."""
+    return any_server
 
 
 async def test_job_fields_and_app_data(server: Any) -> None:
