@@ -1,7 +1,7 @@
 """Helpers shared by the tests/test_lib_* modules (no tests here).
 
-Each test module defines its own ``server`` fixture; point it at ``any_server`` instead of
-``reference_server`` to run the module against both servers.
+Each test module defines its own ``server`` fixture on ``any_server`` (ours and the
+reference); point it at ``reference_server`` to run a module against the reference alone.
 """
 
 from __future__ import annotations
