@@ -255,6 +255,7 @@ class AsyncWorker:
         self._budget: int | None = None
         self._budget_returned = trio.Event()
         self._stopping = False
+        self._stop_pending = False
         self._inflight = 0
         self._active = 0
         self._completed = 0
@@ -323,6 +324,7 @@ class AsyncWorker:
 
         Safe to call from the worker's trio task, another trio task, or another thread.
         """
+        self._stop_pending = True  # seen by a run that is just starting
         token = self._token
         if token is None:
             return
@@ -359,6 +361,8 @@ class AsyncWorker:
         self._completed = 0
         self._all_done = trio.Event()
         self._token = trio.lowlevel.current_trio_token()
+        if self._stop_pending:
+            self._stop_now()
         try:
             async with trio.open_nursery() as jobs, trio.open_nursery() as conns:
                 for server in self._pool.servers:
@@ -371,6 +375,7 @@ class AsyncWorker:
         finally:
             self._running = False
             self._token = None
+            self._stop_pending = False
             self._sessions.clear()
         return self._completed
 
