@@ -381,11 +381,19 @@ class AsyncWorker:
 
     async def _serve(self, server: ServerAddress, jobs: trio.Nursery) -> None:
         delay = self._reconnect_delay
+        last_warning = -math.inf
         while True:
             try:
                 stream = await open_stream(server, self._connect_timeout)
             except OSError as exc:
-                logger.warning("cannot connect to %s: %s (retry in %.2fs)", server, exc, delay)
+                # One warning per second at most; the other attempts log at DEBUG.
+                now = trio.current_time()
+                level = logging.WARNING if now - last_warning >= 1.0 else logging.DEBUG
+                if level == logging.WARNING:
+                    last_warning = now
+                logger.log(
+                    level, "cannot connect to %s: %s (retry in %.2fs)", server, exc, delay
+                )
             else:
                 conn = Connection(stream, server)
                 logger.info("conn %d: worker connected to %s", conn.id, server)

@@ -259,7 +259,7 @@ def _restart_on(start_server: Any, port: int) -> Any:
 
 async def test_no_server_means_backoff_not_a_busy_loop(caplog: pytest.LogCaptureFixture) -> None:
     dead = f"127.0.0.1:{free_port()}"
-    caplog.set_level(logging.WARNING, logger="gearman_cli.worker")
+    caplog.set_level(logging.DEBUG, logger="gearman_cli.worker")
     with trio.fail_after(5):
         worker = AsyncWorker(dead, reconnect_delay=0.05, reconnect_max=0.2)
         worker.add_function("f", _reverse)
@@ -268,6 +268,8 @@ async def test_no_server_means_backoff_not_a_busy_loop(caplog: pytest.LogCapture
     attempts = [r for r in caplog.records if "cannot connect" in r.getMessage()]
     # 0.05, 0.1, 0.2, 0.2, ... (±20 %): about 5 attempts in 0.8 s, never hundreds.
     assert 2 <= len(attempts) <= 8
+    # ... and at most one warning per second.
+    assert sum(r.levelno == logging.WARNING for r in attempts) == 1
 
 
 WORKER_SCRIPT = """
