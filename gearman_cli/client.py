@@ -1015,6 +1015,10 @@ class Client(_TaskQueue):
     def echo(self, data: Bytesish = b"") -> bytes:
         return self._run(lambda c: c.echo(data))
 
+    def ping(self) -> float:
+        """Round-trip time of an ECHO to the first reachable server, in seconds."""
+        return self._run(lambda c: c.ping())
+
     def run_tasks(self, tasks: Iterable[Task] | None = None, **callbacks: Any) -> list[Task]:
         """Run the queued tasks (or ``tasks``); same callbacks as ``AsyncClient.run_tasks``."""
         todo = list(tasks) if tasks is not None else self._queued

@@ -68,6 +68,7 @@ def test_blocking_client_and_worker(server: Any, blocking_worker: Worker) -> Non
     assert handle.startswith(b"H:")
     assert client.do_high_background("reverse", b"1") != client.do_low_background("reverse", b"2")
     assert client.echo(b"e\0cho") == b"e\0cho"
+    assert 0 < client.ping() < 5
     statuses: list[tuple[int, int]] = []
     tasks = [client.add_task("reverse", b"%d" % i, app_data=i) for i in range(50)]
     done = client.run_tasks(on_status=lambda t: statuses.append((t.numerator, t.denominator)))
@@ -140,6 +141,8 @@ def test_default_servers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert client.servers == [ServerAddress("x", 1), ServerAddress("y", 4730)]
     client.add_server("z", 5)
     assert client.servers == [ServerAddress("z", 5)]  # explicit servers replace the default
+    client.add_servers("z:5,w,[::1]:7003")
+    assert client.servers == [ServerAddress("z", 5), ServerAddress("w"), ServerAddress("::1", 7003)]
 
 
 def test_consistent_hash_and_round_robin() -> None:
