@@ -647,8 +647,9 @@ def test_admin_workers(any_server: RunningServer) -> None:
 
 def test_admin_prioritystatus(any_server: RunningServer) -> None:
     port = any_server.port
-    with connect(port) as a, connect(port) as c, worker(port, b"p"):
+    with connect(port) as a:
         assert a.admin("prioritystatus") == b".\n"
+    with connect(port) as a, connect(port) as c, worker(port, b"p"):
         for ptype in (PT.SUBMIT_JOB_HIGH_BG, PT.SUBMIT_JOB_BG, PT.SUBMIT_JOB_BG,
                       PT.SUBMIT_JOB_LOW_BG, PT.SUBMIT_JOB_LOW_BG, PT.SUBMIT_JOB_LOW_BG):
             submit(c, b"p", b"x", b"", ptype)
@@ -1026,20 +1027,20 @@ def test_epoch_job_falling_due_wakes_sleepers(any_server: RunningServer) -> None
         w.expect(PT.JOB_ASSIGN, h, b"f", b"soon")
 
 
-def test_can_do_twice(any_server: RunningServer) -> None:
+def test_can_do_twice(any_server: RunningServer, request: pytest.FixtureRequest) -> None:
+    if ours(any_server):
+        # Not in decisions.md: we register a function once per connection, so `status`
+        # counts 1 worker and `workers` lists it once. Flagged until it is decided.
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="undocumented difference: CAN_DO is idempotent in ours"))
     port = any_server.port
     with connect(port) as a, worker(port, b"f", b"f") as w:
         w.send(PT.ECHO_REQ, b"")
         w.recv()
-        line = function_status(a, b"f")
+        # 1.1.20: not idempotent, two entries (spec §1.3).
+        assert function_status(a, b"f") == b"f\t0\t0\t2"
         lines = status_lines(a, "workers")
-        # Not in decisions.md: we register a function once per connection.
-        if ours(any_server):
-            assert line == b"f\t0\t0\t1"
-            assert any(x.endswith(b" - : f") for x in lines), lines
-        else:
-            assert line == b"f\t0\t0\t2"
-            assert any(x.endswith(b" - : f f") for x in lines), lines
+        assert any(x.endswith(b" - : f f") for x in lines), lines
         w.send(PT.CANT_DO, b"f")
         w.send(PT.ECHO_REQ, b"")
         w.recv()
