@@ -56,9 +56,13 @@ def function_status(wire: Wire, fn: bytes) -> bytes | None:
 
 
 def worker(port: int, *functions: bytes) -> Wire:
+    """A connection that has registered ``functions`` (the server has seen them)."""
     w = Wire(port)
     for fn in functions:
         w.send(PT.CAN_DO, fn)
+    if functions:
+        w.send(PT.ECHO_REQ, b"registered")
+        w.expect(PT.ECHO_RES, b"registered")
     return w
 
 
