@@ -195,7 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         invocation = cli.parse_args(args, os.environ)
     except cli.Exit as done:
-        print(done.output)
+        try:
+            print(done.output, flush=True)
+        except BrokenPipeError:  # `gearmand --help | head`: the reader left, not an error
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return done.code
     except cli.CliError as exc:
         print(f"gearmand: {exc.format_message()}", file=sys.stderr)
