@@ -477,31 +477,27 @@ class Server:
         self.manager.on_done = self._forget_stored
 
     def _store_job(self, job: Job, conn: Conn) -> None:
-        peer = self._peers.get(conn.id)
-        nursery = self._nursery
-        assert nursery is not None
-        hold = peer.hold() if peer is not None else None
-        self._store_seq += 1
-        job.store_key = self._store_prefix + str(self._store_seq)
-        nursery.start_soon(self._commit, job, peer, hold)
-
-    async def _commit(self, job: Job, peer: PeerConnection | None, hold: Hold | None) -> None:
         from .store import StoredJob
 
-        assert job.store_key is not None
-        stored = StoredJob(key=job.store_key, function=job.function.name, unique=job.unique,
+        peer = self._peers.get(conn.id)
+        hold = peer.hold() if peer is not None else None
+        self._store_seq += 1
+        key = job.store_key = self._store_prefix + str(self._store_seq)
+        stored = StoredJob(key=key, function=job.function.name, unique=job.unique,
                            priority=int(job.priority), data=job.data, when=int(job.when),
                            reducer=job.reducer)
-        ok = True
-        try:
-            await self._store_writer.add(stored)
-        except Exception as exc:
-            log.error("store: could not persist job %s: %s", job.handle.decode("latin-1"), exc)
-            ok = False
-        reply = self.manager.job_stored(job, ok, time.time())
-        if peer is not None and hold is not None:
-            peer.release(hold, reply)
-        self._flush_soon()
+
+        def committed(error: Exception | None) -> None:
+            if error is not None:
+                log.error("store: could not persist job %s: %s",
+                          job.handle.decode("latin-1"), error)
+            reply = self.manager.job_stored(job, error is None, time.time())
+            if peer is not None and hold is not None:
+                peer.release(hold, reply)
+            self._flush_soon()
+
+        # In submit order: the store replays in the order it was given the jobs.
+        self._store_writer.add_nowait(stored, committed)
 
     def _forget_stored(self, job: Job) -> None:
         if job.store_key is not None:

@@ -7,7 +7,7 @@ applied with the next batch. Commits run in a worker thread, one at a time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -19,13 +19,22 @@ log = logging.getLogger(__name__)
 class _Pending:
     """An ``add`` waiting for its batch: set ``error`` (or not), then ``event``."""
 
-    __slots__ = ("error", "event", "job", "seq")
+    __slots__ = ("callback", "error", "event", "job", "seq")
 
-    def __init__(self, job: StoredJob, seq: int) -> None:
+    def __init__(self, job: StoredJob, seq: int,
+                 callback: Callable[[StoreError | None], None] | None = None) -> None:
         self.job = job
         self.seq = seq
         self.event = trio.Event()
         self.error: StoreError | None = None
+        self.callback = callback
+
+    def settle(self, error: StoreError | None) -> None:
+        """The batch ended: wake the ``add`` caller, or call the ``add_nowait`` callback."""
+        self.error = error
+        self.event.set()
+        if self.callback is not None:
+            self.callback(error)
 
 
 class StoreWriter:
@@ -68,6 +77,18 @@ class StoreWriter:
         await pending.event.wait()
         if pending.error is not None:
             raise pending.error
+
+    def add_nowait(self, job: StoredJob,
+                   callback: Callable[[StoreError | None], None]) -> None:
+        """Queue ``job`` in call order (unlike tasks calling ``add``, whose order the
+        scheduler may change); ``callback(None)`` once it is durable, else with the error.
+        The callback runs in the writer's task and must not block."""
+        if self._closing or self._closed:
+            callback(StoreError("the queue store is closed"))
+            return
+        self._seq += 1
+        self._adds.append(_Pending(job, self._seq, callback))
+        self._wakeup.set()
 
     def done(self, key: str) -> None:
         """Remove the job stored under ``key``, with the next batch. Never blocks."""
@@ -161,20 +182,18 @@ class StoreWriter:
                       len(batch), len(done), error)
             self._done[:0] = taken
             for pending in batch:
-                pending.error = error
-                pending.event.set()
+                pending.settle(error)
             return False
         self.commits += 1
         self._failing = False
         for pending in batch:
-            pending.event.set()
+            pending.settle(None)
         return True
 
     def _fail_all(self, error: StoreError) -> None:
-        for pending in self._adds:
-            pending.error = error
-            pending.event.set()
-        self._adds.clear()
+        adds, self._adds = self._adds, []
+        for pending in adds:
+            pending.settle(error)
         if self._done:
             log.warning("queue store closed with %d removals not applied", len(self._done))
             self._done.clear()

@@ -1,0 +1,216 @@
+"""The trio layer of gearmand over real loopback sockets: framing errors, bad peers, limits,
+output ordering, shutdown. Our server runs in-process on port 0."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from protocol import NEED_DATA, Packet, PacketType, Parser, encode_req
+from server.app import Server
+from server.config import ServerConfig
+
+PT = PacketType
+
+
+class Peer:
+    """A raw protocol peer on a trio socket stream."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.parser = Parser()
+        self.closed = False
+
+    async def send(self, *packets: bytes) -> None:
+        await self.stream.send_all(b"".join(packets))
+
+    async def packet(self) -> Packet:
+        while True:
+            ev = self.parser.next_event()
+            if ev is not NEED_DATA:
+                assert isinstance(ev, Packet), ev
+                return ev
+            data = await self.stream.receive_some(65536)
+            if not data:
+                self.closed = True
+                raise EOFError
+            self.parser.receive_data(data)
+
+    async def line_reply(self, terminator: bytes) -> bytes:
+        buf = b""
+        while not buf.endswith(terminator):
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise EOFError(buf)
+            buf += data
+        return buf
+
+    async def eof(self) -> bool:
+        """True if the server closed the connection (reads until EOF)."""
+        try:
+            while await self.stream.receive_some(65536):
+                pass
+        except trio.BrokenResourceError:
+            pass
+        return True
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> AsyncIterator[tuple[Server, int]]:
+    config = ServerConfig(listen=("127.0.0.1",), port=0, max_packet_size=1 << 20,
+                          max_outgoing_buffer=256 * 1024)
+    srv = Server(config)
+    addresses = await nursery.start(srv.serve)
+    yield srv, addresses[0][1]
+    srv.shutdown()
+
+
+async def connect(port: int) -> Peer:
+    return Peer(await trio.open_tcp_stream("127.0.0.1", port))
+
+
+async def test_echo_and_admin_interleaved(server: tuple[Server, int]) -> None:
+    _, port = server
+    with trio.fail_after(5):
+        peer = await connect(port)
+        await peer.send(encode_req(PT.ECHO_REQ, b"a\0b"))
+        assert (await peer.packet()).args == (b"a\0b",)
+        await peer.stream.send_all(b"version\n")
+        assert (await peer.line_reply(b"\n")).startswith(b"OK ")
+        await peer.send(encode_req(PT.ECHO_REQ, b"again"))
+        assert (await peer.packet()).args == (b"again",)
+
+
+async def test_oversized_packet_gets_error_and_close(server: tuple[Server, int]) -> None:
+    _, port = server
+    with trio.fail_after(5):
+        peer = await connect(port)
+        # Only the header: the server must refuse from it, without waiting for 2 MiB.
+        await peer.stream.send_all(b"\0REQ" + struct.pack(">II", PT.SUBMIT_JOB, 2 << 20))
+        reply = await peer.packet()
+        assert reply.type is PT.ERROR
+        assert reply.args[0] == b"ARGUMENT_TOO_LARGE"
+        assert await peer.eof()
+
+
+async def test_missing_separators_is_error_and_close(server: tuple[Server, int]) -> None:
+    _, port = server
+    with trio.fail_after(5):
+        peer = await connect(port)
+        await peer.stream.send_all(b"\0REQ" + struct.pack(">II", PT.SUBMIT_JOB, 4) + b"fnxx")
+        reply = await peer.packet()
+        assert reply.type is PT.ERROR and reply.args[0] == b"INVALID_PACKET"
+        assert await peer.eof()
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\0XYZ" + b"\0" * 8,
+    b"\0REQ" + struct.pack(">II", 99, 0),
+    b"\0REQ" + struct.pack(">II", 0, 0),
+])
+async def test_bad_header_closes_but_server_survives(server: tuple[Server, int],
+                                                     garbage: bytes) -> None:
+    _, port = server
+    with trio.fail_after(5):
+        peer = await connect(port)
+        await peer.stream.send_all(garbage)
+        reply = await peer.packet()
+        assert reply.type is PT.ERROR
+        assert await peer.eof()
+        other = await connect(port)
+        await other.send(encode_req(PT.ECHO_REQ, b"alive"))
+        assert (await other.packet()).args == (b"alive",)
+
+
+async def test_res_magic_is_answered_and_connection_kept(server: tuple[Server, int]) -> None:
+    _, port = server
+    with trio.fail_after(5):
+        peer = await connect(port)
+        await peer.stream.send_all(Packet.res(PT.ECHO_REQ, b"x").encode())
+        reply = await peer.packet()
+        assert reply.args == (b"INVALID_MAGIC", b"Request magic expected")
+        await peer.send(encode_req(PT.ECHO_REQ, b"still here"))
+        assert (await peer.packet()).args == (b"still here",)
+
+
+async def test_peer_that_vanishes_mid_job_loses_no_job(server: tuple[Server, int]) -> None:
+    _, port = server
+    with trio.fail_after(10):
+        client = await connect(port)
+        await client.send(encode_req(PT.SUBMIT_JOB, b"f", b"", b"work"))
+        handle = (await client.packet()).args[0]
+        w1 = await connect(port)
+        await w1.send(encode_req(PT.CAN_DO, b"f"), encode_req(PT.GRAB_JOB))
+        assert (await w1.packet()).args[0] == handle
+        # Half a WORK_COMPLETE, then the worker vanishes.
+        partial = encode_req(PT.WORK_COMPLETE, handle, b"result")
+        await w1.stream.send_all(partial[:9])
+        await w1.stream.aclose()
+        w2 = await connect(port)
+        await w2.send(encode_req(PT.CAN_DO, b"f"), encode_req(PT.GRAB_JOB))
+        assign = await w2.packet()
+        assert assign.type is PT.JOB_ASSIGN and assign.args == (handle, b"f", b"work")
+        await w2.send(encode_req(PT.WORK_COMPLETE, handle, b"done"))
+        assert (await client.packet()).args == (handle, b"done")
+
+
+async def test_slow_reader_is_paused_not_buffered(server: tuple[Server, int]) -> None:
+    """A peer that floods ECHO_REQ without reading: the server stops reading from it
+    once its outgoing buffer passes the bound, so its memory stays bounded."""
+    srv, port = server
+    with trio.fail_after(20):
+        peer = await connect(port)
+        chunk = encode_req(PT.ECHO_REQ, b"x" * 60000) * 16
+        sent = 0
+        with trio.move_on_after(2):
+            while sent < 200 * 1024 * 1024:
+                await peer.stream.send_all(chunk)
+                sent += len(chunk)
+        # The kernel buffers fill up and the server stops reading well before 200 MiB.
+        assert sent < 64 * 1024 * 1024
+        for p in srv._peers.values():
+            assert len(p.out) <= p.hard_limit
+        # Others are still served.
+        other = await connect(port)
+        await other.send(encode_req(PT.ECHO_REQ, b"ok"))
+        assert (await other.packet()).args == (b"ok",)
+
+
+async def test_admin_shutdown_stops_server() -> None:
+    config = ServerConfig(listen=("127.0.0.1",), port=0)
+    srv = Server(config)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            addresses = await nursery.start(srv.serve)
+            peer = await connect(addresses[0][1])
+            await peer.stream.send_all(b"shutdown\r\n")
+            assert await peer.line_reply(b"\r\n") == b"OK\r\n"
+        # serve() returned: the nursery closed without cancellation.
+
+
+async def test_graceful_shutdown_lets_running_job_finish() -> None:
+    config = dataclasses.replace(ServerConfig(listen=("127.0.0.1",), port=0),
+                                 graceful_timeout=5)
+    srv = Server(config)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            addresses = await nursery.start(srv.serve)
+            port = addresses[0][1]
+            client = await connect(port)
+            await client.send(encode_req(PT.SUBMIT_JOB, b"g", b"", b"w"))
+            handle = (await client.packet()).args[0]
+            worker = await connect(port)
+            await worker.send(encode_req(PT.CAN_DO, b"g"), encode_req(PT.GRAB_JOB))
+            await worker.packet()
+            srv.shutdown(graceful=True)
+            await trio.sleep(0.2)
+            # New connections are refused once shutdown started...
+            with pytest.raises(OSError):
+                await trio.open_tcp_stream("127.0.0.1", port)
+            # ...but the running job still completes for its client.
+            await worker.send(encode_req(PT.WORK_COMPLETE, handle, b"finished"))
+            assert (await client.packet()).args == (handle, b"finished")
