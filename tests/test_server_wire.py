@@ -11,6 +11,7 @@ import os
 import re
 import struct
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -1099,8 +1100,7 @@ def test_can_do_timeout_cancelled_on_completion(any_server: RunningServer) -> No
 
 
 @pytest.mark.parametrize("retries", ["0", "2"])
-def test_job_retries(start_server: object, retries: str) -> None:
-    assert callable(start_server)
+def test_job_retries(start_server: Callable[..., RunningServer], retries: str) -> None:
     for kind in ("ours", "reference"):
         server: RunningServer = start_server(kind, "--job-retries", retries)
         port = server.port
@@ -1127,8 +1127,7 @@ def test_job_retries(start_server: object, retries: str) -> None:
                 assert failed_after == 2, kind
 
 
-def test_worker_wakeup_rotation(start_server: object) -> None:
-    assert callable(start_server)
+def test_worker_wakeup_rotation(start_server: Callable[..., RunningServer]) -> None:
     for kind in ("ours", "reference"):
         server: RunningServer = start_server(kind, "--worker-wakeup", "1")
         port = server.port
