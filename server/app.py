@@ -237,7 +237,7 @@ class Server:
             for li in listeners
         ]
         for address in self.addresses:
-            log.info("listening on %s:%d", *address)
+            log.debug("listening on %s:%d", *address)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -465,7 +465,7 @@ class Server:
 
         store = open_store(self.config.queue_type, dict(self.config.queue_options))
         if store is not None:
-            log.info("queue: %s", self.config.queue_type)
+            log.debug("queue: %s", self.config.queue_type)
             self.attach_store(StoreWriter(store))
 
     def attach_store(self, writer: Any) -> None:

@@ -84,9 +84,10 @@ def _start(kind: str, tmp_path: Path, extra: list[str]) -> RunningServer:
                "--pid-file", str(tmp_path / f"ref-{port}.pid"), *extra]
     else:
         cmd = [sys.executable, "-m", "server", "-p", str(port), "-L", "127.0.0.1",
-               f"--log-file={log}", *extra]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=open(tmp_path / f"stderr-{kind}-{port}.txt", "wb"))
+               f"--log-file={log}", "--pid-file", str(tmp_path / f"ours-{port}.pid"), *extra]
+    with open(tmp_path / f"stderr-{kind}-{port}.txt", "wb") as stderr:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
     try:
         wait_for_port(port)
     except TimeoutError:
