@@ -292,3 +292,12 @@ def test_gearadmin_mutating_commands(any_server: RunningServer) -> None:
         handle = admin.admin("show jobs").split(b"\t")[0].decode()
     done = gearadmin(any_server, "--cancel-job", handle)
     assert (done.returncode, done.stdout) == (0, b"OK\n")
+
+
+def test_gearadmin_every_listing(any_server: RunningServer) -> None:
+    assert gearman(any_server, "-b", "-I", "-u", "uniq-1", "-f", "lst", "x").returncode == 0
+    done = gearadmin(any_server, "--status", "--priority-status", "--show-unique-jobs",
+                     "--server-verbose")
+    # Fixed order: show-unique-jobs, server-verbose, priority-status, status (spec §7).
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0, b"uniq-1\n.\nERROR\nlst\t1\t0\t0\t0\n.\nlst\t1\t0\t0\n.\n", b"")
