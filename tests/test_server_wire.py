@@ -1248,3 +1248,33 @@ def test_admin_leading_space(any_server: RunningServer, request: pytest.FixtureR
             "1.1.20 reads an empty command word")))
     with connect(any_server.port) as a:
         assert a.admin("  status") == b"ERR UNKNOWN_COMMAND Unknown+server+command\r\n"
+
+
+def test_admin_shutdown_graceful(any_server: RunningServer) -> None:
+    port = any_server.port
+    with connect(port) as c, worker(port, b"f") as w, connect(port) as a:
+        h = submit(c, b"f", b"x")
+        w.send(PT.GRAB_JOB)
+        w.expect(PT.JOB_ASSIGN, h, b"f", b"x")
+        reply = a.admin("shutdown graceful")
+        if not ours(any_server):
+            assert reply == b"ERR UNKNOWN_COMMAND Unknown+server+commandshutdown\r\n"
+            return
+        # decisions.md: stop accepting, let running foreground work finish, exit.
+        assert reply == b"OK\r\n"
+        wait_for(lambda: _refused(port))
+        assert any_server.proc.poll() is None
+        w.send(PT.WORK_STATUS, h, b"1", b"2")
+        c.expect(PT.WORK_STATUS, h, b"1", b"2")
+        w.send(PT.WORK_COMPLETE, h, b"done")
+        c.expect(PT.WORK_COMPLETE, h, b"done")
+        assert any_server.proc.wait(5) == 0
+
+
+def _refused(port: int) -> bool:
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
