@@ -159,15 +159,12 @@ class Wire:
     def admin_reply(self, timeout: float | None = None) -> bytes:
         """One admin reply: an ``OK``/``ERR`` line, or a list up to its ``.`` line."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        while len(self.buf) < 3:
-            if not self._fill(deadline):
-                break
-        head = bytes(self.buf[:3])
-        if head.startswith((b"OK", b"ER")):
-            return self.read_until(b"\n", timeout)
-        if self.buf.startswith(b".\n"):
-            return self.read_until(b".\n", timeout)
-        return self.read_until(b"\n.\n", timeout)
+        first = self.read_until(b"\n", timeout)
+        if first.startswith((b"OK", b"ERR")) or first == b".\n":
+            return first
+        self.buf[:0] = first
+        rest = self.read_until(b"\n.\n", max(0.0, deadline - time.monotonic()))
+        return rest
 
     def admin(self, line: str | bytes, end: bytes = b"\n") -> bytes:
         """Send an admin command line and return its whole reply."""
