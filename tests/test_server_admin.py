@@ -174,10 +174,12 @@ def test_more_than_five_words_is_an_err_line(adm: Admin) -> None:
 
 def test_cancel_job_queued(adm: Admin) -> None:
     c = adm.peer_conn()
+    peer = c.peer
+    assert isinstance(peer, FakePeer)
     h = adm.submit(c, b"f", b"u")
-    assert c.peer.packets == [Packet.res(PT.JOB_CREATED, h)]
+    assert peer.packets == [Packet.res(PT.JOB_CREATED, h)]
     assert adm(b"cancel job " + h + b"\n") == b"OK\r\n"
-    assert c.peer.packets[-1] == Packet.res(PT.WORK_FAIL, h)
+    assert peer.packets[-1] == Packet.res(PT.WORK_FAIL, h)
     assert adm(b"status\n") == b"f\t0\t0\t0\n.\n"
     assert adm(b"show jobs\n") == b".\n"
     assert adm(b"CANCEL JOB " + h + b"\n") == b"ERR UNKNOWN_JOB\r\n"
