@@ -182,6 +182,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=20000)
     ap.add_argument("--only", choices=["ours", "reference"])
+    ap.add_argument("--scenario", action="append", default=[],
+                    help="run only scenarios whose name contains this (repeatable)")
     args = ap.parse_args()
     kinds = ["ours", "reference"]
     if args.only:
@@ -198,6 +200,8 @@ def main() -> None:
         ("drain to 100 workers", "jobs/s", scenario_drain, True),
         ("memory per queued 100-byte bg job", "bytes", scenario_memory(current), False),
     ]
+    if args.scenario:
+        scenarios = [s for s in scenarios if any(w in s[0] for w in args.scenario)]
     results: dict[tuple[str, str], list[float]] = {}
     notes: dict[tuple[str, str], str] = {}
     with tempfile.TemporaryDirectory() as logdir:

@@ -367,7 +367,12 @@ class Server:
 
     async def _reader(self, conn: Conn, peer: PeerConnection) -> None:
         parser = Parser(max_packet_size=self.config.max_packet_size)
-        stream = peer.stream
+        fd = peer.fd
+        read = os.read
+        wait_readable = trio.lowlevel.wait_readable
+        checkpoint = trio.lowlevel.checkpoint
+        speculate = True
+        misses = 0
         manager = self.manager
         handle_packet = manager.handle_packet
         req = Magic.REQ
@@ -376,7 +381,35 @@ class Server:
         while not (peer.closing or peer.broken):
             if len(peer.out) > peer.limit:
                 await peer.wait_drained()
-            data = await stream.receive_some(_RECEIVE_SIZE)
+            # Adaptive reads: a busy peer usually has its next bytes waiting, so read at
+            # once (and yield, for fairness); a peer that is usually idle costs one wasted
+            # read per batch that way, so wait for readability first, and try an
+            # immediate read again only now and then. Measured with bench_server.py:
+            # each pure strategy loses 20-30% server CPU per job in one of the scenarios.
+            data = None
+            if speculate or misses & 7 == 0:
+                try:
+                    data = read(fd, _RECEIVE_SIZE)
+                except BlockingIOError:
+                    speculate = False
+                    misses += 1
+                except OSError as exc:
+                    log.info("connection %d: read failed: %s", conn.id, exc)
+                    return
+                else:
+                    speculate = True
+                    await checkpoint()
+            else:
+                misses += 1
+            if data is None:
+                await wait_readable(fd)
+                try:
+                    data = read(fd, _RECEIVE_SIZE)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    log.info("connection %d: read failed: %s", conn.id, exc)
+                    return
             parser.receive_data(data)
             now = time.time()
             try:
