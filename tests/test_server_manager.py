@@ -1130,3 +1130,68 @@ def test_sched_with_bad_field_gets_an_error(w: World) -> None:
     (reply,) = c.take()
     assert reply.type == PT.ERROR
     assert w.m.jobs == {}
+
+
+# ---------------------------------------------------------------- odds and ends
+
+
+def test_submit_reduce_job_background(w: World) -> None:
+    c, wk = w.end(), w.end()
+    c.send(PT.SUBMIT_REDUCE_JOB_BACKGROUND, b"f", b"", b"red", b"", b"data")
+    (created,) = c.take()
+    assert created.type == PT.JOB_CREATED
+    c.close()  # a bg job outlives its submitter
+    wk.can_do(b"f")
+    assert wk.grab(PT.GRAB_JOB_ALL) == res(PT.JOB_ASSIGN_ALL, created.args[0], b"f", b"",
+                                           b"red", b"data")
+
+
+def test_work_exception_ends_a_bg_job(w: World) -> None:
+    c, wk = w.end(), w.end()
+    h = c.submit(b"f", ptype=PT.SUBMIT_JOB_BG)
+    wk.can_do(b"f")
+    wk.grab()
+    wk.send(PT.WORK_EXCEPTION, h, b"boom")
+    assert wk.take() == [] and c.take() == []
+    assert w.status(b"f") == (0, 0, 1)
+
+
+def test_worker_requests_have_no_reply(w: World) -> None:
+    wk = w.end()
+    wk.send(PT.CAN_DO, b"f")
+    wk.send(PT.CAN_DO_TIMEOUT, b"g", b"5000")
+    wk.send(PT.CANT_DO, b"g")
+    wk.send(PT.CANT_DO, b"never-registered")
+    wk.send(PT.RESET_ABILITIES)
+    wk.send(PT.PRE_SLEEP)
+    assert wk.take() == []
+
+
+def test_several_epoch_jobs_due_together_send_one_noop(w: World) -> None:
+    c, wk = w.end(), w.end()
+    for _ in range(3):
+        c.send(PT.SUBMIT_JOB_EPOCH, b"f", b"", str(int(T0) + 5).encode(), b"x")
+    assert [p.type for p in c.take()] == [PT.JOB_CREATED] * 3
+    wk.can_do(b"f")
+    wk.send(PT.PRE_SLEEP)
+    w.m.tick(T0 + 5)
+    assert wk.take() == [res(PT.NOOP)]
+    assert w.m.next_deadline() is None
+
+
+def test_fg_client_on_waiting_epoch_job(w: World) -> None:
+    a, b, wk = w.end(), w.end(), w.end()
+    a.send(PT.SUBMIT_JOB_EPOCH, b"f", b"u", str(int(T0) + 5).encode(), b"x")
+    (created,) = a.take()
+    h = created.args[0]
+    assert b.submit(b"f", b"u") == h
+    b.close()  # the epoch job is background: it stays
+    assert w.status(b"f") == (1, 0, 0)
+    c = w.end()
+    assert c.submit(b"f", b"u") == h
+    w.m.tick(T0 + 5)
+    w.clock.now = T0 + 5
+    wk.can_do(b"f")
+    assert wk.grab_handle() == h
+    wk.send(PT.WORK_COMPLETE, h, b"r")
+    assert c.take() == [res(PT.WORK_COMPLETE, h, b"r")]
