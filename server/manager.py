@@ -312,7 +312,8 @@ class Manager:
         conn.client_id = args[0][:127] or b"-"
 
     def _option(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
-        if args[0].lower() == b"exceptions":
+        # As the reference, the name is compared up to a NUL (some clients send one).
+        if args[0].partition(b"\0")[0].lower() == b"exceptions":
             conn.exceptions = True
             conn.peer.deliver(encode_res(PT.OPTION_RES, args[0]))
         else:
