@@ -221,7 +221,8 @@ class Manager:
         exceptions: bool = False,
     ) -> None:
         self.handle_prefix = handle_prefix.encode() + b":"
-        self.job_retries = job_retries
+        # HEAD semantics: None (or any negative value) = unlimited.
+        self.job_retries = job_retries if job_retries is None or job_retries >= 0 else None
         self.worker_wakeup = worker_wakeup
         self.exceptions = exceptions
         self.functions: dict[bytes, Function] = {}
