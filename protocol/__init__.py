@@ -8,7 +8,7 @@ from __future__ import annotations
 from . import _admin as admin
 from ._admin import AdminCommand, parse_admin_line
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from ._packet import HEADER_SIZE, Packet, encode, encode_req, encode_res
+from ._packet import HEADER_SIZE, Packet, encode, encode_req, encode_res, res_encoder
 from ._parser import (
     DEFAULT_MAX_LINE_LENGTH,
     DEFAULT_MAX_PACKET_SIZE,
@@ -58,6 +58,7 @@ __all__ = [
     "encode_req",
     "encode_res",
     "parse_admin_line",
+    "res_encoder",
 ]
 
 __version__ = "0.1.0"

@@ -17,19 +17,29 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Final, Protocol
 
-from protocol import SUBMIT_KINDS, PacketType, Priority, encode_res
+from protocol import SUBMIT_KINDS, PacketType, Priority, encode_res, res_encoder
 
 log = logging.getLogger(__name__)
 
 PT = PacketType
 MAX_UNIQUE: Final = 64
 MAX_HANDLE: Final = 63
-PRIORITIES: Final = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+#: Priority levels as plain ints (indexing with an IntEnum is slow on hot paths).
+PRIORITIES: Final = (int(Priority.HIGH), int(Priority.NORMAL), int(Priority.LOW))
 #: Compact a queue once this many cancelled/abandoned jobs sit in it (and they are the majority).
 _COMPACT_MIN: Final = 64
 
 _NOOP: Final = encode_res(PT.NOOP)
 _NO_JOB: Final = encode_res(PT.NO_JOB)
+# Unchecked encoders for the replies on hot paths (arguments are handles, function
+# names and numbers, which hold no NUL, then the opaque data).
+_job_created: Final = res_encoder(PT.JOB_CREATED)
+_job_assign: Final = res_encoder(PT.JOB_ASSIGN)
+_job_assign_uniq: Final = res_encoder(PT.JOB_ASSIGN_UNIQ)
+_job_assign_all: Final = res_encoder(PT.JOB_ASSIGN_ALL)
+_work_complete: Final = res_encoder(PT.WORK_COMPLETE)
+_work_fail: Final = res_encoder(PT.WORK_FAIL)
+_work_status: Final = res_encoder(PT.WORK_STATUS)
 
 
 def error_packet(code: str, text: str) -> bytes:
@@ -113,12 +123,14 @@ class Job:
         "handle", "function", "unique", "data", "priority", "when", "reducer",
         "numerator", "denominator", "retries", "worker", "clients", "background",
         "queued", "waiting", "index_key", "store_key", "cancelled", "assignment",
-        "stored",
+        "stored", "number",
     )
 
     def __init__(self, handle: bytes, function: Function, unique: bytes, data: bytes,
-                 priority: Priority, background: bool, when: float = 0, reducer: bytes = b""):
+                 priority: int, background: bool, when: float = 0, reducer: bytes = b""):
         self.handle = handle
+        #: Creation order (the handle's counter value).
+        self.number = 0
         self.function = function
         self.unique = unique
         self.data = data
@@ -229,7 +241,6 @@ class Manager:
         self.jobs: dict[bytes, Job] = {}
         self.unique_index: dict[tuple[bytes, ...], Job] = {}
         #: unique -> jobs with that unique in any function (GET_STATUS_UNIQUE).
-        self.by_unique: dict[bytes, dict[Job, None]] = {}
         self.conns: dict[int, Conn] = {}
         self._handles = itertools.count(1)
         self._conn_ids = itertools.count(1)
@@ -353,6 +364,8 @@ class Manager:
     def _submit_packet(self, ptype: PacketType) -> Callable[[Conn, tuple[bytes, ...], float],
                                                            None]:
         kind = SUBMIT_KINDS[ptype]
+        priority = int(kind.priority)
+        background = kind.background
 
         def submit(conn: Conn, args: tuple[bytes, ...], now: float) -> None:
             when = 0.0
@@ -372,13 +385,13 @@ class Manager:
                 when = at
             elif kind.reduce:
                 reducer = args[2]
-            self.submit(conn, args[0], args[1], args[-1], kind.priority, kind.background,
+            self.submit(conn, args[0], args[1], args[-1], priority, background,
                         now, when=when, reducer=reducer)
 
         return submit
 
     def submit(self, conn: Conn, function: bytes, unique: bytes, data: bytes,
-               priority: Priority, background: bool, now: float, *, when: float = 0,
+               priority: int, background: bool, now: float, *, when: float = 0,
                reducer: bytes = b"") -> Job | None:
         """Create a job or coalesce onto an existing one (spec §2.2); answer JOB_CREATED."""
         if len(unique) > MAX_UNIQUE:
@@ -398,21 +411,21 @@ class Manager:
                 else:
                     existing.clients.append(conn)
                     conn.attached.add(existing)
-                conn.peer.deliver(encode_res(PT.JOB_CREATED, existing.handle))
+                conn.peer.deliver(_job_created(existing.handle))
                 return existing
         fn = self.function(function)
         limit = fn.maxqueue[priority]
         if limit and fn.total >= limit:
             conn.peer.deliver(error_packet("QUEUE_ERROR", "Job queue is full"))
             return None
-        handle = self.handle_prefix + str(next(self._handles)).encode()
+        number = next(self._handles)
+        handle = self.handle_prefix + b"%d" % number
         job = Job(handle, fn, unique, data, priority, background, when, reducer)
+        job.number = number
         self.jobs[handle] = job
         if key is not None:
             job.index_key = key
             self.unique_index[key] = job
-        if unique:
-            self.by_unique.setdefault(unique, {})[job] = None
         if not background:
             job.clients.append(conn)
             conn.attached.add(job)
@@ -422,7 +435,7 @@ class Manager:
             self.on_store(job, conn)
             return job
         self._enqueue(job, now)
-        conn.peer.deliver(encode_res(PT.JOB_CREATED, handle))
+        conn.peer.deliver(_job_created(handle))
         return job
 
     def job_stored(self, job: Job, ok: bool, now: float) -> bytes:
@@ -437,9 +450,9 @@ class Manager:
             return error_packet("QUEUE_ERROR", "QUEUE_ERROR")
         if job.handle in self.jobs and not job.cancelled:
             self._enqueue(job, now)
-        return encode_res(PT.JOB_CREATED, job.handle)
+        return _job_created(job.handle)
 
-    def restore(self, function: bytes, unique: bytes, data: bytes, priority: Priority,
+    def restore(self, function: bytes, unique: bytes, data: bytes, priority: int,
                 when: float, reducer: bytes, store_key: str, now: float) -> Job:
         """Queue a background job replayed from the store (spec §5, restart)."""
         if unique == b"-":
@@ -457,15 +470,15 @@ class Manager:
                 self.on_done(dup)
             return existing
         fn = self.function(function)
-        handle = self.handle_prefix + str(next(self._handles)).encode()
+        number = next(self._handles)
+        handle = self.handle_prefix + b"%d" % number
         job = Job(handle, fn, unique, data, priority, True, when, reducer)
+        job.number = number
         job.store_key = store_key
         self.jobs[handle] = job
         if key is not None:
             job.index_key = key
             self.unique_index[key] = job
-        if unique:
-            self.by_unique.setdefault(unique, {})[job] = None
         self._enqueue(job, now)
         return job
 
@@ -648,14 +661,14 @@ class Manager:
             conn.peer.deliver(_NO_JOB)
         else:
             conn.peer.deliver(
-                encode_res(PT.JOB_ASSIGN, job.handle, job.function.name, job.data))
+                _job_assign(job.handle, job.function.name, job.data))
 
     def _grab_job_uniq(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         job = self.grab(conn, now)
         if job is None:
             conn.peer.deliver(_NO_JOB)
         else:
-            conn.peer.deliver(encode_res(PT.JOB_ASSIGN_UNIQ, job.handle, job.function.name,
+            conn.peer.deliver(_job_assign_uniq(job.handle, job.function.name,
                                          job.unique, job.data))
 
     def _grab_job_all(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
@@ -663,11 +676,11 @@ class Manager:
         if job is None:
             conn.peer.deliver(_NO_JOB)
         elif job.reducer:
-            conn.peer.deliver(encode_res(PT.JOB_ASSIGN_ALL, job.handle, job.function.name,
+            conn.peer.deliver(_job_assign_all(job.handle, job.function.name,
                                          job.unique, job.reducer, job.data))
         else:
             # As the reference: JOB_ASSIGN_UNIQ when there is no reducer (spec §1.3).
-            conn.peer.deliver(encode_res(PT.JOB_ASSIGN_UNIQ, job.handle, job.function.name,
+            conn.peer.deliver(_job_assign_uniq(job.handle, job.function.name,
                                          job.unique, job.data))
 
     # ------------------------------------------------------------------ work results
@@ -685,10 +698,12 @@ class Manager:
     def _forwarder(self, ptype: PacketType) -> Callable[[Conn, tuple[bytes, ...], float], None]:
         """WORK_DATA / WORK_WARNING: the same bytes to every attached client."""
 
+        encode_one = res_encoder(ptype)
+
         def forward(conn: Conn, args: tuple[bytes, ...], now: float) -> None:
             job = self._owned(conn, ptype, args[0])
             if job is not None and job.clients:
-                self._broadcast(job, encode_res(ptype, *args))
+                self._broadcast(job, encode_one(*args))
 
         return forward
 
@@ -699,14 +714,14 @@ class Manager:
         job.numerator = args[1]
         job.denominator = args[2]
         if job.clients:
-            self._broadcast(job, encode_res(PT.WORK_STATUS, *args))
+            self._broadcast(job, _work_status(*args))
 
     def _work_complete(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         job = self._owned(conn, PT.WORK_COMPLETE, args[0])
         if job is None:
             return
         if job.clients:
-            self._broadcast(job, encode_res(PT.WORK_COMPLETE, *args))
+            self._broadcast(job, _work_complete(*args))
         self._finish(job)
 
     def _work_fail(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
@@ -714,7 +729,7 @@ class Manager:
         if job is None:
             return
         if job.clients:
-            self._broadcast(job, encode_res(PT.WORK_FAIL, job.handle))
+            self._broadcast(job, _work_fail(job.handle))
         self._finish(job)
 
     def _work_exception(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
@@ -729,7 +744,7 @@ class Manager:
                     client.peer.deliver(exc)
                 else:
                     # The bare handle: the reference's trailing NUL hangs libgearman.
-                    fail = fail or encode_res(PT.WORK_FAIL, job.handle)
+                    fail = fail or _work_fail(job.handle)
                     client.peer.deliver(fail)
         self._finish(job)
 
@@ -748,12 +763,6 @@ class Manager:
         if job.index_key is not None and self.unique_index.get(job.index_key) is job:
             del self.unique_index[job.index_key]
         job.index_key = None
-        if job.unique:
-            same = self.by_unique.get(job.unique)
-            if same is not None:
-                same.pop(job, None)
-                if not same:
-                    del self.by_unique[job.unique]
         for client in job.clients:
             client.attached.discard(job)
         job.clients = []
@@ -776,7 +785,7 @@ class Manager:
             log.info("job %s failed after %d retries", job.handle.decode("latin-1"),
                      job.retries)
             if job.clients:
-                self._broadcast(job, encode_res(PT.WORK_FAIL, job.handle))
+                self._broadcast(job, _work_fail(job.handle))
             self._forget(job)
             return
         self._enqueue(job, now)
@@ -825,7 +834,7 @@ class Manager:
             return False
         job.cancelled = True
         if job.clients:
-            self._broadcast(job, encode_res(PT.WORK_FAIL, job.handle))
+            self._broadcast(job, _work_fail(job.handle))
         if job.queued:
             self._abandon(job)
             self._forget(job)
@@ -868,16 +877,16 @@ class Manager:
         if len(unique) > MAX_UNIQUE:
             conn.peer.deliver(error_packet("ARGUMENT_TOO_LARGE", "Unique value too large"))
             return
-        # Prefer the job a submit with this unique would join over a cancelled or
-        # abandoned one that a worker is still finishing (decisions.md, job life).
+        # The job a submit with this unique would join, in any function (first match,
+        # as the reference); jobs cancelled or abandoned are no longer in the index.
+        # O(functions), which is fine for a status query and keeps submits cheap.
         job: Job | None = None
-        for j in self.by_unique.get(unique, ()):
-            if j.unique == b"-" or j.cancelled:
-                continue
-            if j.index_key is not None:
-                job = j
-                break
-            job = job or j
+        if unique and unique != b"-":
+            index = self.unique_index
+            for name in self.functions:
+                found = index.get((name, unique))
+                if found is not None and (job is None or found.number < job.number):
+                    job = found
         if job is None:
             conn.peer.deliver(
                 encode_res(PT.STATUS_RES_UNIQUE, unique, b"0", b"0", b"0", b"0", b"0"))

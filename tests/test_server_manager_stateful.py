@@ -530,12 +530,14 @@ class ManagerMachine(RuleBasedStateMachine):
                 running = b"1" if job.state == "running" else b"0"
                 expected.append(res(PT.STATUS_RES, handle, b"1", running, *job.status))
         for unique in uniques:
+            # The oldest job a submit with this unique would join; a cancelled or
+            # abandoned job (out of the unique index) is unknown to this query.
             live = [j for j in self.jobs.values() if j.unique == unique and not j.cancelled]
             indexed = [j for j in live if j.key is not None]
-            if not live:
+            if not indexed:
                 expected.append(res(PT.STATUS_RES_UNIQUE, unique, b"0", b"0", b"0", b"0", b"0"))
                 continue
-            job = (indexed or live)[0]
+            job = indexed[0]
             running = b"1" if job.state == "running" else b"0"
             expected.append(res(PT.STATUS_RES_UNIQUE, unique, b"1", running, *job.status,
                                 b"%d" % len(job.clients)))
