@@ -54,7 +54,8 @@ def pin(cpus: str) -> list[str]:
     return []
 
 
-def start(kind: str, logdir: str) -> tuple[subprocess.Popen[bytes], int]:
+def start(kind: str, logdir: str, extra: list[str] | None = None
+          ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     log = os.path.join(logdir, f"{kind}-{port}.log")
     if kind == "reference":
@@ -62,7 +63,8 @@ def start(kind: str, logdir: str) -> tuple[subprocess.Popen[bytes], int]:
                f"--log-file={log}", "--pid-file", os.path.join(logdir, f"{port}.pid")]
     else:
         cmd = [sys.executable, "-m", "server", "-p", str(port), "-L", "127.0.0.1",
-               f"--log-file={log}"]
+               f"--log-file={log}", "--pid-file", os.path.join(logdir, f"{port}.pid"),
+               *(extra or [])]
     proc = subprocess.Popen(pin("0") + cmd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     wait_port(port)
@@ -177,14 +179,50 @@ def scenario_memory(kind_pid: dict[str, int]) -> Callable[[int, int], tuple[floa
     return run
 
 
+def store_table(runs: int, jobs: int) -> None:
+    """Background submits/s of our server with each embedded store beside memory."""
+    with tempfile.TemporaryDirectory() as logdir:
+        stores: dict[str, Callable[[str], list[str]]] = {
+            "builtin (memory)": lambda d: [],
+            "libsqlite3": lambda d: ["-q", "libsqlite3", "--libsqlite3-db",
+                                     os.path.join(d, "q.sqlite")],
+            "flatfile (fsync per batch)": lambda d: ["-q", "flatfile", "--flatfile-file",
+                                                     os.path.join(d, "q.journal")],
+        }
+        results: dict[str, list[float]] = {}
+        for run in range(runs):
+            for name, args in stores.items():
+                d = tempfile.mkdtemp(dir=logdir)
+                proc, port = start("ours", logdir, args(d))
+                try:
+                    result = loadgen.run_background(port, jobs, b"st", False)
+                finally:
+                    proc.terminate()
+                    proc.wait(10)
+                ok = "" if not result.errors else " FAILED"
+                print(f"run {run + 1} {name}: {result.jobs / result.seconds:,.0f}/s{ok}",
+                      file=sys.stderr, flush=True)
+                results.setdefault(name, []).append(result.jobs / result.seconds)
+    base = statistics.median(results["builtin (memory)"])
+    print("\n| store | background submits/s | ratio to memory |\n|---|---|---|")
+    for name, values in results.items():
+        med = statistics.median(values)
+        print(f"| {name} | {med:,.0f} | {med / base:.2f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=20000)
     ap.add_argument("--only", choices=["ours", "reference"])
+    ap.add_argument("--stores", action="store_true",
+                    help="instead: background submits/s with each embedded store")
     ap.add_argument("--scenario", action="append", default=[],
                     help="run only scenarios whose name contains this (repeatable)")
     args = ap.parse_args()
+    if args.stores:
+        store_table(args.runs, args.jobs)
+        return
     kinds = ["ours", "reference"]
     if args.only:
         kinds = [args.only]
