@@ -536,7 +536,7 @@ class AsyncClient(_TaskQueue):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        await self.aclose()
+        self._close_all()  # synchronous: this may run while cancelled
         cm, self._nursery_cm, nursery = self._nursery_cm, None, self._nursery
         self._nursery = None
         assert nursery is not None
@@ -548,11 +548,14 @@ class AsyncClient(_TaskQueue):
 
     async def aclose(self) -> None:
         """Close every connection; tasks still in flight are left unfinished."""
+        self._close_all()
+        await trio.lowlevel.checkpoint()
+
+    def _close_all(self) -> None:
         self._closing = True
         for cc in list(self._conns.values()):
             cc.conn.close()
         self._conns.clear()
-        await trio.lowlevel.checkpoint()
 
     def _require_nursery(self) -> trio.Nursery:
         if self._nursery is None:

@@ -221,7 +221,9 @@ class AsyncWorker:
 
     ``concurrency`` jobs run at once at most (across all servers). Lost connections are
     re-established with exponential back-off (``reconnect_delay`` .. ``reconnect_max``
-    seconds, with jitter) and the functions are registered again.
+    seconds, with jitter) and the functions are registered again. An idle worker sleeps
+    (PRE_SLEEP) until the server sends NOOP; with ``idle_poll`` seconds it also grabs again
+    after that long without a NOOP (off by default: no polling).
     """
 
     def __init__(
@@ -234,6 +236,7 @@ class AsyncWorker:
         reconnect_delay: float = 0.25,
         reconnect_max: float = 10.0,
         exception_packet: Literal["exception", "fail"] = "exception",
+        idle_poll: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -247,6 +250,7 @@ class AsyncWorker:
         self._reconnect_delay = reconnect_delay
         self._reconnect_max = reconnect_max
         self._exception_packet = exception_packet
+        self._idle_poll = idle_poll
         self._functions: dict[bytes, _Function] = {}
         self._sessions: set[_Session] = set()
         self._running = False
@@ -431,6 +435,11 @@ class AsyncWorker:
         """The next packet that is not a NOOP (``noop=False``) or the next NOOP."""
         while True:
             packet = await session.receive.receive()
+            if packet.type is PacketType.ERROR and packet.args[0] == b"JOB_NOT_FOUND":
+                # The answer to one of our WORK_* packets, not to a GRAB: the server took the
+                # job back (CAN_DO_TIMEOUT, cancel), so our result was discarded (§1.3, §2.7).
+                logger.info("conn %d: server dropped a result: %r", session.conn.id, packet)
+                continue
             if (packet.type is PacketType.NOOP) == noop:
                 return packet
             if packet.type is PacketType.ERROR:
@@ -486,7 +495,11 @@ class AsyncWorker:
             if idle:
                 conn.send(pre_sleep)
                 session.sleeping = True
-                await self._next(session, noop=True)
+                # ``idle_poll`` is a safety net for servers that lose wake-ups (the 1.1.20
+                # reference sends no NOOP when an epoch job falls due, §2.5, and was seen
+                # not to wake sleepers after a CAN_DO_TIMEOUT requeue).
+                with trio.move_on_after(self._idle_poll or math.inf):
+                    await self._next(session, noop=True)
                 session.sleeping = False
 
     def _job_from(self, conn: Connection, packet: Packet) -> Job:

@@ -202,14 +202,18 @@ async def test_timeout_requeues_a_slow_job_to_another_worker(server: Any) -> Non
                 async with trio.open_nursery() as inner:
                     inner.start_soon(client.run_tasks)
                     await wait_until(lambda: _true(calls == ["first"]))
-                    fast = AsyncWorker(addr(server))
-                    fast.add_function("t", second, timeout=1)
+                    # The reference was seen not to wake a sleeping worker after a
+                    # CAN_DO_TIMEOUT requeue: the fast worker also polls.
+                    fast = AsyncWorker(addr(server), idle_poll=0.5)
+                    fast.add_function("t", second)
                     inner.start_soon(fast.work_forever)
                     await task.wait()
                     inner.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
     assert task.result == b"in time"
-    assert calls == ["first", "second"]
+    # The reference's CAN_DO_TIMEOUT timer is not cancelled when a job ends (§2.7): a stale
+    # timer may take the job back once more, so "second" can run twice there.
+    assert calls[:2] == ["first", "second"] and set(calls[2:]) <= {"second"}
 
 
 async def _true(value: bool) -> bool:
@@ -311,3 +315,25 @@ async def test_worker_killed_mid_job_the_job_completes_elsewhere(server: Any) ->
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
+
+
+async def test_idle_poll_grabs_again_without_a_noop() -> None:
+    grabs_after_sleep = trio.Event()
+
+    async def handler(peer: FakePeer) -> None:
+        assert (await peer.next()).type is PacketType.CAN_DO
+        for _ in range(2):
+            assert (await peer.next()).type is PacketType.GRAB_JOB_UNIQ
+            await peer.send(Packet.res(PacketType.NO_JOB))
+            assert (await peer.next()).type is PacketType.PRE_SLEEP
+        grabs_after_sleep.set()
+        await trio.sleep_forever()
+
+    with trio.fail_after(5):
+        async with FakeServer(handler).serving() as fake:
+            worker = AsyncWorker(fake.address, idle_poll=0.2)
+            worker.add_function("f", _reverse)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker.work_forever)
+                await grabs_after_sleep.wait()
+                nursery.cancel_scope.cancel()
