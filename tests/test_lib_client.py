@@ -428,3 +428,17 @@ async def test_connection_lost_before_job_created_resubmits_elsewhere(
             assert [t.result for t in tasks] == [b"%dt" % i for i in range(6)]
             assert all(t.server is not None and t.server.port == server.port for t in tasks)
             assert fake.connections == 1  # in back-off, not retried at once
+
+
+async def test_cancelled_while_waiting_leaves_cleanly() -> None:
+    """Leaving ``async with AsyncClient`` because of a cancellation must not hang."""
+
+    async def silent(peer: FakePeer) -> None:
+        await trio.sleep_forever()
+
+    with trio.fail_after(5):
+        async with FakeServer(silent).serving() as fake:
+            with trio.move_on_after(0.2) as scope:
+                async with AsyncClient(fake.address) as client:
+                    await client.do("f", b"x")
+            assert scope.cancelled_caught
