@@ -11,13 +11,13 @@ gearman_admin() {
     gearadmin -h "${host:-localhost}" -p "$port" "$@"
 }
 
-# wait_for_workers FUNCTION COUNT: wait (up to 10 s) until COUNT workers can do FUNCTION.
+# wait_for_workers FUNCTION COUNT: wait (up to 20 s) until COUNT workers can do FUNCTION.
 wait_for_workers() {
     local function=$1 want=$2 have
-    for _ in $(seq 1 200); do
+    for _ in $(seq 1 100); do
         have="$(gearman_admin --status | awk -F '\t' -v f="$function" '$1 == f { print $4 }')"
         if (( ${have:-0} >= want )); then return 0; fi
-        sleep 0.05
+        sleep 0.2
     done
     echo "timed out waiting for $want workers of $function" >&2
     return 1
@@ -27,12 +27,12 @@ wait_for_workers() {
 # running (`gearadmin --status` column 2 counts both).
 wait_for_idle() {
     local busy
-    for _ in $(seq 1 600); do
+    for _ in $(seq 1 150); do
         busy="$(gearman_admin --status | awk -F '\t' -v fs="$*" '
             BEGIN { n = split(fs, list, " "); for (i = 1; i <= n; i++) want[list[i]] = 1 }
             ($1 in want) { total += $2 } END { print total + 0 }')"
         if (( busy == 0 )); then return 0; fi
-        sleep 0.05
+        sleep 0.2
     done
     echo "timed out waiting for the jobs of $* to finish" >&2
     return 1
