@@ -13,7 +13,7 @@ export SEARCH_DATA="$data"
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$data"
+    if [[ -z "${KEEP:-}" ]]; then rm -rf "$data"; else echo "kept $data" >&2; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
