@@ -184,6 +184,8 @@ class Server:
             exceptions=config.exceptions,
         )
         self.addresses: list[tuple[str, int]] = []
+        #: Where the HTTP front-end listens (``-r http``), once serving.
+        self.http_addresses: list[tuple[str, int]] = []
         self._shutdown = trio.Event()
         self._graceful = False
         self._accepting: trio.CancelScope | None = None
@@ -253,6 +255,10 @@ class Server:
                     async with trio.open_nursery() as accept_nursery:
                         for listener in listeners:
                             accept_nursery.start_soon(self._accept_loop, listener)
+                        if "http" in config.protocols:
+                            from . import http
+                            self.http_addresses = await accept_nursery.start(http.serve_http,
+                                                                             self)
                         task_status.started(list(self.addresses))
                         await self._shutdown.wait()
                         accept_nursery.cancel_scope.cancel()
@@ -527,6 +533,8 @@ class Server:
             reply = self.manager.job_stored(job, error is None, time.time())
             if peer is not None and hold is not None:
                 peer.release(hold, reply)
+            elif not conn.closed:  # a peer of another front-end (HTTP)
+                conn.peer.deliver(reply)
             self._flush_soon()
 
         # In submit order: the store replays in the order it was given the jobs.
