@@ -50,3 +50,7 @@ class ServerConfig:
     verbose: str = "ERROR"
     #: Version string answered to the ``version`` admin command.
     version: str = "0.1.0"
+    #: Protocol modules loaded with ``-r`` (only "http" exists).
+    protocols: tuple[str, ...] = ()
+    #: ``--http-port``: the HTTP front-end's port on the ``-L`` addresses (0 = any free one).
+    http_port: int = 8080

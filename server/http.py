@@ -1,0 +1,459 @@
+"""gearmand's HTTP front-end (``-r http``): an h11 codec plus a translator onto the job manager.
+
+One trio task per HTTP connection turns each request into one ``Manager.submit`` and the
+``\\0RES`` packets the manager delivers back into one HTTP response (spec §4.4; where it and
+decisions.md disagree, decisions.md wins: no default coalescing, streamed WORK_DATA,
+keep-alive, real status codes).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+import urllib.parse
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+import h11
+import trio
+
+from protocol import HEADER_SIZE, NEED_DATA, Packet, PacketType, Parser, Priority, ProtocolError
+
+if TYPE_CHECKING:
+    from .app import Server
+
+log = logging.getLogger(__name__)
+
+PT = PacketType
+
+_RECEIVE_SIZE: Final = 64 * 1024
+#: Bytes of a pipelined next request taken while a job runs. Reading on while the job runs
+#: is how a client leaving is noticed; past this the socket is left alone until the answer.
+_PIPELINE_LIMIT: Final = 64 * 1024
+_METHODS: Final = (b"GET", b"POST", b"PUT")
+_ALLOW: Final = b"GET, POST, PUT"
+_PRIORITIES: Final = {b"high": Priority.HIGH, b"normal": Priority.NORMAL, b"low": Priority.LOW}
+_REASONS: Final = {
+    200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+    413: b"Content Too Large", 500: b"Internal Server Error", 503: b"Service Unavailable",
+}
+#: HTTP status for an ERROR packet answering the submit; any other code is a 500.
+_ERROR_STATUS: Final = {b"QUEUE_ERROR": 503, b"ARGUMENT_TOO_LARGE": 400}
+#: Headers that may come as trailers of a streamed (chunked) answer.
+_TRAILERS: Final = b"X-Gearman-Command, X-Gearman-Work-Status, X-Gearman-Work-Warning"
+#: Printable ASCII except "%": what a warning keeps as is in a header; the rest is %XX.
+_HEADER_SAFE: Final = "".join(chr(c) for c in range(0x21, 0x7F) if c != ord("%"))
+_ACCEPT_RETRY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class _Dropped(Exception):
+    """The connection is to be dropped (the message says why); the job detaches."""
+
+
+def header_value(data: bytes) -> bytes:
+    """Any bytes as a valid header value: printable ASCII kept, the rest (and "%") as %XX."""
+    return urllib.parse.quote_from_bytes(data, safe=_HEADER_SAFE).encode("ascii")
+
+
+def _packet_size(packet: Packet) -> int:
+    args = packet.args
+    return HEADER_SIZE + sum(len(a) for a in args) + max(len(args) - 1, 0)
+
+
+class HttpPeer:
+    """The Peer the manager delivers to: its ``\\0RES`` packets, decoded for the HTTP task.
+
+    ``deliver`` never blocks: it parses and wakes the connection's task. Past ``limit``
+    bytes not yet taken by that task the peer overflows and the connection is dropped.
+    """
+
+    __slots__ = ("_packets", "_parser", "_wake", "cid", "limit", "overflowed", "pending")
+
+    def __init__(self, limit: int) -> None:
+        self.cid = 0
+        self.limit = limit
+        self.pending = 0
+        self.overflowed = False
+        self._parser = Parser(max_packet_size=limit)
+        self._packets: deque[Packet] = deque()
+        self._wake = trio.Event()
+
+    def deliver(self, data: bytes) -> None:
+        if self.overflowed or not data:
+            return
+        self.pending += len(data)
+        if self.pending > self.limit:
+            log.warning("connection %d: HTTP client does not read (%d bytes pending); "
+                        "dropping", self.cid, self.pending)
+            self._overflow()
+            return
+        parser = self._parser
+        parser.receive_data(data)
+        try:
+            while True:
+                event = parser.next_event()
+                if event is NEED_DATA:
+                    break
+                if isinstance(event, Packet):
+                    self._packets.append(event)
+        except ProtocolError as exc:  # our own encoder wrote it: a bug, but never crash
+            log.error("connection %d: undecodable reply for HTTP: %s", self.cid, exc)
+            self._overflow()
+            return
+        self._wake.set()
+
+    def _overflow(self) -> None:
+        self.overflowed = True
+        self._packets.clear()
+        self._wake.set()
+
+    async def next_packet(self) -> Packet:
+        """The next packet the manager sent; raises ``_Dropped`` once overflowed."""
+        while not self._packets:
+            if self.overflowed:
+                raise _Dropped("too much output pending")
+            await self._wake.wait()
+            self._wake = trio.Event()
+        if self.overflowed:
+            raise _Dropped("too much output pending")
+        packet = self._packets.popleft()
+        self.pending -= _packet_size(packet)
+        return packet
+
+
+class _Answer:
+    """What the worker said so far about the job one request waits for."""
+
+    __slots__ = ("body", "handle", "status", "warnings")
+
+    def __init__(self) -> None:
+        self.handle = b""
+        self.status: tuple[bytes, bytes] | None = None
+        self.warnings: list[bytes] = []
+        #: WORK_DATA collected for a client that cannot take a chunked answer.
+        self.body = bytearray()
+
+    def size(self) -> int:
+        return len(self.body) + sum(len(w) for w in self.warnings)
+
+    def take_headers(self) -> Headers:
+        """Status and warnings as headers (or trailers); each is reported once."""
+        headers: Headers = []
+        if self.status is not None:
+            headers.append((b"X-Gearman-Work-Status", b"%s/%s" % self.status))
+            self.status = None
+        headers.extend((b"X-Gearman-Work-Warning", header_value(w)) for w in self.warnings)
+        self.warnings.clear()
+        return headers
+
+
+class HttpConnection:
+    """One HTTP client: requests read with h11, each answered from the manager's packets."""
+
+    def __init__(self, server: Server, stream: trio.SocketStream, address: str) -> None:
+        config = server.config
+        self.server = server
+        self.manager = server.manager
+        self.stream = stream
+        self.max_body = config.max_packet_size
+        #: Bytes of answer held for this client (pending packets or a collected body).
+        self.limit = config.max_packet_size + 4 * config.max_outgoing_buffer
+        self.peer = HttpPeer(self.limit)
+        self.conn = self.manager.connect(self.peer, address)
+        # decisions.md: an HTTP client hears of exceptions (500 with the text), not WORK_FAIL.
+        self.conn.exceptions = True
+        self.cid = self.peer.cid = self.conn.id
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        self.server_header = f"Gearman/{config.version} (Python)".encode()
+        self.client_gone = False
+        self._pipelined = 0
+
+    # ------------------------------------------------------------------ the connection
+
+    async def run(self) -> None:
+        """Answer requests until the client leaves or the connection must close."""
+        try:
+            while await self._one_request():
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("connection %d: %s", self.cid, exc or "closed by peer")
+        except _Dropped as exc:
+            log.warning("connection %d: dropped: %s", self.cid, exc)
+        except Exception:
+            log.exception("connection %d: dropped after an unexpected error", self.cid)
+        finally:
+            # A foreground job still running loses this client, as when a Gear client leaves.
+            self.manager.disconnect(self.conn, time.time())
+            self.server._flush_soon()
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+            log.info("connection %d: closed", self.cid)
+
+    async def _one_request(self) -> bool:
+        """Read one request and answer it; False when the connection is to end."""
+        h = self.h11
+        try:
+            event = await self._next_event()
+            if not isinstance(event, h11.Request):
+                return False  # ConnectionClosed between requests
+            body = await self._read_body(event)
+        except h11.RemoteProtocolError as exc:
+            log.info("connection %d: bad HTTP request: %s", self.cid, exc)
+            if h.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                await self._simple(exc.error_status_hint)
+            return False
+        if body is None:
+            await self._simple(413)
+            return False
+        await self._answer(event, body)
+        if self.client_gone or h.our_state is not h11.DONE or h.their_state is not h11.DONE:
+            return False
+        h.start_next_cycle()
+        self._pipelined = 0
+        return True
+
+    async def _next_event(self) -> h11.Event | None:
+        """The client's next event; None for h11's PAUSED (cannot happen between cycles)."""
+        h = self.h11
+        while True:
+            event = h.next_event()
+            if isinstance(event, h11.Event):
+                return event
+            if event is h11.PAUSED:
+                return None
+            h.receive_data(await self.stream.receive_some(_RECEIVE_SIZE))
+
+    async def _read_body(self, request: h11.Request) -> bytes | None:
+        """The request body, or None when it is larger than a job may be."""
+        h = self.h11
+        for name, value in request.headers:
+            if name == b"content-length" and int(value) > self.max_body:
+                return None
+        if h.they_are_waiting_for_100_continue:
+            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+        body = bytearray()
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > self.max_body:
+                    return None
+            elif isinstance(event, h11.EndOfMessage):
+                return bytes(body)
+            else:  # h11 raises on a truncated body; anything else is the end too
+                raise h11.RemoteProtocolError("request body incomplete", error_status_hint=400)
+
+    # ------------------------------------------------------------------ the translation
+
+    async def _answer(self, request: h11.Request, body: bytes) -> None:
+        if request.method not in _METHODS:
+            await self._simple(405, [(b"Allow", _ALLOW)])
+            return
+        # As the reference: leading "/"s stripped, the rest (query included) verbatim.
+        function = request.target.lstrip(b"/")
+        if not function:
+            await self._simple(404)
+            return
+        unique = b""  # decisions.md: no coalescing unless asked for
+        background = False
+        priority = Priority.NORMAL
+        for name, value in request.headers:
+            if name == b"x-gearman-unique":
+                unique = value
+            elif name == b"x-gearman-background":
+                background = value.lower() == b"true"
+            elif name == b"x-gearman-priority":
+                priority = _PRIORITIES.get(value.lower(), Priority.NORMAL)
+        workload = b"" if request.method == b"GET" else body
+        self.manager.submit(self.conn, function, unique, workload, int(priority), background,
+                            time.time())
+        # The submit may have woken workers on other connections.
+        self.server._flush_soon()
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch, nursery.cancel_scope)
+            try:
+                await self._relay(request, background)
+            except Exception as exc:  # re-raised below, not wrapped in an exception group
+                failure = exc
+            finally:
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    async def _watch(self, scope: trio.CancelScope) -> None:
+        """While a job runs, notice the client leaving (and keep what it pipelined)."""
+        while self._pipelined < _PIPELINE_LIMIT:
+            try:
+                data = await self.stream.receive_some(_RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                log.info("connection %d: HTTP client left before its answer", self.cid)
+                self.client_gone = True
+                scope.cancel()
+                return
+            self._pipelined += len(data)
+            self.h11.receive_data(data)
+
+    async def _relay(self, request: h11.Request, background: bool) -> None:
+        """Turn the packets about the submitted job into one HTTP response."""
+        chunked_ok = request.http_version == b"1.1"
+        streaming = False
+        answer = _Answer()
+        while True:
+            packet = await self.peer.next_packet()
+            ptype, args = packet.type, packet.args
+            if ptype == PT.JOB_CREATED:
+                answer.handle = args[0]
+                if background:
+                    await self._final(answer, 200, b"JOB_CREATED", b"", streaming)
+                    return
+                continue
+            if ptype == PT.ERROR:
+                code, text = args[0], args[1]
+                log.info("connection %d: submit refused: %s %s", self.cid,
+                         code.decode("latin-1"), text.decode("latin-1"))
+                await self._final(answer, _ERROR_STATUS.get(code, 500), b"ERROR", text,
+                                  streaming, [(b"X-Gearman-Error", header_value(code))])
+                return
+            if not args or args[0] != answer.handle:
+                continue  # not about this request's job (a stray; cannot happen today)
+            if ptype == PT.WORK_DATA:
+                if chunked_ok:
+                    if not streaming:
+                        await self._start_stream(answer)
+                        streaming = True
+                    await self._send(h11.Data(data=args[1]))
+                else:
+                    answer.body += args[1]
+            elif ptype == PT.WORK_WARNING:
+                answer.warnings.append(args[1])
+            elif ptype == PT.WORK_STATUS:
+                answer.status = (args[1], args[2])
+            elif ptype == PT.WORK_COMPLETE:
+                await self._final(answer, 200, b"WORK_COMPLETE", args[1], streaming)
+                return
+            elif ptype == PT.WORK_FAIL:
+                await self._final(answer, 500, b"WORK_FAIL", b"", streaming)
+                return
+            elif ptype == PT.WORK_EXCEPTION:
+                await self._final(answer, 500, b"WORK_EXCEPTION", args[1], streaming)
+                return
+            if answer.size() > self.limit:
+                raise _Dropped("answer larger than the output bound")
+
+    async def _start_stream(self, answer: _Answer) -> None:
+        """First WORK_DATA on HTTP/1.1: headers now, the data chunked, the end in trailers."""
+        headers: Headers = [
+            (b"X-Gearman-Job-Handle", answer.handle),
+            (b"X-Gearman-Command", b"WORK_DATA"),
+            *answer.take_headers(),
+            (b"Trailer", _TRAILERS),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Server", self.server_header),
+        ]
+        await self._send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
+
+    async def _final(self, answer: _Answer, status: int, command: bytes, payload: bytes,
+                     streaming: bool, extra: Headers | None = None) -> None:
+        """End the answer: the last chunk and trailers, or one whole response."""
+        if streaming:
+            if payload:
+                await self._send(h11.Data(data=payload))
+            trailers: Headers = [(b"X-Gearman-Command", command), *answer.take_headers()]
+            await self._send(h11.EndOfMessage(headers=trailers))
+            return
+        body = bytes(answer.body) + payload if answer.body else payload
+        headers: Headers = []
+        if answer.handle:
+            headers.append((b"X-Gearman-Job-Handle", answer.handle))
+        headers.append((b"X-Gearman-Command", command))
+        headers.extend(answer.take_headers())
+        headers.extend(extra or ())
+        headers += [(b"Content-Length", b"%d" % len(body)), (b"Server", self.server_header)]
+        await self._send(h11.Response(status_code=status, headers=headers,
+                                      reason=_REASONS.get(status, b"")))
+        if body:
+            await self._send(h11.Data(data=body))
+        await self._send(h11.EndOfMessage())
+
+    async def _simple(self, status: int, extra: Headers | None = None) -> None:
+        """An empty answer that submits nothing (400, 404, 405, 413)."""
+        headers: Headers = [(b"Server", self.server_header), (b"Content-Length", b"0")]
+        headers.extend(extra or ())
+        if status in (400, 413):
+            headers.append((b"Connection", b"close"))
+        await self._send(h11.Response(status_code=status, headers=headers,
+                                      reason=_REASONS.get(status, b"")))
+        await self._send(h11.EndOfMessage())
+
+    async def _send(self, event: h11.Event) -> None:
+        data = self.h11.send(event)
+        if data:
+            await self.stream.send_all(data)
+
+
+# ---------------------------------------------------------------------- listening
+
+
+async def serve_http(server: Server, *, task_status: trio.TaskStatus[list[tuple[str, int]]]
+                     = trio.TASK_STATUS_IGNORED) -> None:
+    """Listen on ``--http-port`` at the ``-L`` addresses; report them; accept until cancelled.
+
+    Connections run in the server's nursery, so they outlive the accept loop during a
+    graceful shutdown as Gear connections do.
+    """
+    config = server.config
+    listeners: list[trio.SocketListener] = []
+    try:
+        # Shielded: a shutdown asked for before serving still gets the addresses reported.
+        with trio.CancelScope(shield=True):
+            port = config.http_port
+            hosts: list[str | None] = list(config.listen) or [None]
+            for host in hosts:
+                bound = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
+                listeners.extend(bound)
+                if port == 0 and bound:
+                    port = bound[0].socket.getsockname()[1]
+        addresses = [(str(li.socket.getsockname()[0]), int(li.socket.getsockname()[1]))
+                     for li in listeners]
+        for address in addresses:
+            log.info("HTTP: listening on %s:%d", *address)
+        task_status.started(addresses)
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(_accept_loop, server, listener)
+    finally:
+        for listener in listeners:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+
+
+async def _accept_loop(server: Server, listener: trio.SocketListener) -> None:
+    connections = server._nursery
+    assert connections is not None
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno in _ACCEPT_RETRY_ERRNOS:
+                log.error("HTTP accept failed (%s); retrying in 100 ms", exc)
+                await trio.sleep(0.1)
+                continue
+            raise
+        server._configure(stream)  # TCP_NODELAY, keep-alive options
+        connections.start_soon(_handle_connection, server, stream)
+
+
+async def _handle_connection(server: Server, stream: trio.SocketStream) -> None:
+    try:
+        address = str(stream.socket.getpeername()[0])
+    except OSError:
+        address = "-"
+    connection = HttpConnection(server, stream, address)
+    log.info("connection %d: HTTP accepted from %s", connection.cid, address)
+    await connection.run()
