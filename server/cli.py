@@ -211,7 +211,7 @@ PARAMS: list[click.Parameter] = [
          help="File to write process ID out to (removed on exit). Failing to write the "
               "default one is ignored; failing to write one given here is fatal."),
     _opt("-r", "--protocol", multiple=True, metavar="NAME",
-         help="Load protocol module. The only module, 'http', is not available yet."),
+         help="Load protocol module (the only one is 'http')."),
     _opt("-R", "--round-robin", is_flag=True,
          help="Accepted for compatibility: work is always rotated fairly between a "
               "worker's functions."),
@@ -406,10 +406,12 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         if given(name):
             raise CliError(f"--{name.replace('_', '-')}: TLS is not supported by this server "
                            "yet; put a TLS proxy in front of it")
+    protocols: list[str] = []
     for protocol in values["protocol"]:
-        if protocol == "http":
-            raise CliError("-r http: the HTTP protocol is not available in this server yet")
-        raise CliError(f"Unknown protocol module : {protocol}")
+        if protocol != "http":
+            raise CliError(f"Unknown protocol module : {protocol}")
+        if protocol not in protocols:
+            protocols.append(protocol)
     if values["graceful_timeout"] < 0:
         raise CliError("invalid value for --graceful-timeout: it cannot be negative")
     if values["http_port"] > 65535:
@@ -423,7 +425,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     level_name = logs.raise_level(base, values["v_count"])
 
     notes: list[str] = []
-    if given("http_port"):
+    if given("http_port") and "http" not in protocols:
         notes.append("--http-port has no effect without -r http")
     if given("threads"):
         notes.append(f"-t {values['threads']} ignored: this server is single-threaded (trio)")
@@ -460,6 +462,8 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         pid_file=pid_file,
         verbose=level_name,
         version=__version__,
+        protocols=tuple(protocols),
+        http_port=values["http_port"],
         **prefix_kw,
     )
     return Invocation(

@@ -216,9 +216,14 @@ def test_tls_options_are_refused_by_name(args: tuple[str, ...]) -> None:
     assert message.startswith(option + ":") and "TLS" in message
 
 
-def test_protocols_are_refused() -> None:
-    assert "HTTP" in refused("-r", "http")
+def test_protocols_http_only() -> None:
+    config = parse("-r", "http", "--http-port", "8081", "-r", "http").config
+    assert (config.protocols, config.http_port) == (("http",), 8081)
+    assert not any("--http-port" in note for note in
+                   parse("-r", "http", "--http-port", "8081").notes)
+    assert (parse().config.protocols, parse().config.http_port) == ((), 8080)
     assert refused("--protocol=gopher") == "Unknown protocol module : gopher"
+    assert refused("-r", "http", "-r", "gopher") == "Unknown protocol module : gopher"
     # --http-port alone is a module option, harmless without -r http (as the reference)
     assert any("--http-port" in note for note in parse("--http-port", "8081").notes)
 
@@ -442,7 +447,7 @@ def test_help_version_and_errors_as_a_program() -> None:
     ]:
         failed = gearmand(*args)
         assert (failed.returncode, failed.stdout, failed.stderr) == (1, "", message)
-    for args in (("-r", "http"), ("--ssl",)):
+    for args in (("-r", "gopher"), ("--ssl",)):
         failed = gearmand(*args)
         assert failed.returncode == 1 and failed.stderr.count("\n") == 1
         assert "Traceback" not in failed.stderr
