@@ -268,8 +268,10 @@ def test_async_queue_background_jobs_followed_by_handle(server: RunningServer) -
     follow = part["starting the worker; following the jobs"]
     for h in handles:
         states = [line.removeprefix(f"{h}: ") for line in follow if line.startswith(f"{h}: ")]
-        assert states[0] == "queued" and states[-1] == "done", (h, follow)
-        assert set(states) <= {"queued", "running", "done"}
+        # The worker may grab the first job before the first poll: queued is optional.
+        order = ["queued", "running", "done"]
+        assert states[-1] == "done", (h, follow)
+        assert [order.index(s) for s in states] == sorted(order.index(s) for s in states)
     # One worker takes the jobs in the order they were queued.
     done_order = [line.split(": ")[0] for line in follow if line.endswith(": done")]
     assert done_order == handles
