@@ -257,8 +257,10 @@ class Server:
                             accept_nursery.start_soon(self._accept_loop, listener)
                         if "http" in config.protocols:
                             from . import http
-                            self.http_addresses = await accept_nursery.start(http.serve_http,
-                                                                             self)
+                            # Shielded: started() is a no-op in a cancelled caller.
+                            with trio.CancelScope(shield=True):
+                                self.http_addresses = await accept_nursery.start(
+                                    http.serve_http, self)
                         task_status.started(list(self.addresses))
                         await self._shutdown.wait()
                         accept_nursery.cancel_scope.cancel()
