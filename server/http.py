@@ -410,15 +410,13 @@ async def serve_http(server: Server, *, task_status: trio.TaskStatus[list[tuple[
     config = server.config
     listeners: list[trio.SocketListener] = []
     try:
-        # Shielded: a shutdown asked for before serving still gets the addresses reported.
-        with trio.CancelScope(shield=True):
-            port = config.http_port
-            hosts: list[str | None] = list(config.listen) or [None]
-            for host in hosts:
-                bound = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
-                listeners.extend(bound)
-                if port == 0 and bound:
-                    port = bound[0].socket.getsockname()[1]
+        port = config.http_port
+        hosts: list[str | None] = list(config.listen) or [None]
+        for host in hosts:
+            bound = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
+            listeners.extend(bound)
+            if port == 0 and bound:
+                port = bound[0].socket.getsockname()[1]
         addresses = [(str(li.socket.getsockname()[0]), int(li.socket.getsockname()[1]))
                      for li in listeners]
         for address in addresses:
