@@ -67,10 +67,12 @@ class HttpPeer:
     """The Peer the manager delivers to: its ``\\0RES`` packets, decoded for the HTTP task.
 
     ``deliver`` never blocks: it parses and wakes the connection's task. Past ``limit``
-    bytes not yet taken by that task the peer overflows and the connection is dropped.
+    bytes not yet taken by that task the peer overflows and the connection is dropped,
+    even while its task waits for the client to read (``scope`` is cancelled).
     """
 
-    __slots__ = ("_packets", "_parser", "_wake", "cid", "limit", "overflowed", "pending")
+    __slots__ = ("_packets", "_parser", "_wake", "cid", "limit", "overflowed", "pending",
+                 "scope")
 
     def __init__(self, limit: int) -> None:
         self.cid = 0
@@ -80,6 +82,8 @@ class HttpPeer:
         self._parser = Parser(max_packet_size=limit)
         self._packets: deque[Packet] = deque()
         self._wake = trio.Event()
+        #: The connection task's scope, cancelled on overflow.
+        self.scope = trio.CancelScope()
 
     def deliver(self, data: bytes) -> None:
         if self.overflowed or not data:
@@ -109,6 +113,7 @@ class HttpPeer:
         self.overflowed = True
         self._packets.clear()
         self._wake.set()
+        self.scope.cancel()
 
     async def next_packet(self) -> Packet:
         """The next packet the manager sent; raises ``_Dropped`` once overflowed."""
@@ -176,8 +181,11 @@ class HttpConnection:
     async def run(self) -> None:
         """Answer requests until the client leaves or the connection must close."""
         try:
-            while await self._one_request():
-                pass
+            with self.peer.scope:
+                while await self._one_request():
+                    pass
+            if self.peer.overflowed:
+                raise _Dropped("too much output pending")
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("connection %d: %s", self.cid, exc or "closed by peer")
         except _Dropped as exc:

@@ -541,11 +541,12 @@ async def test_client_that_stops_reading_is_dropped(nursery: trio.Nursery) -> No
             stream = await trio.open_tcp_stream("127.0.0.1", srv.http_addresses[0][1])
             await stream.send_all(b"POST /flood HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
             handle, _, _ = await worker.grab()
-            chunk = encode_req(PT.WORK_DATA, handle, b"x" * 60000)
-            # The client never reads; the server drops it instead of buffering without end.
+            chunk = encode_req(PT.WORK_DATA, handle, b"x" * 30000)
+            # The client never reads: the server streams until its write blocks, buffers
+            # up to the bound, then drops the client instead of buffering without end.
             while srv.manager.jobs[handle].clients:
-                await worker.send(chunk * 8)
-                await trio.sleep(0)
+                await worker.send(chunk)
+                await trio.sleep(0.001)
             await stream.aclose()
     finally:
         srv.shutdown()
