@@ -552,6 +552,18 @@ async def test_client_that_stops_reading_is_dropped(nursery: trio.Nursery) -> No
         srv.shutdown()
 
 
+async def test_shutdown_before_serve_still_reports_and_stops() -> None:
+    srv = Server(ServerConfig(listen=("127.0.0.1",), port=0, protocols=("http",),
+                              http_port=0))
+    srv.shutdown()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(srv.serve)
+    assert srv.http_addresses
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", srv.http_addresses[0][1])
+
+
 # ---------------------------------------------------------------------- processes
 
 
