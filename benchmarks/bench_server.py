@@ -3,16 +3,23 @@
     .venv/bin/python benchmarks/bench_server.py [--runs 3] [--jobs 20000] [--only ours]
 
 Each server is pinned to CPU 0 (taskset, when there are two CPUs), the load generator to
-the others. Scenarios run interleaved (ours, reference, ours, ...) and the table shows
-medians of the runs with the ratio ours/reference. Every scenario checks that each job
-completed exactly once with its payload intact; a run with errors is reported as FAILED.
+the others. The load generator is ``loadgen.c``, compiled on demand with ``gcc -O2`` into
+``benchmarks/.build/``; without gcc (or with ``--loadgen python``) the slower Python
+``loadgen.py`` is used and the output says so. Scenarios run interleaved (ours,
+reference, ours, ...) and the table shows medians of the runs with the ratio
+ours/reference, then the CPU both sides used in the timed phase. Every scenario checks
+that each job completed exactly once with its payload intact; a run with errors is
+reported as FAILED (``--fault K`` injects one fault to show that it is).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import multiprocessing as mp
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -21,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,6 +37,95 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen
 
 REFERENCE = "/usr/sbin/gearmand"
+HERE = Path(__file__).resolve().parent
+LOADGEN_C = HERE / "loadgen.c"
+BUILD_DIR = HERE / ".build"
+BG_FACTOR = 5  # background-submit scenarios with the C load generator: 5 x --jobs
+LOADGEN_TIMEOUT = 300.0  # seconds; the C program stops itself and reports a timeout
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One scenario run: the measured value, a FAILED note, and who used how much CPU."""
+
+    value: float
+    note: str = ""
+    seconds: float = 0.0  # the timed phase
+    loadgen_cpu: float = 0.0  # load generator CPU seconds in the timed phase
+    server_cpu: float | None = None  # server CPU seconds in the timed phase, when known
+    jobs: int = 0  # jobs in the timed phase
+    detail: str = ""  # the first error, for the per-run line
+
+    def loadgen_us_per_job(self) -> float:
+        return self.loadgen_cpu * 1e6 / self.jobs if self.jobs else 0.0
+
+
+class Settings:
+    """Run-wide choices: which load generator, the fault to inject, the server's pid."""
+
+    exe: Path | None = None
+    fault: int = 0
+    server_pid: int = 0
+
+
+SETTINGS = Settings()
+
+
+def build_loadgen() -> Path | None:
+    """Compile loadgen.c with gcc -O2 into benchmarks/.build/ (cached by source hash)."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        return None
+    digest = hashlib.sha256(LOADGEN_C.read_bytes()).hexdigest()[:12]
+    exe = BUILD_DIR / f"loadgen-{digest}"
+    if not exe.exists():
+        BUILD_DIR.mkdir(exist_ok=True)
+        tmp = BUILD_DIR / f"loadgen-{digest}.{os.getpid()}.tmp"
+        subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(LOADGEN_C)], check=True,
+                       timeout=120)
+        tmp.replace(exe)
+    return exe
+
+
+def loadgen_cpus() -> list[int]:
+    cpus = sorted(os.sched_getaffinity(0))
+    return [c for c in cpus if c != 0] or cpus
+
+
+def run_c(mode: str, port: int, jobs: int, *extra: str) -> dict[str, object]:
+    """Run the C load generator pinned to the load CPUs; its JSON result line."""
+    assert SETTINGS.exe is not None
+    cpus = ",".join(str(c) for c in loadgen_cpus())
+    cmd = [*pin(cpus), str(SETTINGS.exe), mode, "--port", str(port), "--jobs", str(jobs),
+           "--timeout", str(LOADGEN_TIMEOUT), *extra]
+    if SETTINGS.fault:
+        cmd += ["--fault", str(SETTINGS.fault)]
+    if SETTINGS.server_pid:
+        cmd += ["--server-pid", str(SETTINGS.server_pid)]
+    proc = subprocess.run(cmd, capture_output=True, timeout=LOADGEN_TIMEOUT + 30)
+    for line in reversed(proc.stdout.decode().splitlines()):
+        if line.startswith("{"):
+            result: dict[str, object] = json.loads(line)
+            return result
+    raise RuntimeError(f"loadgen exited {proc.returncode}: {proc.stderr.decode().strip()}")
+
+
+def c_outcome(result: dict[str, object], value: float) -> Outcome:
+    errors = int(str(result["errors"]))
+    note = f"FAILED ({errors} errors)" if errors else ""
+    server = float(str(result["server_cpu_seconds"])) if SETTINGS.server_pid else None
+    return Outcome(value, note, float(str(result["seconds"])),
+                   float(str(result["cpu_seconds"])), server, int(str(result["expected"])),
+                   str(result["first_error"]))
+
+
+def c_procs() -> str:
+    """Load processes for the many-connection scenarios: two even on one load CPU.
+
+    Measured on 2 vCPUs: two processes kept more work in flight than one epoll loop
+    (reference gearmand round trips 60k/s against 30-47k/s); four were no better.
+    """
+    return str(max(2, len(loadgen_cpus())))
 
 
 def free_port() -> int:
@@ -121,31 +218,62 @@ def _with_workers(port: int, workers: int, fn: bytes,
     return result, done
 
 
-def scenario_roundtrip(port: int, jobs: int) -> tuple[float, str]:
+def py_cpu() -> float:
+    """CPU seconds of this process plus its reaped children (the Python load generator)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def scenario_roundtrip(port: int, jobs: int) -> Outcome:
+    if SETTINGS.exe:
+        r = run_c("roundtrip", port, jobs, "--clients", "4", "--inflight", "100",
+                  "--workers", "32", "--procs", c_procs())
+        return c_outcome(r, float(str(r["rate"])))
+    cpu0 = py_cpu()
     result, done = _with_workers(
         port, 32, b"echo",
         lambda: loadgen.run_clients(port, 4, 100, jobs, b"echo"))
     ok = result.errors == 0 and done == result.jobs == jobs
-    return result.jobs / result.seconds, "" if ok else f"FAILED ({result.errors} errors)"
+    return Outcome(result.jobs / result.seconds,
+                   "" if ok else f"FAILED ({result.errors} errors)", result.seconds,
+                   py_cpu() - cpu0, None, jobs)
 
 
-def scenario_latency(port: int, jobs: int) -> tuple[float, str]:
+def scenario_latency(port: int, jobs: int) -> Outcome:
+    if SETTINGS.exe:
+        r = run_c("latency", port, min(jobs, 2000))
+        return c_outcome(r, float(str(r["p50_us"])))
+    cpu0 = py_cpu()
     result, _ = _with_workers(port, 1, b"lat",
                               lambda: loadgen.run_latency(port, min(jobs, 2000), b"lat"))
     assert result.latencies
-    return loadgen.median_us(result.latencies), "" if not result.errors else "FAILED"
+    return Outcome(loadgen.median_us(result.latencies), "" if not result.errors else "FAILED",
+                   result.seconds, py_cpu() - cpu0, None, result.jobs)
 
 
-def scenario_background(unique: bool) -> Callable[[int, int], tuple[float, str]]:
-    def run(port: int, jobs: int) -> tuple[float, str]:
+def scenario_background(unique: bool) -> Callable[[int, int], Outcome]:
+    def run(port: int, jobs: int) -> Outcome:
         fn = b"bgu" if unique else b"bgn"
+        if SETTINGS.exe:
+            # The C generator submits BG_FACTOR x --jobs: 20,000 submits take the reference
+            # server ~20 ms, too short to time (or to see its CPU in 10 ms clock ticks).
+            r = run_c("bg", port, jobs * BG_FACTOR, "--function", fn.decode(), "--window", "1000",
+                      "--payload", "100", *(["--unique"] if unique else []))
+            return c_outcome(r, float(str(r["rate"])))
         result = loadgen.run_background(port, jobs, fn, unique)
-        return result.jobs / result.seconds, "" if not result.errors else "FAILED"
+        return Outcome(result.jobs / result.seconds, "" if not result.errors else "FAILED",
+                       result.seconds, result.cpu_seconds, None, jobs)
     return run
 
 
-def scenario_drain(port: int, jobs: int) -> tuple[float, str]:
+def scenario_drain(port: int, jobs: int) -> Outcome:
+    if SETTINGS.exe:
+        r = run_c("drain", port, jobs, "--workers", "100", "--payload", "100",
+                  "--procs", c_procs())
+        return c_outcome(r, float(str(r["rate"])))
     loadgen.run_background(port, jobs, b"drain", False)
+    cpu0 = py_cpu()
     t0 = time.perf_counter()
 
     def wait_empty() -> loadgen.Result:
@@ -165,17 +293,25 @@ def scenario_drain(port: int, jobs: int) -> tuple[float, str]:
 
     result, done = _with_workers(port, 100, b"drain", wait_empty)
     ok = done == jobs
-    return jobs / result.seconds, "" if ok else f"FAILED ({done} of {jobs})"
+    return Outcome(jobs / result.seconds, "" if ok else f"FAILED ({done} of {jobs})",
+                   result.seconds, py_cpu() - cpu0, None, jobs)
 
 
-def scenario_memory(kind_pid: dict[str, int]) -> Callable[[int, int], tuple[float, str]]:
-    def run(port: int, jobs: int) -> tuple[float, str]:
+def scenario_memory(kind_pid: dict[str, int]) -> Callable[[int, int], Outcome]:
+    def run(port: int, jobs: int) -> Outcome:
         pid = kind_pid["pid"]
         before = rss_kib(pid)
-        loadgen.run_background(port, jobs, b"mem", False, payload_size=100)
+        note = ""
+        if SETTINGS.exe:
+            r = run_c("bg", port, jobs, "--function", "mem", "--payload", "100")
+            if int(str(r["errors"])):
+                note = f"FAILED ({r['errors']} errors)"
+        else:
+            result = loadgen.run_background(port, jobs, b"mem", False, payload_size=100)
+            note = "" if not result.errors else "FAILED"
         time.sleep(0.2)
         after = rss_kib(pid)
-        return (after - before) * 1024 / jobs, ""
+        return Outcome((after - before) * 1024 / jobs, note)
     return run
 
 
@@ -195,19 +331,32 @@ def store_table(runs: int, jobs: int) -> None:
                 d = tempfile.mkdtemp(dir=logdir)
                 proc, port = start("ours", logdir, args(d))
                 try:
-                    result = loadgen.run_background(port, jobs, b"st", False)
+                    out = scenario_background(False)(port, jobs)
                 finally:
                     proc.terminate()
                     proc.wait(10)
-                ok = "" if not result.errors else " FAILED"
-                print(f"run {run + 1} {name}: {result.jobs / result.seconds:,.0f}/s{ok}",
+                ok = f" {out.note}" if out.note else ""
+                print(f"run {run + 1} {name}: {out.value:,.0f}/s{ok}",
                       file=sys.stderr, flush=True)
-                results.setdefault(name, []).append(result.jobs / result.seconds)
+                results.setdefault(name, []).append(out.value)
     base = statistics.median(results["builtin (memory)"])
     print("\n| store | background submits/s | ratio to memory |\n|---|---|---|")
     for name, values in results.items():
         med = statistics.median(values)
         print(f"| {name} | {med:,.0f} | {med / base:.2f}x |")
+
+
+def describe_loadgen(kind: str) -> str:
+    if SETTINGS.exe:
+        return (f"load generator: C ({SETTINGS.exe.relative_to(HERE.parent)}), pinned to "
+                f"CPUs {loadgen_cpus()}")
+    why = "gcc not found" if kind == "auto" else "--loadgen python"
+    return (f"load generator: Python loadgen.py ({why}); it is slower than the servers, "
+            "so the ratios say more about it than about them")
+
+
+def pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f}%" if whole > 0 else "-"
 
 
 def main() -> None:
@@ -219,7 +368,22 @@ def main() -> None:
                     help="instead: background submits/s with each embedded store")
     ap.add_argument("--scenario", action="append", default=[],
                     help="run only scenarios whose name contains this (repeatable)")
+    ap.add_argument("--loadgen", choices=["auto", "c", "python"], default="auto",
+                    help="load generator: C (compiled on demand) or Python (default auto: "
+                         "C when gcc is installed)")
+    ap.add_argument("--fault", type=int, default=0, metavar="K",
+                    help="C load generator: inject one fault at job K (a damaged echo, a "
+                         "repeated handle, a damaged queued payload); the run must FAIL")
     args = ap.parse_args()
+    if args.loadgen != "python":
+        SETTINGS.exe = build_loadgen()
+        if SETTINGS.exe is None and args.loadgen == "c":
+            ap.error("--loadgen c: no gcc/cc found to compile loadgen.c")
+    if args.fault:
+        if SETTINGS.exe is None:
+            ap.error("--fault needs the C load generator")
+        SETTINGS.fault = args.fault
+    print(describe_loadgen(args.loadgen), file=sys.stderr, flush=True)
     if args.stores:
         store_table(args.runs, args.jobs)
         return
@@ -230,7 +394,7 @@ def main() -> None:
         kinds = ["ours"]
     _pin_self()
     current = {"pid": 0}
-    scenarios: list[tuple[str, str, Callable[[int, int], tuple[float, str]], bool]] = [
+    scenarios: list[tuple[str, str, Callable[[int, int], Outcome], bool]] = [
         ("round trips, 4x100 in flight, 32 workers", "jobs/s", scenario_roundtrip, True),
         ("single-job latency, median", "us", scenario_latency, False),
         ("background submits, unique per job", "jobs/s", scenario_background(True), True),
@@ -240,7 +404,7 @@ def main() -> None:
     ]
     if args.scenario:
         scenarios = [s for s in scenarios if any(w in s[0] for w in args.scenario)]
-    results: dict[tuple[str, str], list[float]] = {}
+    results: dict[tuple[str, str], list[Outcome]] = {}
     notes: dict[tuple[str, str], str] = {}
     with tempfile.TemporaryDirectory() as logdir:
         for run in range(args.runs):
@@ -248,23 +412,34 @@ def main() -> None:
                 for name, _unit, fn, _higher in scenarios:
                     proc, port = start(kind, logdir)
                     current["pid"] = proc.pid
+                    SETTINGS.server_pid = proc.pid
                     cpu0 = cpu_seconds(proc.pid)
                     try:
-                        value, note = fn(port, args.jobs)
+                        out = fn(port, args.jobs)
                         cpu = cpu_seconds(proc.pid) - cpu0
                     finally:
                         proc.terminate()
                         proc.wait(10)
-                    results.setdefault((name, kind), []).append(value)
-                    if note:
-                        notes[(name, kind)] = note
-                    print(f"run {run + 1} {kind:9} {name}: {value:,.1f} {note}"
-                          f" (server CPU {cpu * 1e6 / args.jobs:.1f} us/job)",
+                    if out.server_cpu is None:
+                        out = Outcome(out.value, out.note, out.seconds, out.loadgen_cpu, cpu,
+                                      out.jobs, out.detail)
+                    results.setdefault((name, kind), []).append(out)
+                    if out.note:
+                        notes[(name, kind)] = out.note
+                    busy = ""
+                    if out.seconds:
+                        server_busy = pct(out.server_cpu or 0, out.seconds)
+                        busy = (f"; timed phase: server {server_busy} busy, loadgen CPU "
+                                f"{out.loadgen_us_per_job():.1f} us/job ="
+                                f" {pct(out.loadgen_cpu, out.seconds)} of a core")
+                    detail = f": {out.detail}" if out.detail else ""
+                    print(f"run {run + 1} {kind:9} {name}: {out.value:,.1f} {out.note}{detail}"
+                          f" (server CPU {cpu * 1e6 / args.jobs:.1f} us/job{busy})",
                           file=sys.stderr, flush=True)
     print(f"\n| measure | unit | {' | '.join(kinds)} | ratio |")
     print("|---|---|" + "---|" * len(kinds) + "---|")
     for name, unit, _fn, higher in scenarios:
-        meds = [statistics.median(results[(name, k)]) for k in kinds]
+        meds = [statistics.median(o.value for o in results[(name, k)]) for k in kinds]
         ratio = ""
         if len(meds) == 2 and meds[1]:
             ratio = f"{meds[0] / meds[1]:.2f}x"
@@ -272,6 +447,24 @@ def main() -> None:
                            for m, k in zip(meds, kinds, strict=True))
         print(f"| {name} | {unit} ({'higher' if higher else 'lower'} is better) | {cells} "
               f"| {ratio} |")
+    print("\nCPU in the timed phase (medians; busy = CPU seconds / wall seconds, "
+          "100% = one core):\n")
+    head = " | ".join(f"server busy ({k}) | loadgen busy ({k}) | loadgen us/job ({k})"
+                      for k in kinds)
+    print(f"| measure | {head} |")
+    print("|---|" + "---|---|---|" * len(kinds))
+    for name, _unit, _fn, _higher in scenarios:
+        cells = []
+        for k in kinds:
+            runs = [o for o in results[(name, k)] if o.seconds > 0]
+            if not runs:
+                cells.append("- | - | -")
+                continue
+            server = statistics.median((o.server_cpu or 0) / o.seconds for o in runs)
+            lg = statistics.median(o.loadgen_cpu / o.seconds for o in runs)
+            per_job = statistics.median(o.loadgen_us_per_job() for o in runs)
+            cells.append(f"{server * 100:.0f}% | {lg * 100:.0f}% | {per_job:.1f}")
+        print(f"| {name} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@
  *   loadgen drain     --port P [--workers 100]         (pre-submit, then workers drain)
  *   common: --host 127.0.0.1 --procs N --timeout SECONDS --function NAME
  *           --fault K  (inject one fault at job K, to prove the checks can fail)
+ *           --server-pid PID  (also report the server's CPU seconds in the timed phase)
+ *
+ * --procs N forks N load processes (connections dealt round-robin) that share their
+ * counters through a MAP_SHARED page; the clock starts when all have connected and all
+ * workers' CAN_DO are registered (an ECHO_REQ after CAN_DO came back). CPU seconds
+ * reported are the load processes' own (getrusage) over the timed phase.
  *
  * Wire format (spec 1.1): 12-byte header "\0REQ"/"\0RES", type and size as big-endian
  * uint32, then the arguments separated by NUL; the last argument runs to the end.
@@ -74,7 +80,8 @@ static struct {
     double timeout;
     long fault;
     const char *function;
-} opt = {M_ROUNDTRIP, "127.0.0.1", 0, 20000, 4, 100, 32, 1000, 1, -1, 0, 120, 0, NULL};
+    int server_pid;
+} opt = {M_ROUNDTRIP, "127.0.0.1", 0, 20000, 4, 100, 32, 1000, 1, -1, 0, 120, 0, NULL, 0};
 
 /* State shared by all processes (MAP_SHARED, mapped before fork). */
 struct shared {
@@ -82,9 +89,10 @@ struct shared {
     _Atomic long worker_done;   /* JOB_ASSIGNs completed by workers */
     _Atomic long idle_workers;  /* workers whose last GRAB_JOB got NO_JOB */
     _Atomic long ready_procs;
-    _Atomic int start, stop, end_set, timed_out, first_error_set;
+    _Atomic int start, stop, end_set, timed_out, fatal, first_error_set;
     _Atomic long errs[E_NKINDS];
     double t_start, t_end;
+    double server_cpu_start, server_cpu_end; /* --server-pid: its utime+stime, seconds */
     double cpu_user[MAXPROCS], cpu_sys[MAXPROCS];
     char first_error[256];
 };
@@ -99,6 +107,29 @@ static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* User + system CPU seconds of --server-pid so far (from /proc/PID/stat), or 0. */
+static double server_cpu(void) {
+    if (!opt.server_pid) return 0;
+    char path[64], text[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", opt.server_pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    char *q = strrchr(text, ')');
+    unsigned long ut = 0, st = 0;
+    if (!q || sscanf(q + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static void mark_start(void) {
+    sh->server_cpu_start = server_cpu();
+    sh->t_start = now();
+    atomic_store(&sh->start, 1);
 }
 
 static void error_at(enum errkind kind, const char *fmt, ...) {
@@ -282,7 +313,10 @@ static void mark_dirty(struct conn *c) {
     }
 }
 
-static void fatal_stop(void) { atomic_store(&sh->stop, 1); }
+static void fatal_stop(void) {
+    atomic_store(&sh->fatal, 1);
+    atomic_store(&sh->stop, 1);
+}
 
 static int open_conn(void) {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.port)};
@@ -601,8 +635,10 @@ static void run_loop(int (*until)(void), int set_end) {
         if (until()) {
             if (set_end) {
                 int expected = 0;
-                if (atomic_compare_exchange_strong(&sh->end_set, &expected, 1))
+                if (atomic_compare_exchange_strong(&sh->end_set, &expected, 1)) {
                     sh->t_end = now();
+                    sh->server_cpu_end = server_cpu();
+                }
                 atomic_store(&sh->stop, 1);
             }
             return;
@@ -678,8 +714,7 @@ static void run_proc(int p, int self_start) {
     run_loop(all_local_workers_ready, 0);
     atomic_fetch_add(&sh->ready_procs, 1);
     if (self_start) {
-        sh->t_start = now();
-        atomic_store(&sh->start, 1);
+        mark_start();
     } else {
         run_loop(started, 0);
     }
@@ -719,7 +754,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: loadgen roundtrip|latency|bg|drain --port P [--host H] [--jobs N]\n"
             "  [--clients C] [--inflight W] [--workers K] [--window W] [--payload BYTES]\n"
-            "  [--unique] [--function NAME] [--procs N] [--timeout SECONDS] [--fault K]\n");
+            "  [--unique] [--function NAME] [--procs N] [--timeout SECONDS] [--fault K]\n"
+            "  [--server-pid PID]  (report that process's CPU seconds during the timed phase)\n");
     exit(2);
 }
 
@@ -735,7 +771,7 @@ int main(int argc, char **argv) {
         {"clients", 1, 0, 'c'}, {"inflight", 1, 0, 'i'}, {"workers", 1, 0, 'w'},
         {"window", 1, 0, 'W'}, {"payload", 1, 0, 's'}, {"unique", 0, 0, 'u'},
         {"function", 1, 0, 'f'}, {"procs", 1, 0, 'P'}, {"timeout", 1, 0, 't'},
-        {"fault", 1, 0, 'F'}, {0, 0, 0, 0},
+        {"fault", 1, 0, 'F'}, {"server-pid", 1, 0, 'S'}, {0, 0, 0, 0},
     };
     if (argc < 2) usage();
     int m;
@@ -760,6 +796,7 @@ int main(int argc, char **argv) {
         case 'P': opt.procs = atoi(optarg); break;
         case 't': opt.timeout = atof(optarg); break;
         case 'F': opt.fault = atol(optarg); break;
+        case 'S': opt.server_pid = atoi(optarg); break;
         default: usage();
         }
     }
@@ -835,8 +872,7 @@ int main(int argc, char **argv) {
                 }
                 usleep(200);
             }
-            sh->t_start = now();
-            atomic_store(&sh->start, 1);
+            mark_start();
             for (int p = 0; p < opt.procs; p++) {
                 int status;
                 while (waitpid(pids[p], &status, 0) < 0 && errno == EINTR) {}
@@ -846,11 +882,15 @@ int main(int argc, char **argv) {
             }
         }
     }
-    if (!atomic_load(&sh->end_set)) sh->t_end = now();
+    if (!atomic_load(&sh->end_set)) {
+        sh->t_end = now();
+        sh->server_cpu_end = server_cpu();
+    }
+    if (!atomic_load(&sh->start)) sh->t_start = sh->t_end; /* failed before the clock ran */
 
     /* Whole-run checks, across processes. */
     long done = opt.mode == M_DRAIN ? atomic_load(&sh->worker_done) : atomic_load(&sh->client_done);
-    if (!atomic_load(&sh->timed_out)) {
+    if (!atomic_load(&sh->timed_out) && !atomic_load(&sh->fatal)) {
         if (opt.mode == M_ROUNDTRIP || opt.mode == M_LATENCY) {
             long wd = atomic_load(&sh->worker_done);
             if (wd != opt.jobs || done != opt.jobs)
@@ -914,9 +954,10 @@ int main(int argc, char **argv) {
     printf("\", \"p50_us\": %.1f, \"p99_us\": %.1f, \"max_us\": %.1f, \"mean_us\": %.1f, "
            "\"cpu_user\": %.4f, \"cpu_sys\": %.4f, \"cpu_seconds\": %.4f, "
            "\"cpu_util\": %.3f, \"procs\": %d, \"clients\": %d, \"workers\": %d, "
-           "\"timed_out\": %s}\n",
+           "\"server_cpu_seconds\": %.3f, \"timed_out\": %s}\n",
            p50, p99, pmax, mean, user, sys, user + sys, (user + sys) / seconds, opt.procs,
-           opt.clients, opt.workers, atomic_load(&sh->timed_out) ? "true" : "false");
+           opt.clients, opt.workers, sh->server_cpu_end - sh->server_cpu_start,
+           atomic_load(&sh->timed_out) ? "true" : "false");
     fflush(stdout);
-    return atomic_load(&sh->timed_out) ? 2 : errors ? 1 : 0;
+    return atomic_load(&sh->timed_out) || atomic_load(&sh->fatal) ? 2 : errors ? 1 : 0;
 }

@@ -1,7 +1,9 @@
-"""A Gearman load generator that speaks the protocol itself (selectors, one process per role).
+"""A Gearman load generator in Python (selectors): the fallback when loadgen.c cannot be built.
 
 Every scenario checks correctness: each job completes exactly once with its payload
-intact, so a fast wrong answer cannot pass. Used by ``bench_server.py``.
+intact, so a fast wrong answer cannot pass. Used by ``bench_server.py`` when gcc is missing
+(or with ``--loadgen python``); it is slower than either server, so ``loadgen.c`` is the
+default.
 """
 
 from __future__ import annotations
