@@ -16,7 +16,7 @@ import select
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Final
 
 import trio
@@ -171,11 +171,6 @@ class PeerConnection:
         self._wake.set()
 
 
-def _is_loopback(address: str) -> bool:
-    return address.startswith("127.") or address in ("::1", "localhost") or (
-        address.startswith("::ffff:127."))
-
-
 class Server:
     """gearmand: ``await Server(config).serve()`` until ``shutdown()``."""
 
@@ -208,6 +203,8 @@ class Server:
         self._store_writer: Any = None
         self._store_prefix = ""
         self._store_seq = 0
+        self._store_on_shutdown = False
+        self._store_done = trio.Event()
         if store is not None:
             self.attach_store(store)
         self.admin = AdminContext(
@@ -253,7 +250,7 @@ class Server:
                 self._nursery = nursery
                 if self._store_writer is not None:
                     await self._replay()
-                    await nursery.start(self._store_writer.run)
+                    await nursery.start(self._run_store_writer)
                 nursery.start_soon(self._timer)
                 nursery.start_soon(self._flusher)
                 nursery.start_soon(self._reactor)
@@ -277,6 +274,8 @@ class Server:
                     await listener.aclose()
                 if self._graceful:
                     await self._drain()
+                if self._store_writer is not None:
+                    await self._close_store()
                 nursery.cancel_scope.cancel()
         finally:
             for listener in listeners:
@@ -303,11 +302,45 @@ class Server:
         jobs = await writer.replay()
         now = time.time()
         for stored in jobs:
-            self.manager.restore(stored.function, stored.unique, stored.data,
-                                 Priority(stored.priority), stored.when, stored.reducer,
-                                 stored.key, now)
+            job = self.manager.restore(stored.function, stored.unique, stored.data,
+                                       Priority(stored.priority), stored.when,
+                                       stored.reducer, stored.key, now)
+            if self._store_on_shutdown:
+                # Emptied after the replay; written again at the next clean stop.
+                job.store_key = None
+                writer.done(stored.key)
         if jobs:
             log.info("replayed %d background jobs from the store", len(jobs))
+
+    async def _run_store_writer(self, *, task_status: trio.TaskStatus[None]
+                                = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._store_writer.run(task_status=task_status)
+        finally:
+            self._store_done.set()
+
+    async def _close_store(self) -> None:
+        """On a clean stop: write what --store-queue-on-shutdown keeps, then let the
+        writer commit everything queued and close the store."""
+        writer = self._store_writer
+        if self._store_on_shutdown:
+            from .store import StoredJob
+
+            kept = 0
+            for job in self.manager.iter_jobs():
+                if not job.background or job.cancelled:
+                    continue
+                self._store_seq += 1
+                writer.add_nowait(StoredJob(
+                    key=self._store_prefix + str(self._store_seq),
+                    function=job.function.name, unique=job.unique,
+                    priority=int(job.priority), data=job.data, when=int(job.when),
+                    reducer=job.reducer), lambda error: None)
+                kept += 1
+            log.info("storing %d background jobs on shutdown", kept)
+        writer.close()
+        with trio.move_on_after(30):
+            await self._store_done.wait()
 
     # ------------------------------------------------------------------ accepting
 
@@ -530,10 +563,22 @@ class Server:
         from .store import open_store
         from .store.writer import StoreWriter
 
-        store = open_store(self.config.queue_type, dict(self.config.queue_options))
-        if store is not None:
-            log.debug("queue: %s", self.config.queue_type)
-            self.attach_store(StoreWriter(store))
+        options = dict(self.config.queue_options)
+        store = open_store(self.config.queue_type, options)
+        if store is None:
+            return
+        log.debug("queue: %s", self.config.queue_type)
+        writer = StoreWriter(store)
+        flag = options.get("store-queue-on-shutdown", "").lower()
+        if flag not in ("", "0", "false", "no", "off"):
+            # The reference's experimental mode (spec §5): nothing is written while the
+            # server runs; a clean stop writes every background job left, and the next
+            # start replays them and empties the store. A crash loses them.
+            self._store_writer = writer
+            self._store_on_shutdown = True
+            self._store_prefix = f"{time.time_ns():x}.{os.getpid()}."
+        else:
+            self.attach_store(writer)
 
     def attach_store(self, writer: Any) -> None:
         """Persist background jobs through ``writer`` (add / done / replay)."""
@@ -572,14 +617,3 @@ class Server:
         if job.store_key is not None:
             self._store_writer.done(job.store_key)
 
-
-async def run_server(config: ServerConfig,
-                     started: Callable[[list[tuple[str, int]]], Awaitable[None]] | None = None
-                     ) -> Server:
-    """Serve ``config`` until shutdown (a small convenience for scripts and tests)."""
-    server = Server(config)
-    async with trio.open_nursery() as nursery:
-        addresses = await nursery.start(server.serve)
-        if started is not None:
-            await started(addresses)
-    return server

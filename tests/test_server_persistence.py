@@ -145,3 +145,35 @@ def test_foreground_jobs_are_not_stored(start_server: Callable[..., RunningServe
     first.proc.wait(10)
     second = start_server("ours", *args)
     assert drain(second.port, b"fg", 0) == []
+
+
+def _rows(db: Path) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return sum(conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0]
+                   for t in tables if not t.startswith("sqlite_"))
+    finally:
+        conn.close()
+
+
+def test_store_queue_on_shutdown(start_server: Callable[..., RunningServer],
+                                 tmp_path: Path) -> None:
+    """--store-queue-on-shutdown: nothing written while running, every background job
+    written at a clean stop, replayed at the next start, then the store emptied."""
+    db = tmp_path / "q.db"
+    args = ["-q", "libsqlite3", "--libsqlite3-db", str(db), "--store-queue-on-shutdown"]
+    first = start_server("ours", *args)
+    submit_background(first.port, [(PT.SUBMIT_JOB_BG, b"s", b"", b"job-%d" % i)
+                                   for i in range(50)])
+    assert _rows(db) == 0
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.proc.wait(10) == 0
+    assert _rows(db) == 50
+    second = start_server("ours", *args)
+    assert drain(second.port, b"s", 50) == [b"job-%d" % i for i in range(50)]
+    second.proc.send_signal(signal.SIGTERM)
+    assert second.proc.wait(10) == 0
+    assert _rows(db) == 0

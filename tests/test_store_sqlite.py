@@ -55,16 +55,6 @@ def test_bad_table_name(tmp_path: Path) -> None:
                                   "libsqlite3-table": "x; DROP TABLE y"})
 
 
-def test_store_queue_on_shutdown_is_accepted_and_says_so(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
-        store = open_store("libsqlite3", {"libsqlite3-db": str(tmp_path / "q.db"),
-                                          "store-queue-on-shutdown": "true"})
-    assert store is not None
-    store.close()
-    assert "not implemented" in caplog.text
-
-
 def test_wal_and_full_sync(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "q.db"))
     store.commit([StoredJob("k", b"f", b"", 1, b"x")], [])

@@ -116,7 +116,6 @@ class SqliteStore:
 
 
 def open_store(options: Mapping[str, str]) -> SqliteStore:
-    if options.get("store-queue-on-shutdown", "").lower() not in ("", "0", "false", "no", "off"):
-        log.warning("--store-queue-on-shutdown is not implemented: every background job "
-                    "is stored when it is submitted")
+    # store-queue-on-shutdown is the server's business (server/app.py): it decides when
+    # jobs are written; the store is the same.
     return SqliteStore(options["libsqlite3-db"], options["libsqlite3-table"])
