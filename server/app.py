@@ -16,7 +16,7 @@ import select
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import trio
@@ -231,20 +231,7 @@ class Server:
         config = self.config
         if config.queue_type.lower() != "builtin" and self._store_writer is None:
             self._open_store()
-        listeners: list[trio.SocketListener] = []
-        hosts: list[str | None] = list(config.listen) or [None]
-        port = config.port
-        for host in hosts:
-            bound = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
-            listeners.extend(bound)
-            if port == 0 and bound:
-                port = bound[0].socket.getsockname()[1]
-        self.addresses = [
-            (str(li.socket.getsockname()[0]), int(li.socket.getsockname()[1]))
-            for li in listeners
-        ]
-        for address in self.addresses:
-            log.debug("listening on %s:%d", *address)
+        listeners, self.addresses = await self.bind(config.port)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -344,9 +331,38 @@ class Server:
 
     # ------------------------------------------------------------------ accepting
 
-    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+    async def bind(self, port: int) -> tuple[list[trio.SocketListener], list[tuple[str, int]]]:
+        """Listen on ``port`` at every ``-L`` address (all when none); port 0 picks one
+        free port shared by every address. Returns the listeners and what they bound."""
+        config = self.config
+        listeners: list[trio.SocketListener] = []
+        hosts: list[str | None] = list(config.listen) or [None]
+        try:
+            for host in hosts:
+                bound = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
+                listeners.extend(bound)
+                if port == 0 and bound:
+                    port = bound[0].socket.getsockname()[1]
+        except BaseException:
+            for listener in listeners:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+            raise
+        addresses = [(str(li.socket.getsockname()[0]), int(li.socket.getsockname()[1]))
+                     for li in listeners]
+        for address in addresses:
+            log.debug("listening on %s:%d", *address)
+        return listeners, addresses
+
+    async def _accept_loop(
+        self, listener: trio.SocketListener,
+        handler: Callable[[trio.SocketStream], Awaitable[None]] | None = None,
+    ) -> None:
+        """Accept until cancelled; each connection runs ``handler`` (the Gear protocol by
+        default) in the server's nursery, so it outlives the accept loop."""
         nursery = self._nursery
         assert nursery is not None
+        handle = handler or self._handle_connection
         while True:
             try:
                 stream = await listener.accept()
@@ -357,7 +373,7 @@ class Server:
                     continue
                 raise
             self._configure(stream)
-            nursery.start_soon(self._handle_connection, stream)
+            nursery.start_soon(handle, stream)
 
     def _configure(self, stream: trio.SocketStream) -> None:
         sock = stream.socket

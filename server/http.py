@@ -8,7 +8,6 @@ keep-alive, real status codes).
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
 import urllib.parse
@@ -44,7 +43,6 @@ _ERROR_STATUS: Final = {b"QUEUE_ERROR": 503, b"ARGUMENT_TOO_LARGE": 400}
 _TRAILERS: Final = b"X-Gearman-Command, X-Gearman-Work-Status, X-Gearman-Work-Warning"
 #: Printable ASCII except "%": what a warning keeps as is in a header; the rest is %XX.
 _HEADER_SAFE: Final = "".join(chr(c) for c in range(0x21, 0x7F) if c != ord("%"))
-_ACCEPT_RETRY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -415,44 +413,22 @@ async def serve_http(server: Server, *, task_status: trio.TaskStatus[list[tuple[
     Connections run in the server's nursery, so they outlive the accept loop during a
     graceful shutdown as Gear connections do.
     """
-    config = server.config
-    listeners: list[trio.SocketListener] = []
+    listeners, addresses = await server.bind(server.config.http_port)
     try:
-        port = config.http_port
-        hosts: list[str | None] = list(config.listen) or [None]
-        for host in hosts:
-            bound = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
-            listeners.extend(bound)
-            if port == 0 and bound:
-                port = bound[0].socket.getsockname()[1]
-        addresses = [(str(li.socket.getsockname()[0]), int(li.socket.getsockname()[1]))
-                     for li in listeners]
         for address in addresses:
             log.info("HTTP: listening on %s:%d", *address)
         task_status.started(addresses)
+
+        async def handle(stream: trio.SocketStream) -> None:
+            await _handle_connection(server, stream)
+
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(_accept_loop, server, listener)
+                nursery.start_soon(server._accept_loop, listener, handle)
     finally:
         for listener in listeners:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
-
-
-async def _accept_loop(server: Server, listener: trio.SocketListener) -> None:
-    connections = server._nursery
-    assert connections is not None
-    while True:
-        try:
-            stream = await listener.accept()
-        except OSError as exc:
-            if exc.errno in _ACCEPT_RETRY_ERRNOS:
-                log.error("HTTP accept failed (%s); retrying in 100 ms", exc)
-                await trio.sleep(0.1)
-                continue
-            raise
-        server._configure(stream)  # TCP_NODELAY, keep-alive options
-        connections.start_soon(_handle_connection, server, stream)
 
 
 async def _handle_connection(server: Server, stream: trio.SocketStream) -> None:
