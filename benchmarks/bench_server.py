@@ -187,7 +187,7 @@ def _pin_self() -> None:
         os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
 
 
-def _workers_proc(port: int, count: int, fn: bytes, done_file: str, q: mp.Queue) -> None:
+def _workers_proc(port: int, count: int, fn: bytes, done_file: str, q: mp.Queue[int]) -> None:
     _pin_self()
     q.put(loadgen.run_workers(port, count, fn, 120, done_file))
 
@@ -195,7 +195,7 @@ def _workers_proc(port: int, count: int, fn: bytes, done_file: str, q: mp.Queue)
 def _with_workers(port: int, workers: int, fn: bytes,
                   body: Callable[[], loadgen.Result]) -> tuple[loadgen.Result, int]:
     done_file = tempfile.mktemp()
-    q: mp.Queue = mp.Queue()
+    q: mp.Queue[int] = mp.Queue()
     procs = []
     per = max(1, workers // 2) if workers >= 2 else workers
     left = workers
@@ -454,17 +454,17 @@ def main() -> None:
     print(f"| measure | {head} |")
     print("|---|" + "---|---|---|" * len(kinds))
     for name, _unit, _fn, _higher in scenarios:
-        cells = []
+        row: list[str] = []
         for k in kinds:
             runs = [o for o in results[(name, k)] if o.seconds > 0]
             if not runs:
-                cells.append("- | - | -")
+                row.append("- | - | -")
                 continue
             server = statistics.median((o.server_cpu or 0) / o.seconds for o in runs)
             lg = statistics.median(o.loadgen_cpu / o.seconds for o in runs)
             per_job = statistics.median(o.loadgen_us_per_job() for o in runs)
-            cells.append(f"{server * 100:.0f}% | {lg * 100:.0f}% | {per_job:.1f}")
-        print(f"| {name} | {' | '.join(cells)} |")
+            row.append(f"{server * 100:.0f}% | {lg * 100:.0f}% | {per_job:.1f}")
+        print(f"| {name} | {' | '.join(row)} |")
 
 
 if __name__ == "__main__":
