@@ -542,8 +542,9 @@ static void on_worker_packet(struct conn *c, uint32_t type, const char *p, size_
         }
         long k = atomic_fetch_add(&sh->worker_done, 1) + 1;
         if (opt.mode == M_DRAIN) {
-            char *end;
-            long g = a[2] && n[2] ? strtol(a[2], &end, 10) : -1;
+            long g = -1; /* the job index the payload starts with, bounded by its length */
+            for (size_t i = 0; i < n[2] && i < 19 && a[2][i] >= '0' && a[2][i] <= '9'; i++)
+                g = (g < 0 ? 0 : g * 10) + (a[2][i] - '0');
             char want[opt.payload + 64];
             if (g < 0 || g >= opt.jobs) {
                 error_at(E_MISMATCH, "payload %.*s names no job", (int)(n[2] > 40 ? 40 : n[2]),
