@@ -20,8 +20,10 @@ from ._servers import ServerAddress
 
 logger = logging.getLogger(__name__)
 
-#: Bytes asked for per receive; large enough that 16 MiB payloads need few wake-ups.
-RECEIVE_SIZE = 256 * 1024
+#: Bytes asked for per receive. Not more than 64 KiB: the receive allocates its buffer
+#: first, and one past malloc's mmap threshold (128 KiB) costs an mmap and munmap per
+#: receive (measured: 15.7 us per small read with 256 KiB, 2.4 us with 64 KiB).
+RECEIVE_SIZE = 64 * 1024
 #: Default time allowed for a TCP connect, in seconds.
 CONNECT_TIMEOUT = 5.0
 

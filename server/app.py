@@ -31,7 +31,10 @@ from .manager import Conn, Job, Manager, error_packet
 
 log = logging.getLogger(__name__)
 
-_RECEIVE_SIZE: Final = 256 * 1024
+# 64 KiB, not more: os.read allocates its buffer first, and a buffer past malloc's mmap
+# threshold (128 KiB) costs an mmap and munmap per read (measured: 15.7 us per small read
+# with 256 KiB against 2.4 us with 64 KiB). Level-triggered epoll reads the rest later.
+_RECEIVE_SIZE: Final = 64 * 1024
 #: Accept errors that mean "out of resources": wait and retry instead of dying.
 _ACCEPT_RETRY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
