@@ -10,44 +10,21 @@ kills. The first SIGTERM/SIGINT drains: running jobs finish, then the worker exi
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import signal
 import subprocess
 import sys
-from typing import Any
 
 import trio
 
-from protocol import Packet
-
 from ._cli_options import ExitCode, GearmanOptions
-from ._connection import Connection
 from .worker import AsyncWorker, Job
 
 logger = logging.getLogger("gearman")
 
 #: Bytes read from a command's stdout/stderr at a time.
 READ_SIZE = 64 * 1024
-#: ``work(count)`` with this count runs "forever" but still returns after ``stop()``.
-FOREVER = 2**62
-
-
-class _SequencedWorker(AsyncWorker):
-    """Numbers jobs in the order the server assigned them, so the log-storage worker can
-    write workloads in that order even when several run at once (trio starts tasks of one
-    batch in random order)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.sequence: dict[Job, int] = {}
-        self._numbers = itertools.count()
-
-    def _job_from(self, conn: Connection, packet: Packet) -> Job:
-        job = super()._job_from(conn, packet)
-        self.sequence[job] = next(self._numbers)
-        return job
 
 
 class WorkerRun:
@@ -55,36 +32,31 @@ class WorkerRun:
 
     def __init__(self, opts: GearmanOptions) -> None:
         self.opts = opts
-        self.worker = _SequencedWorker(
+        self.worker = AsyncWorker(
             list(opts.servers),
             concurrency=opts.concurrency,
             connect_timeout=opts.timeout_ms / 1000 if opts.timeout_ms else 5.0,
         )
-        callback = self.run_command if opts.args else self.write_workload
         for function in opts.functions:
-            self.worker.add_function(function, callback)
+            if opts.args:
+                self.worker.add_function(function, self.run_command)
+            else:
+                # Inline: run where the assignment is read, so jobs are written in the
+                # order the server assigned them, with no task or thread per job.
+                self.worker.add_function(function, self.write_workload, inline=True)
         self.out = sys.stdout.buffer
         self.status = ExitCode.OK
         self.active = 0
         self.last_job = 0.0
-        self._held: dict[int, bytes] = {}
         self.worker_stopping = False
-        self._next = 0
 
     # -- without a command: the log-storage worker --
 
-    async def write_workload(self, job: Job) -> bytes:
+    def write_workload(self, job: Job) -> bytes:
         """Write the workload to stdout (in assignment order, flushed per job)."""
         self.last_job = trio.current_time()
-        seq = self.worker.sequence.pop(job, None)
         try:
-            if seq is None:
-                self.out.write(job.data)
-            else:
-                self._held[seq] = job.data
-                while self._next in self._held:
-                    self.out.write(self._held.pop(self._next))
-                    self._next += 1
+            self.out.write(job.data)
             self.out.flush()
         except OSError as exc:
             logger.error("cannot write to stdout: %s", exc)
@@ -105,7 +77,6 @@ class WorkerRun:
         """Run the command with the workload on stdin; its stdout is the result."""
         self.active += 1
         self.last_job = trio.current_time()
-        self.worker.sequence.pop(job, None)
         try:
             return await self._run_command(job)
         finally:
@@ -232,7 +203,10 @@ class WorkerRun:
                 nursery.start_soon(self._signals, cancel)
                 if self.opts.timeout_ms is not None:
                     nursery.start_soon(self._idle_timeout, self.opts.timeout_ms / 1000)
-                await self.worker.work(self.opts.count or FOREVER)
+                if self.opts.count:
+                    await self.worker.work(self.opts.count)
+                else:
+                    await self.worker.work_forever()
                 nursery.cancel_scope.cancel()
         return int(self.status)
 

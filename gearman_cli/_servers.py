@@ -159,16 +159,18 @@ class ServerPool:
         """Servers to try for a job, best first; servers in back-off come last.
 
         A non-empty ``unique`` gives the same order on every client (rendezvous
-        hashing); an empty one rotates round-robin.
+        hashing); an empty one rotates round-robin. With one server the list itself is
+        returned (the caller must not change it): no ordering work per job.
         """
-        servers = self.servers
-        if len(servers) > 1:
-            if unique:
-                servers = sorted(servers, key=lambda s: _weight(s, unique), reverse=True)
-            else:
-                start = self._rr % len(servers)
-                self._rr += 1
-                servers = servers[start:] + servers[:start]
+        servers = self.explicit or default_servers()
+        if len(servers) == 1:
+            return servers
+        if unique:
+            servers = sorted(servers, key=lambda s: _weight(s, unique), reverse=True)
+        else:
+            start = self._rr % len(servers)
+            self._rr += 1
+            servers = servers[start:] + servers[:start]
         now = self.clock()
         up = [s for s in servers if not self.is_down(s, now)]
         if len(up) == len(servers):

@@ -61,7 +61,7 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 import trio
 
@@ -78,7 +78,6 @@ Result = bytes | bytearray | memoryview | str | None
 JobCallback = Callable[["Job"], Result] | Callable[["Job"], Awaitable[Result]]
 
 _ASSIGN = (PacketType.JOB_ASSIGN, PacketType.JOB_ASSIGN_UNIQ, PacketType.JOB_ASSIGN_ALL)
-_NOOP = Packet.res(PacketType.NOOP)
 
 
 def _b(value: Result) -> bytes:
@@ -93,7 +92,8 @@ class Job:
     """One assigned job, given to the function's callback.
 
     ``data`` (also ``workload``), ``function``, ``unique``, ``handle``, ``reducer`` are the
-    assignment's fields; ``app_data`` is what ``add_function`` was given. The ``send_*``
+    assignment's fields; ``app_data`` is what ``add_function`` was given; ``sequence`` is
+    the job's place in the order of assignment. The ``send_*``
     methods never block and work from async callbacks and from threads alike.
     """
 
@@ -104,6 +104,7 @@ class Job:
         "data",
         "reducer",
         "app_data",
+        "sequence",
         "_conn",
         "_in_thread",
         "_finished",
@@ -118,6 +119,7 @@ class Job:
         data: bytes,
         reducer: bytes = b"",
         app_data: Any = None,
+        sequence: int = 0,
     ) -> None:
         self.handle = handle
         self.function = function
@@ -125,6 +127,9 @@ class Job:
         self.data = data
         self.reducer = reducer
         self.app_data = app_data
+        #: The order the server assigned the job in: 0, 1, 2, ... over the worker's life
+        #: (all servers). Callbacks of concurrent jobs may start in any order; this does not.
+        self.sequence = sequence
         self._conn = conn
         self._in_thread = False
         self._finished = False
@@ -192,6 +197,7 @@ class _Function:
     timeout: float | None
     app_data: Any
     is_async: bool
+    inline: bool = False
 
     def register_packet(self) -> bytes:
         if self.timeout is None:
@@ -201,29 +207,49 @@ class _Function:
 
 
 class _Session:
-    """One live, registered connection and its packet channel."""
+    """One live, registered connection and where its grabs stand.
 
-    __slots__ = ("conn", "send", "receive", "sleeping")
+    ``outstanding`` GRABs were sent and are not answered yet (replies come in order).
+    ``empty``: a GRAB came back NO_JOB since the last wake-up, so no new GRAB is sent until
+    a NOOP; once every outstanding GRAB is answered the session sends PRE_SLEEP and is
+    ``sleeping`` until the server's NOOP. ``paused``: the server refused a GRAB (ERROR), so
+    the session waits a second before grabbing again.
+    """
+
+    __slots__ = ("conn", "outstanding", "sleeping", "empty", "paused", "closed", "changed")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.send, self.receive = trio.open_memory_channel[Packet](math.inf)
+        self.outstanding = 0
         self.sleeping = False
+        self.empty = False
+        self.paused = False
+        self.closed = False
+        #: Set when the session's timer (idle poll, pause after ERROR) must look again.
+        self.changed = trio.Event()
 
-    def poke(self) -> None:
-        """Wake the grab loop as a NOOP would (after a new function was registered)."""
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            self.send.send_nowait(_NOOP)
+    @property
+    def wants_jobs(self) -> bool:
+        return not (self.sleeping or self.empty or self.paused or self.closed)
+
+    def notify(self) -> None:
+        self.changed.set()
+
+
+_GRAB = encode_req(PacketType.GRAB_JOB_UNIQ)
+_PRE_SLEEP = encode_req(PacketType.PRE_SLEEP)
 
 
 class AsyncWorker:
     """A trio Gearman worker connected to every server of its list.
 
-    ``concurrency`` jobs run at once at most (across all servers). Lost connections are
+    ``concurrency`` jobs run at once at most (across all servers); a free slot is a GRAB
+    kept outstanding, so up to ``concurrency`` grabs are pipelined. Lost connections are
     re-established with exponential back-off (``reconnect_delay`` .. ``reconnect_max``
     seconds, with jitter) and the functions are registered again. An idle worker sleeps
-    (PRE_SLEEP) until the server sends NOOP; with ``idle_poll`` seconds it also grabs again
-    after that long without a NOOP (off by default: no polling).
+    (PRE_SLEEP, once every outstanding grab came back empty) until the server sends NOOP;
+    with ``idle_poll`` seconds it also grabs again after that long without a NOOP (off by
+    default: no polling).
     """
 
     def __init__(
@@ -252,12 +278,13 @@ class AsyncWorker:
         self._exception_packet = exception_packet
         self._idle_poll = idle_poll
         self._functions: dict[bytes, _Function] = {}
-        self._sessions: set[_Session] = set()
+        #: Live sessions, in the order free slots are offered to them (rotated on use).
+        self._sessions: dict[_Session, None] = {}
         self._running = False
+        self._sequence = 0
         # Per-run state (set by _work).
-        self._slots = trio.Semaphore(concurrency)
+        self._free = concurrency  # slots neither running a job nor held by a GRAB
         self._budget: int | None = None
-        self._budget_returned = trio.Event()
         self._stopping = False
         self._stop_pending = False
         self._inflight = 0
@@ -265,6 +292,7 @@ class AsyncWorker:
         self._completed = 0
         self._all_done: trio.Event | None = None
         self._token: trio.lowlevel.TrioToken | None = None
+        self._jobs: trio.Nursery | None = None
 
     # -- configuration --
 
@@ -285,19 +313,27 @@ class AsyncWorker:
         callback: JobCallback,
         timeout: float | None = None,
         app_data: Any = None,
+        *,
+        inline: bool = False,
     ) -> None:
         """Register ``callback`` for ``name`` (CAN_DO, or CAN_DO_TIMEOUT when ``timeout``
-        seconds are given: the server requeues a job that runs longer)."""
+        seconds are given: the server requeues a job that runs longer).
+
+        ``inline=True`` calls a plain (not async) callback right where the assignment is
+        read: no thread and no task, the fastest path. Only for a callback that returns at
+        once — while it runs, the worker does nothing else.
+        """
         key = name.encode() if isinstance(name, str) else bytes(name)
         if b"\0" in key:
             raise ValueError("function names cannot contain NUL bytes")
-        function = _Function(
-            key, callback, timeout, app_data, inspect.iscoroutinefunction(callback)
-        )
+        is_async = inspect.iscoroutinefunction(callback)
+        if inline and is_async:
+            raise ValueError("inline=True needs a plain function, not an async one")
+        function = _Function(key, callback, timeout, app_data, is_async, inline)
         self._functions[key] = function
-        for session in self._sessions:
+        for session in list(self._sessions):
             session.conn.send(function.register_packet())
-            session.poke()
+            self._wake(session)  # as a NOOP would: there may be work for it now
 
     def remove_function(self, name: str | bytes) -> None:
         """Unregister ``name`` (CANT_DO)."""
@@ -318,10 +354,10 @@ class AsyncWorker:
             raise ValueError("count must be at least 1")
         return await self._work(count)
 
-    async def work_forever(self) -> NoReturn:
-        """Grab and run jobs until cancelled."""
+    async def work_forever(self) -> None:
+        """Grab and run jobs until cancelled, or until ``stop()`` (then return once the
+        running jobs finished)."""
         await self._work(None)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def stop(self) -> None:
         """Stop grabbing; ``work``/``work_forever`` return once running jobs finish.
@@ -356,9 +392,8 @@ class AsyncWorker:
         if self._running:
             raise RuntimeError("this worker is already running")
         self._running = True
-        self._slots = trio.Semaphore(self._concurrency)
+        self._free = self._concurrency
         self._budget = count
-        self._budget_returned = trio.Event()
         self._stopping = False
         self._inflight = 0
         self._active = 0
@@ -369,8 +404,9 @@ class AsyncWorker:
             self._stop_now()
         try:
             async with trio.open_nursery() as jobs, trio.open_nursery() as conns:
+                self._jobs = jobs
                 for server in self._pool.servers:
-                    conns.start_soon(self._serve, server, jobs)
+                    conns.start_soon(self._serve, server)
                 await self._all_done.wait()
                 with trio.move_on_after(5):
                     for session in list(self._sessions):
@@ -379,11 +415,12 @@ class AsyncWorker:
         finally:
             self._running = False
             self._token = None
+            self._jobs = None
             self._stop_pending = False
             self._sessions.clear()
         return self._completed
 
-    async def _serve(self, server: ServerAddress, jobs: trio.Nursery) -> None:
+    async def _serve(self, server: ServerAddress) -> None:
         delay = self._reconnect_delay
         last_warning = -math.inf
         while True:
@@ -402,105 +439,154 @@ class AsyncWorker:
                 conn = Connection(stream, server)
                 logger.info("conn %d: worker connected to %s", conn.id, server)
                 started = trio.current_time()
-                reason = await self._session(conn, jobs)
+                reason = await self._session(conn)
                 logger.warning("conn %d to %s lost: %s", conn.id, server, reason)
                 if trio.current_time() - started > 10 * self._reconnect_delay:
                     delay = self._reconnect_delay
             await trio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(self._reconnect_max, delay * 2)
 
-    async def _session(self, conn: Connection, jobs: trio.Nursery) -> str:
+    async def _session(self, conn: Connection) -> str:
         session = _Session(conn)
         if self._client_id is not None:
             conn.send(encode_req(PacketType.SET_CLIENT_ID, self._client_id))
         for function in self._functions.values():
             conn.send(function.register_packet())
-        self._sessions.add(session)
+        self._sessions[session] = None
         try:
             async with trio.open_nursery() as nursery:
 
                 async def pump() -> None:
-                    await conn.run(session.send.send_nowait)
+                    await conn.run(lambda packet: self._on_packet(session, packet))
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(pump)
-                nursery.start_soon(self._grab_loop, session, jobs)
+                nursery.start_soon(self._timer, session)
+                self._dispatch()
         finally:
-            self._sessions.discard(session)
-            session.send.close()
+            session.closed = True
+            self._sessions.pop(session, None)
             conn.close()
+            # GRABs that will never be answered give their slots (and budget) back.
+            lost, session.outstanding = session.outstanding, 0
+            if lost:
+                self._inflight -= lost
+                self._free += lost
+                if self._budget is not None:
+                    self._budget += lost
+                self._dispatch()
+                self._check_done()
         return conn.reason or "closed"
 
-    async def _next(self, session: _Session, *, noop: bool) -> Packet:
-        """The next packet that is not a NOOP (``noop=False``) or the next NOOP."""
+    async def _timer(self, session: _Session) -> None:
+        """The session's clocks: a second's pause after a refused GRAB, and ``idle_poll``."""
         while True:
-            packet = await session.receive.receive()
-            if packet.type is PacketType.ERROR and packet.args[0] == b"JOB_NOT_FOUND":
-                # The answer to one of our WORK_* packets, not to a GRAB: the server took the
-                # job back (CAN_DO_TIMEOUT, cancel), so our result was discarded (§1.3, §2.7).
-                logger.info("conn %d: server dropped a result: %r", session.conn.id, packet)
-                continue
-            if (packet.type is PacketType.NOOP) == noop:
-                return packet
-            if packet.type is PacketType.ERROR:
-                logger.warning("conn %d: server error %r", session.conn.id, packet.args)
-            elif packet.type is not PacketType.NOOP:
-                logger.debug("conn %d: ignoring %r", session.conn.id, packet)
-
-    async def _grab_loop(self, session: _Session, jobs: trio.Nursery) -> None:
-        conn = session.conn
-        grab = encode_req(PacketType.GRAB_JOB_UNIQ)
-        pre_sleep = encode_req(PacketType.PRE_SLEEP)
-        while True:
-            await self._slots.acquire()
-            if self._stopping or self._budget == 0:
-                self._slots.release()
-                await self._budget_returned.wait()
-                continue
-            if not self._functions:
-                self._slots.release()
-                conn.send(pre_sleep)
-                await self._next(session, noop=True)
-                continue
-            # Pipeline: one GRAB per free slot (within the budget), sent in one batch and
-            # answered in order.
-            want = 1
-            while self._slots.value > 0 and (self._budget is None or want < self._budget):
-                self._slots.acquire_nowait()
-                want += 1
-            if self._budget is not None:
-                self._budget -= want
-            self._inflight += want
-            conn.send(grab * want)
-            idle = False
-            for _ in range(want):
-                reply = await self._next(session, noop=False)
-                self._inflight -= 1
-                if reply.type in _ASSIGN:
-                    self._active += 1
-                    jobs.start_soon(self._run_job, self._job_from(conn, reply))
-                    continue
-                self._slots.release()
-                if self._budget is not None:
-                    self._budget += 1
-                    self._budget_returned.set()
-                    self._budget_returned = trio.Event()
-                self._check_done()
-                if reply.type is PacketType.NO_JOB:
-                    idle = True
-                else:
-                    logger.warning("conn %d: unexpected reply to GRAB: %r", conn.id, reply)
-                    if reply.type is PacketType.ERROR:
-                        await trio.sleep(1)  # never busy-loop on a server that refuses us
-            if idle:
-                conn.send(pre_sleep)
-                session.sleeping = True
+            changed = session.changed = trio.Event()
+            if session.paused:
+                await trio.sleep(1)  # never busy-loop on a server that refuses us
+                session.paused = False
+                self._dispatch()
+            elif session.sleeping and self._idle_poll:
                 # ``idle_poll`` is a safety net for servers that lose wake-ups (the 1.1.20
                 # reference sends no NOOP when an epoch job falls due, §2.5, and was seen
                 # not to wake sleepers after a CAN_DO_TIMEOUT requeue).
-                with trio.move_on_after(self._idle_poll or math.inf):
-                    await self._next(session, noop=True)
-                session.sleeping = False
+                with trio.move_on_after(self._idle_poll):
+                    await changed.wait()
+                if session.sleeping and not changed.is_set():
+                    self._wake(session)
+            else:
+                await changed.wait()
+
+    # -- grabbing: a synchronous state machine fed by the connection's reader --
+
+    def _wake(self, session: _Session) -> None:
+        """The server said (NOOP) there may be work, or we decided to look again."""
+        if session.sleeping and self._idle_poll:
+            session.notify()
+        session.sleeping = False
+        session.empty = False
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand free slots to sessions that want jobs, as pipelined GRABs (one write)."""
+        if self._stopping or self._free <= 0 or self._budget == 0:
+            return
+        for session in list(self._sessions):
+            if not session.wants_jobs:
+                continue
+            if not self._functions:
+                self._sleep(session)
+                continue
+            want = self._free if self._budget is None else min(self._free, self._budget)
+            self._free -= want
+            if self._budget is not None:
+                self._budget -= want
+            self._inflight += want
+            session.outstanding += want
+            session.conn.send(_GRAB if want == 1 else _GRAB * want)
+            # Rotate: the next free slot is offered to the other servers first.
+            del self._sessions[session]
+            self._sessions[session] = None
+            return
+
+    def _sleep(self, session: _Session) -> None:
+        session.conn.send(_PRE_SLEEP)
+        session.sleeping = True
+        if self._idle_poll:
+            session.notify()
+
+    def _grab_answered(self, session: _Session) -> None:
+        """A GRAB came back without a job: its slot (and budget) is free again."""
+        session.outstanding -= 1
+        self._inflight -= 1
+        self._free += 1
+        if self._budget is not None:
+            self._budget += 1
+
+    def _on_packet(self, session: _Session, packet: Packet) -> None:
+        ptype = packet.type
+        if ptype in _ASSIGN:
+            if session.outstanding <= 0:
+                logger.warning("conn %d: %r answers no GRAB", session.conn.id, packet)
+                return
+            session.outstanding -= 1
+            self._inflight -= 1
+            self._active += 1
+            session.empty = False  # a job came after all: keep grabbing
+            job = self._job_from(session.conn, packet)
+            function = self._functions.get(job.function)
+            if function is not None and function.inline:
+                self._run_inline(job, function)
+            else:
+                assert self._jobs is not None
+                self._jobs.start_soon(self._run_job, job, function)
+            return
+        if ptype is PacketType.NOOP:
+            self._wake(session)
+            return
+        if ptype is PacketType.ERROR and packet.args[0] == b"JOB_NOT_FOUND":
+            # The answer to one of our WORK_* packets, not to a GRAB: the server took the
+            # job back (CAN_DO_TIMEOUT, cancel), so our result was discarded (§1.3, §2.7).
+            logger.info("conn %d: server dropped a result: %r", session.conn.id, packet)
+            return
+        if session.outstanding <= 0:
+            if ptype is PacketType.ERROR:
+                logger.warning("conn %d: server error %r", session.conn.id, packet.args)
+            else:
+                logger.debug("conn %d: ignoring %r", session.conn.id, packet)
+            return
+        self._grab_answered(session)
+        if ptype is PacketType.NO_JOB:
+            session.empty = True
+        else:
+            logger.warning("conn %d: unexpected reply to GRAB: %r", session.conn.id, packet)
+            if ptype is PacketType.ERROR:
+                session.paused = True
+                session.notify()
+        if session.outstanding == 0 and session.empty and not session.sleeping:
+            self._sleep(session)  # every grab came back empty
+        self._check_done()
+        self._dispatch()
 
     def _job_from(self, conn: Connection, packet: Packet) -> Job:
         args = packet.args
@@ -514,11 +600,43 @@ class AsyncWorker:
             handle, function, unique, reducer, data = args
         registered = self._functions.get(function)
         app_data = registered.app_data if registered is not None else None
-        return Job(conn, handle, function, unique, data, reducer, app_data)
+        sequence = self._sequence
+        self._sequence = sequence + 1
+        return Job(conn, handle, function, unique, data, reducer, app_data, sequence)
 
-    async def _run_job(self, job: Job) -> None:
+    # -- running jobs --
+
+    def _job_done(self) -> None:
+        self._active -= 1
+        self._completed += 1
+        self._free += 1
+        self._check_done()
+        self._dispatch()
+
+    def _job_raised(self, job: Job, exc: Exception) -> None:
+        logger.info("%r raised %r", job, exc, exc_info=True)
+        if not job.finished:
+            if self._exception_packet == "fail":
+                job.send_fail()
+            else:
+                job.send_exception(f"{type(exc).__name__}: {exc}")
+
+    def _run_inline(self, job: Job, function: _Function) -> None:
         try:
-            function = self._functions.get(job.function)
+            result = function.callback(job)
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()
+                raise TypeError("an inline callback returned an awaitable")
+            if not job._finished:
+                job.send_complete(result)
+        except Exception as exc:
+            self._job_raised(job, exc)
+        finally:
+            self._job_done()
+
+    async def _run_job(self, job: Job, function: _Function | None) -> None:
+        try:
             if function is None:
                 logger.warning("%r: function no longer registered; failing it", job)
                 job.send_fail()
@@ -537,17 +655,9 @@ class AsyncWorker:
                 if not job.finished:
                     job.send_complete(result)
             except Exception as exc:
-                logger.info("%r raised %r", job, exc, exc_info=True)
-                if not job.finished:
-                    if self._exception_packet == "fail":
-                        job.send_fail()
-                    else:
-                        job.send_exception(f"{type(exc).__name__}: {exc}")
+                self._job_raised(job, exc)
         finally:
-            self._active -= 1
-            self._completed += 1
-            self._slots.release()
-            self._check_done()
+            self._job_done()
 
 
 class Worker:
@@ -577,8 +687,10 @@ class Worker:
         callback: JobCallback,
         timeout: float | None = None,
         app_data: Any = None,
+        *,
+        inline: bool = False,
     ) -> None:
-        self._worker.add_function(name, callback, timeout, app_data)
+        self._worker.add_function(name, callback, timeout, app_data, inline=inline)
 
     def remove_function(self, name: str | bytes) -> None:
         self._worker.remove_function(name)

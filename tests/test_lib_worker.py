@@ -337,3 +337,115 @@ async def test_idle_poll_grabs_again_without_a_noop() -> None:
                 nursery.start_soon(worker.work_forever)
                 await grabs_after_sleep.wait()
                 nursery.cancel_scope.cancel()
+
+
+async def test_grabs_are_pipelined_and_pre_sleep_waits_for_every_answer() -> None:
+    """concurrency=3: three GRABs in one go; an empty answer does not put the worker to
+    sleep while other GRABs are out; a job that comes after an empty answer keeps it
+    grabbing; PRE_SLEEP only once every outstanding GRAB came back empty."""
+    finished = trio.Event()
+    seen: list[PacketType] = []
+
+    async def handler(peer: FakePeer) -> None:
+        assert (await peer.next()).type is PacketType.CAN_DO
+        for _ in range(3):
+            assert (await peer.next()).type is PacketType.GRAB_JOB_UNIQ
+        await peer.send(
+            Packet.res(PacketType.NO_JOB),
+            Packet.res(PacketType.JOB_ASSIGN_UNIQ, b"H:1", b"f", b"", b"one"),
+        )
+        # The job's result, then GRABs for the two freed slots (no PRE_SLEEP: one GRAB is
+        # still out, and a job came after the empty answer).
+        while len(seen) < 3:
+            seen.append((await peer.next()).type)
+        await peer.send(*[Packet.res(PacketType.NO_JOB)] * 3)
+        seen.append((await peer.next()).type)
+        with pytest.raises(trio.TooSlowError):
+            await peer.next(timeout=0.3)  # asleep: no more grabs
+        finished.set()
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with FakeServer(handler).serving() as fake:
+            worker = AsyncWorker(fake.address, concurrency=3)
+            worker.add_function("f", _reverse)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker.work_forever)
+                await finished.wait()
+                nursery.cancel_scope.cancel()
+    assert seen == [
+        PacketType.WORK_COMPLETE,
+        PacketType.GRAB_JOB_UNIQ,
+        PacketType.GRAB_JOB_UNIQ,
+        PacketType.PRE_SLEEP,
+    ]
+
+
+async def test_job_sequence_is_the_assignment_order_and_inline_runs_in_it(
+    server: Any,
+) -> None:
+    n = 50
+    inline_seen: list[tuple[int, bytes]] = []
+    async_seen: list[tuple[int, bytes]] = []
+
+    def inline(job: Job) -> bytes:
+        inline_seen.append((job.sequence, job.data))
+        return job.data[::-1]
+
+    async def in_task(job: Job) -> bytes:
+        async_seen.append((job.sequence, job.data))
+        return job.data
+
+    with trio.fail_after(15):
+        async with AsyncClient(addr(server)) as client:
+            for i in range(n):
+                await client.do_background("seq_inline", b"%d" % i)
+                await client.do_background("seq_task", b"%d" % i)
+        worker = AsyncWorker(addr(server), concurrency=8)
+        worker.add_function("seq_inline", inline, inline=True)
+        worker.add_function("seq_task", in_task)
+        assert await worker.work(2 * n) == 2 * n
+    # Inline callbacks run one after another in assignment order; task callbacks may
+    # start in any order, but their sequence numbers still give the assignment order.
+    assert [seq for seq, _ in inline_seen] == sorted(seq for seq, _ in inline_seen)
+    both = sorted(inline_seen + async_seen)
+    assert [seq for seq, _ in both] == list(range(2 * n))
+    assert sorted(int(d) for _, d in inline_seen) == list(range(n))
+    assert [d for _, d in sorted(inline_seen)] == [b"%d" % i for i in range(n)]
+
+
+def test_inline_needs_a_plain_function() -> None:
+    worker = AsyncWorker("127.0.0.1:1")
+    with pytest.raises(ValueError, match="inline"):
+        worker.add_function("f", _reverse, inline=True)
+
+
+async def test_inline_callback_results_and_exceptions(server: Any) -> None:
+    def inline(job: Job) -> bytes:
+        if job.data == b"boom":
+            raise ValueError("inline boom")
+        return job.data[::-1]
+
+    with trio.fail_after(10):
+        worker = AsyncWorker(addr(server))
+        worker.add_function("inl", inline, inline=True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.work_forever)
+            async with AsyncClient(addr(server)) as client:
+                assert await client.do("inl", b"abc") == b"cba"
+                with pytest.raises(JobFailedError):
+                    await client.do("inl", b"boom")
+            nursery.cancel_scope.cancel()
+
+
+async def test_work_forever_returns_after_stop(server: Any) -> None:
+    with trio.fail_after(10):
+        worker = AsyncWorker(addr(server))
+        worker.add_function("stopper", _reverse)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.work_forever)
+            await wait_for_workers(addr(server), "stopper")
+            worker.stop()
+        # Reaching this line means work_forever returned (no AssertionError, no hang).
+        worker.stop()
+        await worker.work_forever()  # a pending stop() makes the next run return at once
