@@ -1,6 +1,7 @@
 """Side-by-side server benchmark: our gearmand and the reference C gearmand (when installed).
 
     .venv/bin/python benchmarks/bench_server.py [--runs 3] [--jobs 20000] [--only ours]
+    .venv/bin/python benchmarks/bench_server.py --scenario idle   (the 2,000 idle workers)
 
 Each server is pinned to CPU 0 (taskset, when there are two CPUs), the load generator to
 the others. The load generator is ``loadgen.c``, compiled on demand with ``gcc -O2`` into
@@ -28,13 +29,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen
+
+from protocol import NEED_DATA, Packet, PacketType, Parser, encode_req
 
 REFERENCE = "/usr/sbin/gearmand"
 HERE = Path(__file__).resolve().parent
@@ -54,6 +58,9 @@ class Outcome:
     server_cpu: float | None = None  # server CPU seconds in the timed phase, when known
     jobs: int = 0  # jobs in the timed phase
     detail: str = ""  # the first error, for the per-run line
+    idle_noops: int | None = None  # idle-workers scenario: NOOPs the idle workers got
+    idle_other: int = 0  # ... and any other packets (beyond their own ECHO_RES)
+    idle_registered: int = 0  # ... and the workers `status` showed for their function
 
     def loadgen_us_per_job(self) -> float:
         return self.loadgen_cpu * 1e6 / self.jobs if self.jobs else 0.0
@@ -65,6 +72,8 @@ class Settings:
     exe: Path | None = None
     fault: int = 0
     server_pid: int = 0
+    idle: int = 2000  # --idle: sleeping workers of --idle-function beside the round trips
+    idle_function: str = "idle"
 
 
 SETTINGS = Settings()
@@ -150,17 +159,19 @@ def pin(cpus: str) -> list[str]:
     return []
 
 
-def start(kind: str, logdir: str, extra: list[str] | None = None
-          ) -> tuple[subprocess.Popen[bytes], int]:
+def start(kind: str, logdir: str, extra: list[str] | None = None,
+          common: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], int]:
+    """Start one server; ``extra`` goes to ours only, ``common`` (e.g. -b, -f) to both."""
     port = free_port()
     log = os.path.join(logdir, f"{kind}-{port}.log")
     if kind == "reference":
         cmd = [REFERENCE, "-p", str(port), "-L", "127.0.0.1", "-t", "0",
-               f"--log-file={log}", "--pid-file", os.path.join(logdir, f"{port}.pid")]
+               f"--log-file={log}", "--pid-file", os.path.join(logdir, f"{port}.pid"),
+               *common]
     else:
         cmd = [sys.executable, "-m", "server", "-p", str(port), "-L", "127.0.0.1",
                f"--log-file={log}", "--pid-file", os.path.join(logdir, f"{port}.pid"),
-               *(extra or [])]
+               *common, *(extra or [])]
     proc = subprocess.Popen(pin("0") + cmd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     wait_port(port)
@@ -237,6 +248,142 @@ def scenario_roundtrip(port: int, jobs: int) -> Outcome:
     return Outcome(result.jobs / result.seconds,
                    "" if ok else f"FAILED ({result.errors} errors)", result.seconds,
                    py_cpu() - cpu0, None, jobs)
+
+
+def admin_workers(port: int, function: str) -> int:
+    """Workers of ``function`` in the admin protocol's ``status`` (0 when not listed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"status\n")
+        buf = b""
+        while not (buf == b".\n" or buf.endswith(b"\n.\n")):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("admin connection closed during status")
+            buf += chunk
+    for line in buf.decode(errors="replace").splitlines():
+        parts = line.split("\t")
+        if len(parts) == 4 and parts[0] == function:
+            return int(parts[3])
+    return 0
+
+
+def wait_workers(port: int, function: str, want: int, timeout: float = 10) -> int:
+    """Poll ``status`` until ``function`` shows ``want`` workers; the last count seen."""
+    deadline = time.monotonic() + timeout
+    got = admin_workers(port, function)
+    while got != want and time.monotonic() < deadline:
+        time.sleep(0.02)
+        got = admin_workers(port, function)
+    return got
+
+
+class IdleWorkers:
+    """``--loadgen python``: ``count`` workers that CAN_DO ``function``, PRE_SLEEP and wait.
+
+    They connect 32 at a time (the servers' default listen backlog), each batch
+    registered and asleep (its ECHO_RES back) before the next. ``check()`` afterwards
+    counts what else reached them: a NOOP, or any packet, is a failure.
+    """
+
+    def __init__(self, port: int, count: int, function: bytes) -> None:
+        self.socks: list[socket.socket] = []
+        self.parsers: list[Parser] = []
+        hello = (encode_req(PacketType.CAN_DO, function) + encode_req(PacketType.PRE_SLEEP)
+                 + encode_req(PacketType.ECHO_REQ, b"asleep"))
+        try:
+            for first in range(0, count, 32):
+                batch = []
+                for _ in range(min(32, count - first)):
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+                    sock.sendall(hello)
+                    self.socks.append(sock)
+                    self.parsers.append(Parser())
+                    batch.append(len(self.socks) - 1)
+                for i in batch:
+                    noops, other = self._until_echo(i)
+                    if noops or other:
+                        raise RuntimeError(f"idle worker {i} got {noops} NOOPs, {other} "
+                                           "other packets before it was asleep")
+        except BaseException:
+            self.close()
+            raise
+
+    def _until_echo(self, i: int) -> tuple[int, int]:
+        """Read idle connection ``i`` up to its next ECHO_RES; (NOOPs, other packets)."""
+        noops = other = 0
+        while True:
+            ev = self.parsers[i].next_event()
+            if ev is NEED_DATA:
+                data = self.socks[i].recv(65536)
+                if not data:
+                    raise RuntimeError(f"server closed idle worker {i}")
+                self.parsers[i].receive_data(data)
+                continue
+            assert isinstance(ev, Packet)
+            if ev.type is PacketType.ECHO_RES:
+                return noops, other
+            if ev.type is PacketType.NOOP:
+                noops += 1
+            else:
+                other += 1
+
+    def check(self) -> tuple[int, int]:
+        """One more ECHO_REQ each; (NOOPs, other packets) that arrived before the answers."""
+        echo = encode_req(PacketType.ECHO_REQ, b"check")
+        for sock in self.socks:
+            sock.sendall(echo)
+        noops = other = 0
+        for i in range(len(self.socks)):
+            n, o = self._until_echo(i)
+            noops += n
+            other += o
+        return noops, other
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+
+
+def idle_name() -> str:
+    same = SETTINGS.idle_function == "echo"
+    return (f"round trips with {SETTINGS.idle:,} idle workers of "
+            f"{'the same (wrong setup)' if same else 'another'} function")
+
+
+def idle_server_args() -> tuple[str, ...]:
+    """-b: a backlog for many connections; -f: descriptors for them (both servers)."""
+    fds = SETTINGS.idle + 1024
+    return ("-b", "4096", "-f", str(fds))
+
+
+def scenario_idle(port: int, jobs: int) -> Outcome:
+    """Round trips as ``scenario_roundtrip`` while ``--idle`` more workers sleep on a function
+    no job is for; the clock starts once ``status`` shows them all. A NOOP (or any other
+    packet) to one of them is an error: a server should wake only workers that can do
+    the job."""
+    n, fn = SETTINGS.idle, SETTINGS.idle_function
+    if SETTINGS.exe:
+        r = run_c("roundtrip", port, jobs, "--clients", "4", "--inflight", "100",
+                  "--workers", "32", "--procs", c_procs(), "--idle", str(n),
+                  "--idle-function", fn)
+        return replace(c_outcome(r, float(str(r["rate"]))),
+                       idle_noops=int(str(r["idle_noops"])),
+                       idle_other=int(str(r["idle_other_packets"])),
+                       idle_registered=int(str(r["idle_registered"])))
+    idle = IdleWorkers(port, n, fn.encode())
+    try:
+        want = n  # the echo workers connect later, in scenario_roundtrip
+        registered = wait_workers(port, fn, want)
+        out = scenario_roundtrip(port, jobs)
+        noops, other = idle.check()
+    finally:
+        idle.close()
+    errors = noops + other + (registered != want)
+    note = out.note
+    if errors:
+        note = f"FAILED ({errors} idle-worker errors{', ' + out.note if out.note else ''})"
+    return replace(out, note=note, idle_noops=noops, idle_other=other,
+                   idle_registered=registered)
 
 
 def scenario_latency(port: int, jobs: int) -> Outcome:
@@ -345,6 +492,25 @@ def store_table(runs: int, jobs: int) -> None:
         print(f"| {name} | {med:,.0f} | {med / base:.2f}x |")
 
 
+class Scenario(NamedTuple):
+    name: str
+    unit: str
+    fn: Callable[[int, int], Outcome]
+    higher: bool  # higher is better
+    server_args: tuple[str, ...] = ()  # for both servers
+
+
+def raise_nofile(need: int) -> None:
+    """Soft RLIMIT_NOFILE to the hard limit (the servers and loadgen inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft != resource.RLIM_INFINITY and soft < need:
+        sys.exit(f"bench_server: {need} file descriptors needed, RLIMIT_NOFILE hard limit "
+                 f"is {hard} (ulimit -Hn); lower --idle")
+
+
 def describe_loadgen(kind: str) -> str:
     if SETTINGS.exe:
         return (f"load generator: C ({SETTINGS.exe.relative_to(HERE.parent)}), pinned to "
@@ -373,7 +539,17 @@ def main() -> None:
     ap.add_argument("--fault", type=int, default=0, metavar="K",
                     help="C load generator: inject one fault at job K (a damaged echo, a "
                          "repeated handle, a damaged queued payload); the run must FAIL")
+    ap.add_argument("--idle", type=int, default=SETTINGS.idle, metavar="N",
+                    help="idle-workers scenario: N sleeping workers beside the round trips "
+                         "(default %(default)s; 0 leaves the scenario out)")
+    ap.add_argument("--idle-function", default=SETTINGS.idle_function, metavar="NAME",
+                    help="the function the idle workers register (default %(default)s); "
+                         "'echo', the busy function, is a wrong setup whose NOOPs must "
+                         "make the scenario FAIL")
     args = ap.parse_args()
+    if args.idle < 0:
+        ap.error("--idle must be >= 0")
+    SETTINGS.idle, SETTINGS.idle_function = args.idle, args.idle_function
     if args.loadgen != "python":
         SETTINGS.exe = build_loadgen()
         if SETTINGS.exe is None and args.loadgen == "c":
@@ -393,23 +569,32 @@ def main() -> None:
         kinds = ["ours"]
     _pin_self()
     current = {"pid": 0}
-    scenarios: list[tuple[str, str, Callable[[int, int], Outcome], bool]] = [
-        ("round trips, 4x100 in flight, 32 workers", "jobs/s", scenario_roundtrip, True),
-        ("single-job latency, median", "us", scenario_latency, False),
-        ("background submits, unique per job", "jobs/s", scenario_background(True), True),
-        ("background submits, no unique", "jobs/s", scenario_background(False), True),
-        ("drain to 100 workers", "jobs/s", scenario_drain, True),
-        ("memory per queued 100-byte bg job", "bytes", scenario_memory(current), False),
+    scenarios = [
+        Scenario("round trips, 4x100 in flight, 32 workers", "jobs/s", scenario_roundtrip,
+                 True),
+        Scenario("single-job latency, median", "us", scenario_latency, False),
+        Scenario("background submits, unique per job", "jobs/s", scenario_background(True),
+                 True),
+        Scenario("background submits, no unique", "jobs/s", scenario_background(False),
+                 True),
+        Scenario("drain to 100 workers", "jobs/s", scenario_drain, True),
+        Scenario("memory per queued 100-byte bg job", "bytes", scenario_memory(current),
+                 False),
     ]
+    if SETTINGS.idle:
+        scenarios.append(Scenario(idle_name(), "jobs/s", scenario_idle, True,
+                                  idle_server_args()))
     if args.scenario:
-        scenarios = [s for s in scenarios if any(w in s[0] for w in args.scenario)]
+        scenarios = [s for s in scenarios if any(w in s.name for w in args.scenario)]
+    if any(s.fn is scenario_idle for s in scenarios):
+        raise_nofile(SETTINGS.idle + 1024)
     results: dict[tuple[str, str], list[Outcome]] = {}
     notes: dict[tuple[str, str], str] = {}
     with tempfile.TemporaryDirectory() as logdir:
         for run in range(args.runs):
             for kind in kinds:
-                for name, _unit, fn, _higher in scenarios:
-                    proc, port = start(kind, logdir)
+                for name, _unit, fn, _higher, server_args in scenarios:
+                    proc, port = start(kind, logdir, common=server_args)
                     current["pid"] = proc.pid
                     SETTINGS.server_pid = proc.pid
                     cpu0 = cpu_seconds(proc.pid)
@@ -420,8 +605,7 @@ def main() -> None:
                         proc.terminate()
                         proc.wait(10)
                     if out.server_cpu is None:
-                        out = Outcome(out.value, out.note, out.seconds, out.loadgen_cpu, cpu,
-                                      out.jobs, out.detail)
+                        out = replace(out, server_cpu=cpu)
                     results.setdefault((name, kind), []).append(out)
                     if out.note:
                         notes[(name, kind)] = out.note
@@ -432,13 +616,16 @@ def main() -> None:
                                 f"{out.loadgen_us_per_job():.1f} us/job ="
                                 f" {pct(out.loadgen_cpu, out.seconds)} of a core")
                     detail = f": {out.detail}" if out.detail else ""
+                    if out.idle_noops is not None:
+                        detail += (f" [idle workers: {out.idle_registered} in status, "
+                                   f"{out.idle_noops} NOOPs, {out.idle_other} other packets]")
                     per_job = cpu * 1e6 / (out.jobs or args.jobs)
                     print(f"run {run + 1} {kind:9} {name}: {out.value:,.1f} {out.note}{detail}"
                           f" (server CPU {per_job:.1f} us/job{busy})",
                           file=sys.stderr, flush=True)
     print(f"\n| measure | unit | {' | '.join(kinds)} | ratio |")
     print("|---|---|" + "---|" * len(kinds) + "---|")
-    for name, unit, _fn, higher in scenarios:
+    for name, unit, _fn, higher, _args in scenarios:
         meds = [statistics.median(o.value for o in results[(name, k)]) for k in kinds]
         ratio = ""
         if len(meds) == 2 and meds[1]:
@@ -447,13 +634,21 @@ def main() -> None:
                            for m, k in zip(meds, kinds, strict=True))
         print(f"| {name} | {unit} ({'higher' if higher else 'lower'} is better) | {cells} "
               f"| {ratio} |")
+    for name, _unit, fn, _higher, _args in scenarios:
+        if fn is scenario_idle:
+            counts = "; ".join(
+                f"{k}: NOOPs {[o.idle_noops for o in results[(name, k)]]}, other packets "
+                f"{[o.idle_other for o in results[(name, k)]]}, in status "
+                f"{[o.idle_registered for o in results[(name, k)]]}" for k in kinds)
+            print(f"\nPackets to the {SETTINGS.idle:,} idle workers (CAN_DO "
+                  f"{SETTINGS.idle_function}) per run, must be 0: {counts}")
     print("\nCPU in the timed phase (medians; busy = CPU seconds / wall seconds, "
           "100% = one core):\n")
     head = " | ".join(f"server busy ({k}) | loadgen busy ({k}) | loadgen us/job ({k})"
                       for k in kinds)
     print(f"| measure | {head} |")
     print("|---|" + "---|---|---|" * len(kinds))
-    for name, _unit, _fn, _higher in scenarios:
+    for name, _unit, _fn, _higher, _args in scenarios:
         row: list[str] = []
         for k in kinds:
             runs = [o for o in results[(name, k)] if o.seconds > 0]

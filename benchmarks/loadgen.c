@@ -10,6 +10,10 @@
  *   loadgen latency   --port P [--jobs 2000]           (1 client, 1 job at a time, 1 worker)
  *   loadgen bg        --port P [--unique] [--window 1000 --payload 100]
  *   loadgen drain     --port P [--workers 100]         (pre-submit, then workers drain)
+ *   any mode: --idle N [--idle-function idle --idle-batch B]  N more worker connections
+ *           that CAN_DO another function, PRE_SLEEP and sit there; any packet they get
+ *           but the ECHO_RES they ask for (a NOOP above all) is an error. They connect
+ *           B per process at a time (default 32 / procs: the servers' default backlog).
  *   common: --host 127.0.0.1 --procs N --timeout SECONDS --function NAME
  *           --fault K  (inject one fault at job K, to prove the checks can fail)
  *           --server-pid PID  (also report the server's CPU seconds in the timed phase)
@@ -52,16 +56,18 @@ enum {
 };
 enum mode { M_ROUNDTRIP, M_LATENCY, M_BG, M_DRAIN };
 static const char *mode_names[] = {"roundtrip", "latency", "bg", "drain"};
-enum role { R_CLIENT, R_WORKER, R_BG };
+enum role { R_CLIENT, R_WORKER, R_BG, R_IDLE };
 
 enum errkind {
     E_MISMATCH, E_UNKNOWN_HANDLE, E_DUPLICATE, E_ERROR_PACKET, E_WORK_FAIL, E_UNEXPECTED,
-    E_MISSING, E_DUP_HANDLE, E_BAD_PACKET, E_CLOSED, E_COUNT, E_TIMEOUT, E_NKINDS
+    E_MISSING, E_DUP_HANDLE, E_BAD_PACKET, E_CLOSED, E_COUNT, E_TIMEOUT, E_IDLE_NOOP,
+    E_IDLE_PACKET, E_NKINDS
 };
 static const char *err_names[] = {
     "payload_mismatch", "unknown_handle", "duplicate_completion", "error_packet",
     "work_fail", "unexpected_packet", "missing", "duplicate_handle", "bad_packet",
-    "connection_closed", "count_mismatch", "timeout",
+    "connection_closed", "count_mismatch", "timeout", "noop_to_idle_worker",
+    "packet_to_idle_worker",
 };
 
 #define MAXPROCS 64
@@ -81,7 +87,10 @@ static struct {
     long fault;
     const char *function;
     int server_pid;
-} opt = {M_ROUNDTRIP, "127.0.0.1", 0, 20000, 4, 100, 32, 1000, 1, -1, 0, 120, 0, NULL, 0};
+    int idle, idle_batch;       /* --idle: sleeping workers of --idle-function */
+    const char *idle_function;
+} opt = {M_ROUNDTRIP, "127.0.0.1", 0, 20000, 4, 100, 32, 1000, 1, -1, 0, 120, 0, NULL, 0,
+         0, 0, "idle"};
 
 /* State shared by all processes (MAP_SHARED, mapped before fork). */
 struct shared {
@@ -91,6 +100,9 @@ struct shared {
     _Atomic long ready_procs;
     _Atomic int start, stop, end_set, timed_out, fatal, first_error_set;
     _Atomic long errs[E_NKINDS];
+    _Atomic long idle_noops, idle_other; /* packets the idle workers received */
+    _Atomic long idle_checked;           /* idle workers whose final ECHO_RES came back */
+    long idle_registered;                /* admin `status`: workers of --idle-function */
     double t_start, t_end;
     double server_cpu_start, server_cpu_end; /* --server-pid: its utime+stime, seconds */
     double cpu_user[MAXPROCS], cpu_sys[MAXPROCS];
@@ -288,7 +300,7 @@ static long ht_pop(struct htab *t, const char *s, size_t n) {
 /* ---- connections -------------------------------------------------------------- */
 
 struct conn {
-    int fd, role, id, dirty, want_out, idle, ready;
+    int fd, role, id, dirty, want_out, idle, ready, checked;
     struct buf in, out;
     long base;   /* global index of this connection's first job */
     long limit;  /* jobs this connection submits */
@@ -305,6 +317,8 @@ static int ep;
 static struct conn **dirty;
 static int ndirty;
 static long local_ready_workers, local_workers;
+static long local_idle, local_idle_ready, local_idle_checked; /* --idle connections */
+static int final_phase; /* after the clock stopped: run on past `stop` for the idle check */
 
 static void mark_dirty(struct conn *c) {
     if (!c->dirty) {
@@ -579,6 +593,103 @@ static void on_worker_packet(struct conn *c, uint32_t type, const char *p, size_
     }
 }
 
+/* ---- idle workers (--idle) ------------------------------------------------------ */
+
+/* An idle worker sent CAN_DO <idle function>, PRE_SLEEP and an ECHO_REQ, and does nothing
+ * else: the server has no reason to send it anything but the ECHO_RES answers (one when
+ * it is registered and asleep, one for the final check after the timed phase). A NOOP
+ * means the server woke a worker that cannot do the job. It does not answer a NOOP with
+ * GRAB_JOB, so it never takes a job, whatever it was woken for. */
+static void on_idle_packet(struct conn *c, uint32_t type, const char *p, size_t len) {
+    if (type == ECHO_RES) {
+        if (!c->ready) {
+            c->ready = 1;
+            local_idle_ready++;
+        } else if (!c->checked) {
+            c->checked = 1;
+            local_idle_checked++;
+            atomic_fetch_add(&sh->idle_checked, 1);
+        }
+        return;
+    }
+    if (type == NOOP) {
+        atomic_fetch_add(&sh->idle_noops, 1);
+        error_at(E_IDLE_NOOP, "idle worker %d (CAN_DO %s, asleep) got a NOOP", c->id,
+                 opt.idle_function);
+        return;
+    }
+    atomic_fetch_add(&sh->idle_other, 1);
+    error_at(E_IDLE_PACKET, "idle worker %d (CAN_DO %s) got packet type %u (%zu bytes)", c->id,
+             opt.idle_function, type, len);
+    (void)p;
+}
+
+/* Workers of `fn` in the admin protocol's `status` (function, total, running, workers),
+ * 0 if the function is not listed, -1 if the admin connection failed. */
+static long admin_workers(const char *fn) {
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.port)};
+    inet_pton(AF_INET, opt.host, &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    size_t cap = 1 << 20, len = 0;
+    char *text = malloc(cap + 1);
+    long found = -1;
+    if (text && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+        send(fd, "status\n", 7, MSG_NOSIGNAL) == 7) {
+        for (;;) {
+            if ((len == 2 && !memcmp(text, ".\n", 2)) ||
+                (len >= 3 && !memcmp(text + len - 3, "\n.\n", 3))) {
+                found = 0;
+                break;
+            }
+            ssize_t r = len < cap ? read(fd, text + len, cap - len) : -1;
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) break;
+            len += (size_t)r;
+        }
+    }
+    close(fd);
+    if (found == 0) {
+        text[len] = '\0';
+        size_t fl = strlen(fn);
+        for (char *line = text; *line; ) {
+            char *end = strchr(line, '\n');
+            if (!end) break;
+            *end = '\0';
+            long total, running, workers;
+            if (!strncmp(line, fn, fl) && line[fl] == '\t' &&
+                sscanf(line + fl + 1, "%ld\t%ld\t%ld", &total, &running, &workers) == 3) {
+                found = workers;
+                break;
+            }
+            line = end + 1;
+        }
+    }
+    free(text);
+    return found;
+}
+
+/* Before the clock starts: the server's own count of workers for the idle function must
+ * show every idle worker (plus the busy ones, if they share the function). */
+static void check_idle_registered(void) {
+    if (!opt.idle || atomic_load(&sh->stop)) return;
+    long want = opt.idle + (strcmp(opt.idle_function, opt.function) ? 0 : opt.workers);
+    double until = now() + 10;
+    long got;
+    while ((got = admin_workers(opt.idle_function)) != want && now() < until && now() < deadline)
+        usleep(20000);
+    sh->idle_registered = got;
+    if (got != want)
+        error_at(E_COUNT, "admin status shows %ld workers for %s, expected %ld", got,
+                 opt.idle_function, want);
+}
+
+static int idle_all_ready(void) { return local_idle_ready == local_idle; }
+static int idle_all_checked(void) { return local_idle_checked == local_idle; }
+
 /* ---- the loop ------------------------------------------------------------------- */
 
 static void on_readable(struct conn *c) {
@@ -615,6 +726,7 @@ static void on_readable(struct conn *c) {
         const char *payload = c->in.p + c->in.off + 12;
         c->in.off += 12 + (size_t)size;
         if (c->role == R_WORKER) on_worker_packet(c, type, payload, size);
+        else if (c->role == R_IDLE) on_idle_packet(c, type, payload, size);
         else if (c->role == R_BG) on_bg_packet(c, type, payload, size);
         else on_client_packet(c, type, payload, size);
     }
@@ -631,7 +743,8 @@ static int global_done(void) {
 /* Run the loop until `until()` holds, the shared stop flag is set or the deadline passes. */
 static void run_loop(int (*until)(void), int set_end) {
     struct epoll_event evs[256];
-    while (!atomic_load(&sh->stop)) {
+    while (final_phase ? !atomic_load(&sh->fatal) && !atomic_load(&sh->timed_out)
+                       : !atomic_load(&sh->stop)) {
         flush_dirty();
         if (until()) {
             if (set_end) {
@@ -678,10 +791,24 @@ static long share(long total, int parts, int i) { return total / parts + (i < to
 static void run_proc(int p, int self_start) {
     ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0) die("epoll_create1");
-    int nconn = opt.clients + opt.workers + 1;
+    int nconn = opt.clients + opt.workers + opt.idle + 1;
     struct conn **conns = calloc((size_t)nconn, sizeof *conns);
+    struct conn **idle = calloc((size_t)opt.idle + 1, sizeof *idle);
     dirty = calloc((size_t)nconn, sizeof *dirty);
     int nc = 0;
+    /* Idle workers first, --idle-batch at a time: each batch is registered and asleep
+     * (its ECHO_RES came back, so the server accepted and read it) before the next
+     * connects, so the listen backlog never holds more than a batch per process. */
+    for (int i = p; i < opt.idle && !atomic_load(&sh->stop); i += opt.procs) {
+        struct conn *c = new_conn(R_IDLE, i);
+        put_packet(&c->out, CAN_DO, 1, opt.idle_function, strlen(opt.idle_function));
+        put_packet(&c->out, PRE_SLEEP, 0);
+        put_packet(&c->out, ECHO_REQ, 1, "asleep", (size_t)6);
+        mark_dirty(c);
+        idle[local_idle++] = c;
+        if (local_idle % opt.idle_batch == 0) run_loop(idle_all_ready, 0);
+    }
+    run_loop(idle_all_ready, 0);
     for (int w = p; w < opt.workers; w += opt.procs) {
         struct conn *c = new_conn(R_WORKER, w);
         put_packet(&c->out, CAN_DO, 1, function_buf, function_len);
@@ -715,6 +842,7 @@ static void run_proc(int p, int self_start) {
     run_loop(all_local_workers_ready, 0);
     atomic_fetch_add(&sh->ready_procs, 1);
     if (self_start) {
+        check_idle_registered();
         mark_start();
     } else {
         run_loop(started, 0);
@@ -736,7 +864,19 @@ static void run_proc(int p, int self_start) {
     cpu_now(&u1, &s1);
     sh->cpu_user[p] = u1 - u0;
     sh->cpu_sys[p] = s1 - s0;
+    /* Untimed: one more ECHO_REQ per idle worker; any NOOP the server queued for it
+     * during the run arrives before its ECHO_RES. */
+    if (local_idle && !atomic_load(&sh->fatal) && !atomic_load(&sh->timed_out)) {
+        for (long i = 0; i < local_idle; i++) {
+            put_packet(&idle[i]->out, ECHO_REQ, 1, "check", (size_t)5);
+            mark_dirty(idle[i]);
+        }
+        final_phase = 1;
+        run_loop(idle_all_checked, 0);
+        final_phase = 0;
+    }
     for (int i = 0; i < nc; i++) close(conns[i]->fd);
+    for (long i = 0; i < local_idle; i++) close(idle[i]->fd);
     close(ep);
 }
 
@@ -751,12 +891,23 @@ static double pct(const double *sorted, long n, double q) {
     return sorted[i];
 }
 
+/* Print text escaped for a JSON string (the quotes are the caller's). */
+static void json_text(const char *q) {
+    for (; *q; q++)
+        if (*q == '"' || *q == '\\') printf("\\%c", *q);
+        else if ((unsigned char)*q < 32) printf("\\u%04x", *q);
+        else putchar(*q);
+}
+
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen roundtrip|latency|bg|drain --port P [--host H] [--jobs N]\n"
             "  [--clients C] [--inflight W] [--workers K] [--window W] [--payload BYTES]\n"
             "  [--unique] [--function NAME] [--procs N] [--timeout SECONDS] [--fault K]\n"
-            "  [--server-pid PID]  (report that process's CPU seconds during the timed phase)\n");
+            "  [--server-pid PID]  (report that process's CPU seconds during the timed phase)\n"
+            "  [--idle N] [--idle-function NAME] [--idle-batch B]  (N sleeping workers of\n"
+            "  NAME, default idle, connected B per process at a time, default 32 / procs;\n"
+            "  any packet they get but their ECHO_RES is an error)\n");
     exit(2);
 }
 
@@ -772,7 +923,8 @@ int main(int argc, char **argv) {
         {"clients", 1, 0, 'c'}, {"inflight", 1, 0, 'i'}, {"workers", 1, 0, 'w'},
         {"window", 1, 0, 'W'}, {"payload", 1, 0, 's'}, {"unique", 0, 0, 'u'},
         {"function", 1, 0, 'f'}, {"procs", 1, 0, 'P'}, {"timeout", 1, 0, 't'},
-        {"fault", 1, 0, 'F'}, {"server-pid", 1, 0, 'S'}, {0, 0, 0, 0},
+        {"fault", 1, 0, 'F'}, {"server-pid", 1, 0, 'S'}, {"idle", 1, 0, 'I'},
+        {"idle-function", 1, 0, 'G'}, {"idle-batch", 1, 0, 'B'}, {0, 0, 0, 0},
     };
     if (argc < 2) usage();
     int m;
@@ -798,6 +950,9 @@ int main(int argc, char **argv) {
         case 't': opt.timeout = atof(optarg); break;
         case 'F': opt.fault = atol(optarg); break;
         case 'S': opt.server_pid = atoi(optarg); break;
+        case 'I': opt.idle = atoi(optarg); break;
+        case 'G': opt.idle_function = optarg; break;
+        case 'B': opt.idle_batch = atoi(optarg); break;
         default: usage();
         }
     }
@@ -813,7 +968,8 @@ int main(int argc, char **argv) {
     }
     if (opt.payload < 0) opt.payload = (opt.mode == M_BG || opt.mode == M_DRAIN) ? 100 : 16;
     if (opt.payload > (1 << 20) || opt.clients < 0 || opt.workers < 0 || opt.inflight < 1 ||
-        opt.window < 1 || opt.procs < 1 || opt.procs > MAXPROCS)
+        opt.window < 1 || opt.procs < 1 || opt.procs > MAXPROCS || opt.idle < 0 ||
+        opt.idle_batch < 0 || !*opt.idle_function || strlen(opt.idle_function) > 255)
         usage();
     if (opt.mode != M_DRAIN && opt.clients > opt.jobs) opt.clients = (int)opt.jobs;
     if (!opt.function) opt.function = opt.mode == M_DRAIN ? "drain" : opt.mode == M_BG ? "bg" : "echo";
@@ -822,6 +978,21 @@ int main(int argc, char **argv) {
     memcpy(function_buf, opt.function, function_len);
     int nprocs_max = opt.mode == M_DRAIN ? opt.workers : opt.clients + opt.workers;
     if (opt.procs > nprocs_max) opt.procs = nprocs_max > 0 ? nprocs_max : 1;
+
+    if (!opt.idle_batch) opt.idle_batch = opt.procs < 32 ? 32 / opt.procs : 1;
+    /* Many connections (--idle): raise the soft descriptor limit to the hard one. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    long fds_needed = (opt.idle + opt.procs - 1) / opt.procs + opt.clients + opt.workers + 64;
+    if (rl.rlim_cur != RLIM_INFINITY && (long)rl.rlim_cur < fds_needed) {
+        fprintf(stderr, "loadgen: %ld file descriptors needed per process, RLIMIT_NOFILE is "
+                "%ld (raise ulimit -Hn)\n", fds_needed, (long)rl.rlim_cur);
+        exit(2);
+    }
 
     signal(SIGPIPE, SIG_IGN);
     double t0 = now();
@@ -873,6 +1044,7 @@ int main(int argc, char **argv) {
                 }
                 usleep(200);
             }
+            check_idle_registered();
             mark_start();
             for (int p = 0; p < opt.procs; p++) {
                 int status;
@@ -898,6 +1070,9 @@ int main(int argc, char **argv) {
                 error_at(E_COUNT, "workers completed %ld, clients got %ld, of %ld jobs", wd, done,
                          opt.jobs);
         }
+        if (opt.idle && atomic_load(&sh->idle_checked) != opt.idle)
+            error_at(E_COUNT, "%ld of %d idle workers answered the final ECHO_REQ",
+                     atomic_load(&sh->idle_checked), opt.idle);
         if (opt.mode == M_DRAIN) {
             long missing = 0;
             for (long g = 0; g < opt.jobs; g++) missing += seen[g] == 0;
@@ -948,16 +1123,18 @@ int main(int argc, char **argv) {
         if (v) printf("%s\"%s\": %ld", first ? "" : ", ", err_names[k], v), first = 0;
     }
     printf("}, \"first_error\": \"");
-    for (const char *q = sh->first_error; *q; q++)
-        if (*q == '"' || *q == '\\') printf("\\%c", *q);
-        else if ((unsigned char)*q < 32) printf("\\u%04x", *q);
-        else putchar(*q);
+    json_text(sh->first_error);
     printf("\", \"p50_us\": %.1f, \"p99_us\": %.1f, \"max_us\": %.1f, \"mean_us\": %.1f, "
            "\"cpu_user\": %.4f, \"cpu_sys\": %.4f, \"cpu_seconds\": %.4f, "
            "\"cpu_util\": %.3f, \"procs\": %d, \"clients\": %d, \"workers\": %d, "
-           "\"server_cpu_seconds\": %.3f, \"timed_out\": %s}\n",
+           "\"server_cpu_seconds\": %.3f, \"idle\": %d, \"idle_function\": \"",
            p50, p99, pmax, mean, user, sys, user + sys, (user + sys) / seconds, opt.procs,
-           opt.clients, opt.workers, sh->server_cpu_end - sh->server_cpu_start,
+           opt.clients, opt.workers, sh->server_cpu_end - sh->server_cpu_start, opt.idle);
+    json_text(opt.idle_function);
+    printf("\", \"idle_registered\": %ld, \"idle_noops\": %ld, \"idle_other_packets\": %ld, "
+           "\"idle_checked\": %ld, \"timed_out\": %s}\n",
+           opt.idle ? sh->idle_registered : 0, atomic_load(&sh->idle_noops),
+           atomic_load(&sh->idle_other), atomic_load(&sh->idle_checked),
            atomic_load(&sh->timed_out) ? "true" : "false");
     fflush(stdout);
     return atomic_load(&sh->timed_out) || atomic_load(&sh->fatal) ? 2 : errors ? 1 : 0;
