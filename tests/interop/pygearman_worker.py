@@ -20,9 +20,15 @@ class Boom(Exception):
 
 class Worker(gearman.GearmanWorker):  # type: ignore[misc]
     def on_job_exception(self, current_job: Any, exc_info: Any) -> bool:
-        # pygearman's documented hook: by default an exception is a bare WORK_FAIL
+        # pygearman's documented hook: by default an exception is a bare WORK_FAIL.
+        # GearmanWorker.send_job_exception sends WORK_EXCEPTION *and* WORK_FAIL; both
+        # servers end the job at WORK_EXCEPTION and answer the WORK_FAIL with ERROR
+        # JOB_NOT_FOUND, and pygearman stops reading at an ERROR, leaving a NOOP that came
+        # in the same segment unread: the worker then sleeps forever with jobs queued. So
+        # send WORK_EXCEPTION alone, through the connection's command handler.
         if isinstance(exc_info[1], Boom):
-            self.send_job_exception(current_job, b"boom")  # WORK_EXCEPTION, then WORK_FAIL
+            self._get_handler_for_job(current_job).send_job_exception(current_job, b"boom")
+            self.wait_until_updates_sent([current_job])
         else:
             self.send_job_failure(current_job)
         return False
