@@ -28,6 +28,7 @@ from .admin import (
 )
 from .client import (
     AsyncClient,
+    BackgroundBatch,
     Client,
     JobStatus,
     Task,
@@ -45,6 +46,7 @@ __all__ = [
     "AsyncAdmin",
     "AsyncClient",
     "AsyncWorker",
+    "BackgroundBatch",
     "Client",
     "ConnectionLostError",
     "FunctionStatus",

@@ -4,7 +4,8 @@ Rule: a window of workloads is in flight on the connection at once (1 without ``
 the reference: the next workload waits for the previous one); output of the oldest
 workload streams as it arrives, output of later ones is held until they are oldest, so
 the output is in input order. Reading stdin waits for window space (backpressure), so
-memory stays bounded on endless input.
+memory stays bounded on endless input. ``-n -b`` to one server and one function sends
+each read's lines as pre-encoded batches (``AsyncClient.submit_background_batch``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import trio
 from protocol import Priority
 
 from ._cli_options import ExitCode, GearmanOptions
-from ._servers import ServerAddress, ServerPool
-from .client import AsyncClient, Task, TaskCallbacks, TaskState
+from .client import AsyncClient, BackgroundBatch, Task, TaskCallbacks, TaskState
 
 #: Bytes read from stdin at a time; lines are submitted as soon as a read returns them.
 READ_SIZE = 64 * 1024
@@ -30,16 +30,6 @@ READ_SIZE = 64 * 1024
 _YIELD_EVERY = 256
 
 _PRIORITY = {"high": Priority.HIGH, "normal": Priority.NORMAL, "low": Priority.LOW}
-
-
-class _Pool(ServerPool):
-    """A server pool that skips the per-job ordering work when there is one server (the
-    common case): ``ServerPool.order`` costs about a fifth of a background submit."""
-
-    def order(self, unique: bytes = b"") -> list[ServerAddress]:
-        if len(self.explicit) == 1:
-            return self.explicit
-        return super().order(unique)
 
 
 class Output:
@@ -108,6 +98,8 @@ class Pipeline:
         self._priority = _PRIORITY[opts.priority]
         self._unique = opts.unique.encode() if opts.unique is not None else None
         self._scope: trio.CancelScope | None = None
+        #: Batches in flight (``-n -b`` to one server and one function), oldest first.
+        self.batches: deque[BackgroundBatch] = deque()
         self.last_progress = 0.0
         self._track = opts.timeout_ms is not None
         self.callbacks = TaskCallbacks(
@@ -253,12 +245,68 @@ class Pipeline:
                 await self.drain()
                 nursery.cancel_scope.cancel()
 
+    # -- background batches --
+
+    def _on_batch_created(self, batch: BackgroundBatch, index: int, handle: bytes) -> None:
+        self._progress()
+        if self.opts.verbose:
+            self.output.write(False, b"Task created: " + handle + b"\n")
+
+    async def _oldest_batch(self) -> int:
+        """Wait for the oldest batch in flight; its size (fatal on its first error)."""
+        batch = self.batches[0]
+        await batch.wait()
+        self.batches.popleft()
+        self._progress()
+        if batch.errors:
+            self.fatal(ExitCode.NO_SERVER, str(batch.errors[0][1]))
+        return len(batch)
+
+    async def run_batches(self, batches: AsyncIterator[list[bytes]]) -> None:
+        """``-n -b``: each read's lines as batches of at most a quarter window, so the
+        window (jobs in flight) holds and the connection never idles between batches."""
+        function = self._functions[0][0]
+        piece = max(1, self.window // 4)
+        on_created = self._on_batch_created if self._track or self.opts.verbose else None
+        inflight = 0
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.output.flusher)
+                if self.opts.timeout_ms is not None:
+                    nursery.start_soon(self._watchdog, self.opts.timeout_ms / 1000)
+                async for lines in batches:
+                    i = 0
+                    while i < len(lines):
+                        while inflight >= self.window:
+                            inflight -= await self._oldest_batch()
+                        k = min(piece, self.window - inflight, len(lines) - i)
+                        if not self.batches:
+                            self._progress()
+                        batch = await self.client.submit_background_batch(
+                            function,
+                            lines[i : i + k],
+                            unique=self._unique,
+                            priority=self._priority,
+                            on_created=on_created,
+                        )
+                        self.batches.append(batch)
+                        inflight += k
+                        i += k
+                    await trio.lowlevel.checkpoint()
+                    if self.output.broken:
+                        break
+                while self.batches:
+                    await self._oldest_batch()
+                nursery.cancel_scope.cancel()
+
     async def _watchdog(self, timeout: float) -> None:
         # libgearman's -t is an I/O timeout: give up when nothing happened for `timeout`
         # while jobs were in flight (waiting on stdin does not count).
         while True:
             deadline = self.last_progress + timeout
-            if self.entries and trio.current_time() >= deadline:
+            busy = self.entries or self.batches
+            if busy and trio.current_time() >= deadline:
                 self.fatal(ExitCode.TIMEOUT, f"timed out after {timeout * 1000:.0f} ms")
                 return
             await trio.sleep_until(max(deadline, trio.current_time() + timeout / 10))
@@ -268,23 +316,28 @@ async def _read(fd: int) -> bytes:
     return await trio.to_thread.run_sync(os.read, fd, READ_SIZE, abandon_on_cancel=True)
 
 
-async def stdin_lines(fd: int, strip: bool) -> AsyncIterator[bytes]:
-    """Each line of ``fd`` as soon as it was read (``strip``: without its newline)."""
+async def stdin_line_batches(fd: int, strip: bool) -> AsyncIterator[list[bytes]]:
+    """The lines of each read of ``fd`` as soon as it returned (``strip``: without their
+    newline); a last line without a newline comes last, as it is."""
     rest = b""
-    cut = 0 if strip else 1
     while True:
         chunk = await _read(fd)
         if not chunk:
             break
-        data = rest + chunk if rest else chunk
-        start = 0
-        find = data.find
-        while (i := find(b"\n", start)) >= 0:
-            yield data[start : i + cut]
-            start = i + 1
-        rest = data[start:]
+        lines = (rest + chunk if rest else chunk).split(b"\n")
+        rest = lines.pop()
+        if not lines:
+            continue
+        yield lines if strip else [line + b"\n" for line in lines]
     if rest:
-        yield rest
+        yield [rest]
+
+
+async def stdin_lines(fd: int, strip: bool) -> AsyncIterator[bytes]:
+    """Each line of ``fd`` as soon as it was read (``strip``: without its newline)."""
+    async for lines in stdin_line_batches(fd, strip):
+        for line in lines:
+            yield line
 
 
 async def stdin_all(fd: int) -> AsyncIterator[bytes]:
@@ -311,14 +364,32 @@ def workloads(opts: GearmanOptions) -> AsyncIterator[bytes]:
     return stdin_all(fd)
 
 
+def batched(opts: GearmanOptions) -> bool:
+    """Whether ``-n -b`` can go as batches: one server (round-robin per job and the order
+    of output across servers need tasks) and one function (lines interleave functions)."""
+    return (
+        opts.background
+        and opts.lines
+        and not opts.args
+        and not opts.no_stdin
+        and len(opts.servers) == 1
+        and len(opts.functions) == 1
+    )
+
+
 async def main(opts: GearmanOptions) -> int:
     output = Output(sys.stdout.buffer, sys.stderr.buffer)
     connect_timeout = opts.timeout_ms / 1000 if opts.timeout_ms else 5.0
-    pool = _Pool(list(opts.servers))
     try:
-        async with AsyncClient(pool=pool, connect_timeout=connect_timeout) as client:
+        async with AsyncClient(
+            list(opts.servers), connect_timeout=connect_timeout
+        ) as client:
             pipeline = Pipeline(client, opts, output)
-            await pipeline.run(workloads(opts))
+            if batched(opts):
+                fd = sys.stdin.fileno()
+                await pipeline.run_batches(stdin_line_batches(fd, opts.strip_newline))
+            else:
+                await pipeline.run(workloads(opts))
     finally:
         output.flush()
     if pipeline.error is not None:

@@ -249,6 +249,31 @@ def test_background_verbose_priority_unique_and_no_stdin(any_server: RunningServ
     assert (done.returncode, done.stdout) == (0, b"")
 
 
+def test_background_lines_verbose_in_order_and_every_line_queued(
+    any_server: RunningServer,
+) -> None:
+    n = 3000  # several batches of the window, several stdin reads' worth with -N
+    lines = b"".join(b"%d\n" % i for i in range(n)) + b"last without newline"
+    done = gearman(any_server, "-n", "-b", "-v", "--window", "64", "-f", "bgl", input=lines)
+    assert (done.returncode, done.stderr) == (0, b"")
+    created = done.stdout.splitlines()
+    assert len(created) == n + 1 and all(c.startswith(b"Task created: H:") for c in created)
+    assert len(set(created)) == n + 1  # one handle per line, in input order below
+    done = gearman(any_server, "-N", "-b", "-I", "-f", "bgl", input=b"a\n\nb\r\n")
+    assert (done.returncode, done.stdout) == (0, b"")
+    assert status(any_server)[b"bgl"][0] == n + 4
+    done = gearman(any_server, "-w", "-c", str(n + 4), "-f", "bgl")
+    # The three high-priority -N jobs first, then the -n lines in input order.
+    assert done.stdout == b"a" + b"" + b"b\r" + lines
+
+
+def test_background_lines_without_a_server_exit_3() -> None:
+    done = run(GEARMAN, "-h", "127.0.0.1", "-p", str(free_port()), "-n", "-b", "-f", "q",
+               input=b"1\n2\n")
+    assert done.returncode == 3
+    assert done.stderr.count(b"\n") == 1 and b"Traceback" not in done.stderr
+
+
 def test_count_pid_file_and_log_storage(any_server: RunningServer, tmp_path: Path) -> None:
     pid_file = tmp_path / "w.pid"
     with spawn(GEARMAN, *server_args(any_server), "-w", "-c", "2", "-i", str(pid_file),

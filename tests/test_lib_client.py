@@ -13,6 +13,7 @@ from test_lib_support import FakePeer, FakeServer, addr, running_worker, wait_un
 
 from gearman_cli import (
     AsyncClient,
+    AsyncWorker,
     Job,
     JobExceptionError,
     JobFailedError,
@@ -21,7 +22,7 @@ from gearman_cli import (
     Task,
     TaskState,
 )
-from protocol import Packet, PacketType
+from protocol import Packet, PacketType, Priority
 
 
 @pytest.fixture
@@ -442,3 +443,112 @@ async def test_cancelled_while_waiting_leaves_cleanly() -> None:
                 async with AsyncClient(fake.address) as client:
                     await client.do("f", b"x")
             assert scope.cancelled_caught
+
+
+# -- background batches --
+
+
+async def test_background_batch_queues_every_payload_in_order(server: Any) -> None:
+    payloads = [b"line %d\n" % i for i in range(2000)] + [b"", b"nul\0inside"]
+    seen: list[tuple[int, bytes]] = []
+    with trio.fail_after(20):
+        async with AsyncClient(addr(server)) as client:
+            batch = await client.submit_background_batch(
+                "batch_fn",
+                payloads,
+                priority=Priority.HIGH,
+                on_created=lambda b, i, h: seen.append((i, h)),
+            )
+            assert await batch.wait() is batch
+            assert batch.successful and batch.answered == len(payloads)
+            assert all(h is not None for h in batch.handles)
+            assert [i for i, _ in seen] == list(range(len(payloads)))
+            assert [h for _, h in seen] == batch.handles
+            status = await client.job_status(batch.handles[0] or b"")
+            assert status.known and not status.running
+        got: list[bytes] = []
+
+        async def take(job: Job) -> bytes:
+            got.append(job.data)
+            return b""
+
+        worker = AsyncWorker(addr(server))
+        worker.add_function("batch_fn", take)
+        assert await worker.work(len(payloads)) == len(payloads)
+    assert got == payloads  # one worker, one queue: first in, first out
+
+
+async def test_background_batch_error_reply_lands_on_its_payload() -> None:
+    async def handler(peer: FakePeer) -> None:
+        assert (await peer.next()).type is PacketType.OPTION_REQ
+        await peer.send(Packet.res(PacketType.OPTION_RES, b"exceptions"))
+        submits = [await peer.next() for _ in range(3)]
+        assert [p.type for p in submits] == [PacketType.SUBMIT_JOB_LOW_BG] * 3
+        assert [p.args for p in submits] == [(b"f", b"u", b"%d" % i) for i in range(3)]
+        await peer.send(
+            Packet.res(PacketType.JOB_CREATED, b"H:0"),
+            Packet.res(PacketType.ERROR, b"QUEUE_ERROR", b"full"),
+            Packet.res(PacketType.JOB_CREATED, b"H:2"),
+        )
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with FakeServer(handler).serving() as fake, AsyncClient(fake.address) as client:
+            batch = await client.submit_background_batch(
+                "f", [b"0", b"1", b"2"], unique="u", priority=Priority.LOW
+            )
+            await batch.wait()
+    assert batch.handles == [b"H:0", None, b"H:2"]
+    assert [(i, type(e), str(e)) for i, e in batch.errors] == [
+        (1, ServerError, "QUEUE_ERROR: full")
+    ]
+    assert not batch.successful
+
+
+async def test_background_batch_unanswered_jobs_go_to_another_server(server: Any) -> None:
+    """The first server answers two of five submissions and drops the connection: the
+    other three are resubmitted to the next server."""
+
+    async def handler(peer: FakePeer) -> None:
+        await peer.next()  # OPTION_REQ
+        await peer.send(Packet.res(PacketType.OPTION_RES, b"exceptions"))
+        for _ in range(5):
+            await peer.next()
+        await peer.send(
+            Packet.res(PacketType.JOB_CREATED, b"H:fake:0"),
+            Packet.res(PacketType.JOB_CREATED, b"H:fake:1"),
+        )
+
+    with trio.fail_after(10):
+        async with FakeServer(handler).serving() as fake, AsyncClient(
+            f"{fake.address},{addr(server)}"
+        ) as client:
+            batch = await client.submit_background_batch(
+                "failover_bg", [b"%d" % i for i in range(5)]
+            )
+            await batch.wait()
+            assert batch.successful
+            assert batch.handles[:2] == [b"H:fake:0", b"H:fake:1"]
+            assert all(h and not h.startswith(b"H:fake") for h in batch.handles[2:])
+            got: list[bytes] = []
+
+            async def take(job: Job) -> bytes:
+                got.append(job.data)
+                return b""
+
+            worker = AsyncWorker(addr(server))
+            worker.add_function("failover_bg", take)
+            assert await worker.work(3) == 3
+    assert got == [b"2", b"3", b"4"]
+
+
+async def test_background_batch_without_a_server_fails_every_payload() -> None:
+    from conftest import free_port
+
+    with trio.fail_after(10):
+        async with AsyncClient(f"127.0.0.1:{free_port()}") as client:
+            batch = await client.submit_background_batch("f", [b"a", b"b"])
+            await batch.wait()
+    assert batch.handles == [None, None]
+    assert [i for i, _ in batch.errors] == [0, 1]
+    assert all(isinstance(e, NoServerError) for _, e in batch.errors)
