@@ -127,10 +127,10 @@ def task(fn: str, arg: bytes | str = b"x", *, unique: str | None = None,
 
 def request(server: RunningServer, mode: str, tasks: list[dict[str, Any]] | None = None,
             *, handles: list[str] | None = None, exceptions: bool = False,
-            timeout: float = TIMEOUT) -> bytes:
+            timeout: float = TIMEOUT, **extra: Any) -> bytes:
     return json.dumps({"port": server.port, "mode": mode, "tasks": tasks or [],
                        "handles": handles or [], "exceptions": exceptions,
-                       "timeout": timeout}).encode()
+                       "timeout": timeout, **extra}).encode()
 
 
 def _parse(out: bytes) -> list[Event]:
@@ -139,11 +139,13 @@ def _parse(out: bytes) -> list[Event]:
 
 def run_client(lib: Library, server: RunningServer, mode: str,
                tasks: list[dict[str, Any]] | None = None, *, handles: list[str] | None = None,
-               exceptions: bool = False, timeout: float = TIMEOUT) -> list[Event]:
-    """Run a client script to the end and return its events (the final ``end`` checked)."""
+               exceptions: bool = False, timeout: float = TIMEOUT,
+               **extra: Any) -> list[Event]:
+    """Run a client script to the end and return its events (the final ``end`` checked);
+    ``extra`` goes into the request (``prefix``, ``uniques``, ...)."""
     proc = subprocess.run(lib.client_cmd(),
                           input=request(server, mode, tasks, handles=handles,
-                                        exceptions=exceptions, timeout=timeout),
+                                        exceptions=exceptions, timeout=timeout, **extra),
                           capture_output=True, timeout=timeout + 10, check=False, cwd=REPO)
     events = _parse(proc.stdout)
     if proc.returncode != 0 or not events or events[-1] != {"ev": "end"}:
@@ -265,14 +267,16 @@ class WorkerProcess:
 
 @contextmanager
 def worker_process(lib: Library, server: RunningServer, tmp_path: Path,
-                   functions: tuple[str, ...] = FUNCTIONS) -> Iterator[WorkerProcess]:
+                   functions: tuple[str, ...] = FUNCTIONS,
+                   env: dict[str, str] | None = None) -> Iterator[WorkerProcess]:
     """A worker script, registered for ``functions`` before this yields; always reaped."""
     n = len(list(tmp_path.glob("worker-*.log")))
     log = tmp_path / f"worker-{n}-{lib.name}.log"
     err = tmp_path / f"worker-{n}-{lib.name}.stderr"
     with open(err, "wb") as stderr:
         proc = subprocess.Popen(lib.worker_cmd(server.port, log), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO)
+                                stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO,
+                                env={**os.environ, **(env or {})})
     worker = WorkerProcess(lib, proc, log, err)
     try:
         wait_workers(server, functions, 1, proc=proc, stderr=err)
@@ -311,8 +315,8 @@ def status(server: RunningServer) -> dict[str, tuple[int, int, int]]:
     """``status`` as {function: (total, running, workers)}."""
     out = {}
     for line in admin(server, "status").splitlines():
-        if line != "." and line.count("\t") == 3:
-            name, total, running, workers = line.split("\t")
+        if line != "." and line.count("\t") >= 3:
+            name, total, running, workers = line.rsplit("\t", 3)  # names may hold tabs
             out[name] = (int(total), int(running), int(workers))
     return out
 

@@ -12,7 +12,8 @@ my $req = decode_json(do { local $/; <STDIN> });
 my $port = $req->{port};
 my $server = "127.0.0.1:$port";
 my $client = Gearman::Client->new(job_servers => [$server],
-                                  exceptions => $req->{exceptions} ? 1 : 0);
+                                  exceptions => $req->{exceptions} ? 1 : 0,
+                                  ($req->{prefix} ? (prefix => $req->{prefix}) : ()));
 my $json = JSON::PP->new->canonical;
 
 sub emit { print $json->encode({@_}), "\n"; }
@@ -84,6 +85,10 @@ if ($mode eq "do") {
         }
         $i++;
     }
+} elsif ($mode eq "server_status") {
+    # the admin "status" as Gearman::Client parses it: {function => {queued, running, capable}}
+    my $all = $client->get_job_server_status;
+    emit(ev => "server_status", functions => $all->{$server} || {});
 } else {
     die "unknown mode $mode";
 }

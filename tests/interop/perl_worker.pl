@@ -12,7 +12,11 @@ use Time::HiRes qw(sleep time);
 my ($port, $logfile) = @ARGV;
 open(my $log, ">>", $logfile) or die "cannot open $logfile: $!";
 $log->autoflush(1);
-my $worker = Gearman::Worker->new(job_servers => ["127.0.0.1:$port"]);
+# GEARMAN_INTEROP_PREFIX namespaces the functions (Gearman::Objects prefix: "PREFIX\tfn")
+my $prefix = $ENV{GEARMAN_INTEROP_PREFIX};
+my $worker = Gearman::Worker->new(job_servers => ["127.0.0.1:$port"],
+                                  client_id => "perl-interop-worker",
+                                  ($prefix ? (prefix => $prefix) : ()));
 my $json = JSON::PP->new->canonical;
 
 sub logged {

@@ -95,6 +95,14 @@ if ($mode === 'do') {
         emit(['ev' => 'jobstatus', 'i' => $i, 'known' => (bool)$known,
               'running' => (bool)$running, 'n' => (int)$n, 'd' => (int)$d]);
     }
+} elseif ($mode === 'unique_status') {
+    foreach ($req['uniques'] as $i => $u) {
+        [$known, $running, $n, $d] = $client->jobStatusByUniqueKey($u);
+        emit(['ev' => 'jobstatus', 'i' => $i, 'known' => (bool)$known,
+              'running' => (bool)$running, 'n' => (int)$n, 'd' => (int)$d]);
+    }
+} elseif ($mode === 'ping') {
+    emit(['ev' => 'ping', 'ok' => $client->ping('interop ping')]);
 } else {
     throw new Exception("unknown mode $mode");
 }
