@@ -227,7 +227,7 @@ class Pipeline:
             self._empty = trio.Event()
             await self._empty.wait()
 
-    async def run(self, workloads: AsyncIterator[bytes]) -> None:
+    async def run(self, workloads: AsyncIterator[list[bytes]]) -> None:
         with trio.CancelScope() as scope:
             self._scope = scope
             async with trio.open_nursery() as nursery:
@@ -235,11 +235,14 @@ class Pipeline:
                 if self.opts.timeout_ms is not None:
                     nursery.start_soon(self._watchdog, self.opts.timeout_ms / 1000)
                 n = 0
-                async for workload in workloads:
-                    await self.submit(workload)
-                    n += 1
-                    if n % _YIELD_EVERY == 0:
-                        await trio.lowlevel.checkpoint()
+                async for batch in workloads:
+                    for workload in batch:
+                        await self.submit(workload)
+                        n += 1
+                        if n % _YIELD_EVERY == 0:
+                            await trio.lowlevel.checkpoint()
+                        if self.output.broken:
+                            break
                     if self.output.broken:
                         break
                 await self.drain()
@@ -333,34 +336,26 @@ async def stdin_line_batches(fd: int, strip: bool) -> AsyncIterator[list[bytes]]
         yield [rest]
 
 
-async def stdin_lines(fd: int, strip: bool) -> AsyncIterator[bytes]:
-    """Each line of ``fd`` as soon as it was read (``strip``: without its newline)."""
-    async for lines in stdin_line_batches(fd, strip):
-        for line in lines:
-            yield line
-
-
-async def stdin_all(fd: int) -> AsyncIterator[bytes]:
+async def stdin_all(fd: int) -> AsyncIterator[list[bytes]]:
     parts: list[bytes] = []
     while chunk := await _read(fd):
         parts.append(chunk)
-    yield b"".join(parts)
+    yield [b"".join(parts)]
 
 
-async def _items(items: list[bytes]) -> AsyncIterator[bytes]:
-    for item in items:
-        yield item
+async def _items(items: list[bytes]) -> AsyncIterator[list[bytes]]:
+    yield items
 
 
-def workloads(opts: GearmanOptions) -> AsyncIterator[bytes]:
-    """The workload source, in the reference's order (§6.1)."""
+def workloads(opts: GearmanOptions) -> AsyncIterator[list[bytes]]:
+    """The workloads, a list per read, in the reference's order (§6.1)."""
     if opts.args:
         return _items([os.fsencode(arg) for arg in opts.args])
     if opts.no_stdin:
         return _items([b""])
     fd = sys.stdin.fileno()
     if opts.lines:
-        return stdin_lines(fd, opts.strip_newline)
+        return stdin_line_batches(fd, opts.strip_newline)
     return stdin_all(fd)
 
 

@@ -103,8 +103,14 @@ Bytesish = bytes | bytearray | memoryview | str
 #: Yield to the writer after this many pipelined submissions, so sending overlaps encoding.
 _SUBMIT_BATCH = 512
 
+_pack_size = struct.Struct(">I").pack
+#: ``\0REQ`` + the packet type of each (priority, background) submit, for ``Task._encode``.
+_SUBMIT_HEAD = {key: b"\0REQ" + _pack_size(ptype) for key, ptype in SUBMIT_TYPE_FOR.items()}
+
 
 def _b(value: Bytesish) -> bytes:
+    if type(value) is bytes:
+        return value
     if isinstance(value, str):
         return value.encode()
     return bytes(value)
@@ -208,7 +214,7 @@ class Task:
         self.unique: bytes = _b(unique) if unique is not None else b""
         if b"\0" in self.function or b"\0" in self.unique:
             raise ValueError("function names and unique keys cannot contain NUL bytes")
-        self.priority = Priority(priority)
+        self.priority = priority if type(priority) is Priority else Priority(priority)
         self.when: int | None = _epoch(when) if when is not None else None
         if self.when is not None and not background:
             raise ValueError("a scheduled (epoch) job must be a background job")
@@ -347,11 +353,11 @@ class Task:
                 str(self.when).encode(),
                 self.data,
             )
-        ptype = SUBMIT_TYPE_FOR[(self.priority, self.background)]
-        return encode_req(ptype, self.function, self.unique, self.data)
+        # The header is precomputed; __init__ checked the NUL rule for function and unique.
+        payload = self.function + b"\0" + self.unique + b"\0" + self.data
+        return _SUBMIT_HEAD[(self.priority, self.background)] + _pack_size(len(payload)) + payload
 
 
-_pack_size = struct.Struct(">I").pack
 #: Called per accepted job of a batch: (batch, index of the payload, job handle).
 BatchCallback = Callable[["BackgroundBatch", int, bytes], object]
 
@@ -757,9 +763,14 @@ class AsyncClient(_TaskQueue):
                 if i % _SUBMIT_BATCH == _SUBMIT_BATCH - 1:
                     await trio.lowlevel.checkpoint()
 
-    async def _route(self, key: bytes, failed: set[ServerAddress]) -> _ClientConn:
+    async def _route(
+        self,
+        key: bytes,
+        failed: set[ServerAddress],
+        order: list[ServerAddress] | None = None,
+    ) -> _ClientConn:
         tried: list[str] = []
-        for server in self._pool.order(key):
+        for server in order if order is not None else self._pool.order(key):
             if server in failed:
                 tried.append(str(server))
                 continue
@@ -868,15 +879,23 @@ class AsyncClient(_TaskQueue):
 
     # -- submitting --
 
-    async def _submit(self, task: Task, failed: set[ServerAddress]) -> None:
+    async def _submit(self, task: Task, failed: set[ServerAddress] | None = None) -> None:
         task._attempts += 1
-        try:
-            if task._attempts > 2 * len(self._pool.servers) + 2:
-                raise NoServerError(f"gave up on {task!r} after {task._attempts - 1} attempts")
-            cc = await self._route(task.unique, failed)
-        except NoServerError as exc:
-            task._fail_with(exc)
-            return
+        order = self._pool.order(task.unique)
+        cc = self._conns.get(order[0])
+        if cc is None or cc.conn.closed or task._attempts > 1 or failed:
+            # Not the plain case (first try, the best server connected): route it.
+            try:
+                if task._attempts > 2 * len(self._pool.servers) + 2:
+                    raise NoServerError(
+                        f"gave up on {task!r} after {task._attempts - 1} attempts"
+                    )
+                cc = await self._route(
+                    task.unique, failed if failed is not None else set(), order
+                )
+            except NoServerError as exc:
+                task._fail_with(exc)
+                return
         task.state = TaskState.SUBMITTED
         cc.pending.append(task)
         cc.conn.send(task._encode())
@@ -889,7 +908,7 @@ class AsyncClient(_TaskQueue):
         if task.status_handle is not None:
             self._require_nursery().start_soon(self._run_status_task, task)
             return task
-        await self._submit(task, set())
+        await self._submit(task)
         return task
 
     async def submit_background_batch(
@@ -993,7 +1012,7 @@ class AsyncClient(_TaskQueue):
         self, function: str | bytes, data: Bytesish, unique: str | bytes | None, prio: Priority
     ) -> bytes:
         task = Task(function, data, unique=unique, priority=prio)
-        await self._submit(task, set())
+        await self._submit(task)
         return await task.wait()
 
     async def do(
@@ -1027,7 +1046,7 @@ class AsyncClient(_TaskQueue):
         when: float | int | datetime | None = None,
     ) -> bytes:
         task = Task(function, data, unique=unique, priority=prio, background=True, when=when)
-        await self._submit(task, set())
+        await self._submit(task)
         return await task.wait()
 
     async def do_background(
