@@ -59,6 +59,7 @@ import inspect
 import logging
 import math
 import random
+import struct
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -78,6 +79,10 @@ Result = bytes | bytearray | memoryview | str | None
 JobCallback = Callable[["Job"], Result] | Callable[["Job"], Awaitable[Result]]
 
 _ASSIGN = (PacketType.JOB_ASSIGN, PacketType.JOB_ASSIGN_UNIQ, PacketType.JOB_ASSIGN_ALL)
+
+
+_pack_size = struct.Struct(">I").pack
+_WORK_COMPLETE = b"\0REQ" + _pack_size(PacketType.WORK_COMPLETE)
 
 
 def _b(value: Result) -> bytes:
@@ -179,7 +184,12 @@ class Job:
 
     def send_complete(self, result: Result = b"") -> None:
         """WORK_COMPLETE now; the callback's return value is then ignored."""
-        self._final(encode_req(PacketType.WORK_COMPLETE, self.handle, _b(result)))
+        handle = self.handle
+        if b"\0" in handle:  # only a hand-made Job; let the checked encoder refuse it
+            self._final(encode_req(PacketType.WORK_COMPLETE, handle, _b(result)))
+            return
+        payload = handle + b"\0" + (result if type(result) is bytes else _b(result))
+        self._final(_WORK_COMPLETE + _pack_size(len(payload)) + payload)
 
     def send_fail(self) -> None:
         """WORK_FAIL: the job failed; the callback's return value is then ignored."""
@@ -511,7 +521,8 @@ class AsyncWorker:
         """Hand free slots to sessions that want jobs, as pipelined GRABs (one write)."""
         if self._stopping or self._free <= 0 or self._budget == 0:
             return
-        for session in list(self._sessions):
+        sessions = self._sessions
+        for session in list(sessions) if len(sessions) > 1 else sessions:
             if not session.wants_jobs:
                 continue
             if not self._functions:
@@ -524,9 +535,10 @@ class AsyncWorker:
             self._inflight += want
             session.outstanding += want
             session.conn.send(_GRAB if want == 1 else _GRAB * want)
-            # Rotate: the next free slot is offered to the other servers first.
-            del self._sessions[session]
-            self._sessions[session] = None
+            if len(sessions) > 1:
+                # Rotate: the next free slot is offered to the other servers first.
+                del sessions[session]
+                sessions[session] = None
             return
 
     def _sleep(self, session: _Session) -> None:
