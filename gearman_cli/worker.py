@@ -43,7 +43,14 @@ A failing worker::
         raise ValueError("bad input")     # WORK_EXCEPTION "ValueError: bad input"
 
 Blocking callbacks run in threads (``trio.to_thread``), so a slow one never stalls the
-connection; async callbacks run as trio tasks. ``job.send_*`` work from either.
+connection; async callbacks run as trio tasks. ``job.send_*`` work from either. A plain
+callback that returns at once can run inline, with no thread or task (the fastest path,
+in assignment order)::
+
+    worker.add_function("log", lambda job: sink.append(job.data), inline=True)
+
+``job.sequence`` numbers jobs in the order the server assigned them, for callbacks that
+run concurrently but must write in that order.
 
 An exception becomes ``WORK_EXCEPTION`` alone (``exception_packet="exception"``, the
 default): gearmand forwards it to clients that asked for exceptions and turns it into
