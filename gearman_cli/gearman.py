@@ -84,7 +84,8 @@ def _record_priority(ctx: click.Context, param: click.Parameter, value: bool) ->
 @click.option("--window", type=click.IntRange(min=1), default=512, show_default=True,
               help="Client with -n/-N: jobs in flight at once.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
-              help="Worker: jobs run at once (default 1 with a command, 64 without).")
+              help="Worker: jobs run at once (default 1, as the C tool, so several "
+                   "workers share the load).")
 @click.option("--job-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Worker: kill the command's process group and fail the job after SECONDS.")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -153,7 +154,7 @@ def command(
         verbose=verbose,
         daemon=daemon,
         window=window,
-        concurrency=concurrency if concurrency is not None else (1 if args else 64),
+        concurrency=concurrency if concurrency is not None else 1,
         job_timeout=job_timeout,
     )
     return run(opts)

@@ -3,5 +3,4 @@
 set -euo pipefail
 export GEARMAN_SERVER="${GEARMAN_SERVER:-localhost:4730}"
 cd "${1:-.}"
-# --concurrency 1: one job at a time, like the C tool, so the lines spread over the hosts.
-exec gearman -w -f logger --concurrency 1 >> log_file
+exec gearman -w -f logger >> log_file
