@@ -61,19 +61,22 @@ class PeerConnection:
     the peer (``paused``) until the writer has drained it.
     """
 
-    __slots__ = ("_holds", "_wake", "broken", "cid", "closed", "closing", "conn", "dirty",
-                 "fd", "hard_limit", "limit", "on_drained", "out", "parser", "paused",
-                 "stream")
+    __slots__ = ("_holds", "_wake", "_write_scope", "broken", "cid", "closed", "closing",
+                 "conn", "dirty", "fd", "hard_limit", "limit", "on_drained", "out", "parser",
+                 "paused", "stream")
 
     def __init__(self, stream: trio.SocketStream, limit: int,
-                 dirty: list[PeerConnection]) -> None:
+                 dirty: list[PeerConnection], hard_limit: int | None = None) -> None:
         self.stream = stream
         self.fd = stream.socket.fileno()
         self.out = bytearray()
         self.limit = limit
-        #: Past this, the peer is dropped rather than buffered for.
-        self.hard_limit = limit * 4
+        #: Output already pending past this when more arrives: the peer does not read,
+        #: and is dropped rather than buffered for. (Checked before appending, so one
+        #: large reply to a peer that reads is never the reason.)
+        self.hard_limit = hard_limit if hard_limit is not None else limit * 4
         self._wake = trio.Event()
+        self._write_scope: trio.CancelScope | None = None
         self._holds: deque[Hold] = deque()
         self.closing = False
         self.broken = False
@@ -89,19 +92,36 @@ class PeerConnection:
         self.dirty = dirty
 
     def deliver(self, data: bytes) -> None:
+        if self.broken:
+            return
         if self._holds:
-            self._holds[-1].buffered += data
+            held = self._holds[-1].buffered
+            if len(held) > self.hard_limit:
+                log.warning("connection %d: %d bytes held behind a store commit; dropping",
+                            self.cid, len(held))
+                self.drop()
+                return
+            held += data
             return
         out = self.out
         if not out:
             self.dirty.append(self)
-        out += data
-        if len(out) > self.hard_limit and not self.closing:
+        elif len(out) > self.hard_limit:
             log.warning("connection %d: peer does not read (%d bytes pending); dropping",
                         self.cid, len(out))
-            self.closing = True
-            self.broken = True
-            self._wake.set()
+            self.drop()
+            return
+        out += data
+
+    def drop(self) -> None:
+        """Give up on this peer now: discard its output, end its writer (even one blocked
+        waiting for the socket), which ends the connection."""
+        self.closing = True
+        self.broken = True
+        self.out.clear()
+        self._wake.set()
+        if self._write_scope is not None:
+            self._write_scope.cancel()
 
     def hold(self) -> Hold:
         """Reserve the next place in the output; later deliveries wait behind it."""
@@ -150,23 +170,24 @@ class PeerConnection:
     async def writer(self) -> None:
         """Finish writes the kernel could not take at once; end when closing or broken."""
         out = self.out
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            while out and not self.broken:
-                await trio.lowlevel.wait_writable(self.fd)
-                try:
-                    written = os.write(self.fd, out)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    log.info("connection %d: write failed: %s", self.cid, exc)
-                    self.broken = True
-                    break
-                del out[:written]
-                self._check_drained()
-            if self.broken or self.closing:
-                return
+        with trio.CancelScope() as self._write_scope:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                while out and not self.broken:
+                    await trio.lowlevel.wait_writable(self.fd)
+                    try:
+                        written = os.write(self.fd, out)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        log.info("connection %d: write failed: %s", self.cid, exc)
+                        self.broken = True
+                        break
+                    del out[:written]
+                    self._check_drained()
+                if self.broken or self.closing:
+                    return
 
     def close_when_flushed(self) -> None:
         """Stop reading: let the writer send what is buffered, then end."""
@@ -199,6 +220,7 @@ class Server:
         self._dirty: list[PeerConnection] = []
         #: Every connection's fd, for the reactor task (level-triggered EPOLLIN).
         self._epoll = select.epoll()
+        self._reactor_scope = trio.CancelScope()
         self._readers: dict[int, PeerConnection] = {}
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._flush_wake = trio.Event()
@@ -243,7 +265,7 @@ class Server:
                     await nursery.start(self._run_store_writer)
                 nursery.start_soon(self._timer)
                 nursery.start_soon(self._flusher)
-                nursery.start_soon(self._reactor)
+                nursery.start_soon(self._run_reactor)
                 with trio.CancelScope() as accepting:
                     self._accepting = accepting
                     if self._shutdown.is_set():
@@ -265,6 +287,9 @@ class Server:
                 if self._graceful:
                     await self._drain()
                 if self._store_writer is not None:
+                    # No more requests from here on: nothing can complete (and ask for
+                    # a removal the closing store would miss) after the last snapshot.
+                    self._reactor_scope.cancel()
                     await self._close_store()
                 nursery.cancel_scope.cancel()
         finally:
@@ -447,6 +472,10 @@ class Server:
         if self._readers.get(peer.fd) is peer:
             self._epoll.modify(peer.fd, select.EPOLLIN)
 
+    async def _run_reactor(self) -> None:
+        with self._reactor_scope:
+            await self._reactor()
+
     async def _reactor(self) -> None:
         """Read every connection from one task: an epoll set holds each connection's fd
         for its whole life, and this task reads whichever are ready, parsing and
@@ -477,7 +506,14 @@ class Server:
                     log.info("connection %d: read failed: %s", peer.cid, exc)
                     self._end(peer)
                     continue
-                self._receive(peer, data, now)
+                try:
+                    self._receive(peer, data, now)
+                except Exception:
+                    # A bug must cost one connection, never the server.
+                    log.exception("connection %d: dropped after an unexpected error",
+                                  peer.cid)
+                    peer.drop()
+                    self._stop_reading(peer)
             self._flush()
             self._poke_timer()
 
@@ -628,6 +664,7 @@ class Server:
             elif not conn.closed:  # a peer of another front-end (HTTP)
                 conn.peer.deliver(reply)
             self._flush_soon()
+            self._poke_timer()  # an epoch job just queued may be the next deadline
 
         # In submit order: the store replays in the order it was given the jobs.
         self._store_writer.add_nowait(stored, committed)

@@ -9,6 +9,7 @@ Section numbers (§) point at ../shared/spec/reference.md; decisions.md wins ove
 
 from __future__ import annotations
 
+import datetime
 import heapq
 import itertools
 import logging
@@ -87,7 +88,7 @@ class Function:
     """A function name's queues, workers and limits (spec §2.1)."""
 
     __slots__ = ("name", "queues", "live", "dead", "running", "workers", "sleepers",
-                 "maxqueue", "scheduled")
+                 "maxqueue", "scheduled", "storing")
 
     def __init__(self, name: bytes) -> None:
         self.name = name
@@ -100,6 +101,8 @@ class Function:
         self.running = 0
         #: Jobs waiting for their epoch / schedule time.
         self.scheduled = 0
+        #: New background jobs waiting for the persistent store's commit.
+        self.storing = 0
         #: Worker connections that can do this function (insertion-ordered set).
         self.workers: dict[Conn, None] = {}
         #: Sleeping workers not yet sent a NOOP, in the order they fell asleep.
@@ -109,7 +112,7 @@ class Function:
 
     @property
     def queued(self) -> int:
-        return self.live[0] + self.live[1] + self.live[2] + self.scheduled
+        return self.live[0] + self.live[1] + self.live[2] + self.scheduled + self.storing
 
     @property
     def total(self) -> int:
@@ -177,6 +180,9 @@ def _parse_int(raw: bytes) -> int | None:
     Returns None when the number overflows a signed 64-bit integer.
     """
     s = raw.strip().decode("latin-1")
+    if len(s) > 24:
+        # Longer than any 64-bit number (and int() refuses past 4,300 digits anyway).
+        return None
     sign = 1
     if s[:1] in ("-", "+"):
         sign = -1 if s[0] == "-" else 1
@@ -192,32 +198,41 @@ def _parse_int(raw: bytes) -> int | None:
     return value
 
 
+#: Allowed values of the cron-style fields of SUBMIT_JOB_SCHED.
+_CRON_RANGES: Final = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
+
+
 def next_cron_time(fields: tuple[bytes, ...], now: float) -> float | None:
     """The start of the next local minute matching cron-style fields (empty = any).
 
     ``fields`` are minute, hour, day of month, month, day of week (0 = Sunday). A field
-    is empty, ``*`` or a number. Returns None when a field is not understood.
+    is empty, ``*`` or a number in its range. Returns None when a field is not
+    understood or nothing matches within four years (e.g. 31 February). Searches day by
+    day, then minute by minute within the first matching day: a few thousand steps at
+    most, so one packet cannot stall the server.
     """
     wanted: list[int | None] = []
-    for raw in fields:
+    for raw, (low, high) in zip(fields, _CRON_RANGES, strict=True):
         text = raw.strip()
         if text in (b"", b"*"):
             wanted.append(None)
-        elif text.isdigit():
+        elif text.isdigit() and len(text) <= 2 and low <= int(text) <= high:
             wanted.append(int(text))
         else:
             return None
     minute, hour, mday, month, wday = wanted
-    t = (int(now) // 60 + 1) * 60
-    for _ in range(366 * 24 * 60):
-        tm = time.localtime(t)
-        if ((month is None or tm.tm_mon == month)
-                and (mday is None or tm.tm_mday == mday)
-                and (wday is None or (tm.tm_wday + 1) % 7 == wday)
-                and (hour is None or tm.tm_hour == hour)
-                and (minute is None or tm.tm_min == minute)):
-            return float(t)
-        t += 60
+    start = int(now) // 60 * 60 + 60
+    day = datetime.date.fromtimestamp(start)
+    for _ in range(4 * 366 + 1):
+        if ((month is None or day.month == month)
+                and (mday is None or day.day == mday)
+                and (wday is None or day.isoweekday() % 7 == wday)):
+            for h in range(24) if hour is None else (hour,):
+                for m in range(60) if minute is None else (minute,):
+                    t = time.mktime((day.year, day.month, day.day, h, m, 0, 0, 0, -1))
+                    if t >= start:
+                        return float(t)
+        day += datetime.timedelta(days=1)
     return None
 
 
@@ -245,9 +260,9 @@ class Manager:
         self._handles = itertools.count(1)
         self._conn_ids = itertools.count(1)
         #: (when, seq, job) for jobs waiting for their time.
-        self._scheduled: list[tuple[float, int, Job]] = []
+        self._scheduled: list[tuple[float, int, bytes]] = []
         #: (deadline, seq, job, assignment) for CAN_DO_TIMEOUT.
-        self._timeouts: list[tuple[float, int, Job, int]] = []
+        self._timeouts: list[tuple[float, int, bytes, int]] = []
         self._seq = itertools.count()
         #: Hooks the network layer sets: persist a new background job (the manager then
         #: waits for ``job_stored``), and forget a stored one.
@@ -432,6 +447,7 @@ class Manager:
         if background and self.on_store is not None:
             # Acknowledged only once the store has it (DESIGN.md, persistence).
             job.stored = False
+            fn.storing += 1
             self.on_store(job, conn)
             return job
         self._enqueue(job, now)
@@ -444,8 +460,13 @@ class Manager:
         Returns the reply for the submitter (JOB_CREATED or ERROR) and queues the job.
         """
         job.stored = True
+        job.function.storing -= 1
         if not ok:
             job.store_key = None
+            # Foreground clients that joined it meanwhile were told JOB_CREATED: end
+            # their wait instead of leaving them hanging.
+            if job.clients:
+                self._broadcast(job, _work_fail(job.handle))
             self._forget(job)
             return error_packet("QUEUE_ERROR", "QUEUE_ERROR")
         if job.handle in self.jobs and not job.cancelled:
@@ -488,7 +509,9 @@ class Manager:
         if job.when > now:
             job.waiting = True
             fn.scheduled += 1
-            heapq.heappush(self._scheduled, (job.when, next(self._seq), job))
+            # Handles, not jobs: a finished or cancelled job must not stay referenced
+            # (with its data) until its time.
+            heapq.heappush(self._scheduled, (job.when, next(self._seq), job.handle))
             return
         job.queued = True
         fn.queues[job.priority].append(job)
@@ -530,9 +553,11 @@ class Manager:
     def tick(self, now: float) -> None:
         """Release jobs whose time has come and requeue jobs that ran too long."""
         scheduled = self._scheduled
+        jobs = self.jobs
         while scheduled and scheduled[0][0] <= now:
-            _, _, job = heapq.heappop(scheduled)
-            if not job.waiting:
+            _, _, handle = heapq.heappop(scheduled)
+            job = jobs.get(handle)
+            if job is None or not job.waiting:
                 continue
             job.waiting = False
             job.function.scheduled -= 1
@@ -540,9 +565,13 @@ class Manager:
             self._enqueue(job, now)
         timeouts = self._timeouts
         while timeouts and timeouts[0][0] <= now:
-            _, _, job, assignment = heapq.heappop(timeouts)
-            worker = job.worker
-            if worker is not None and job.assignment == assignment:
+            _, _, handle, assignment = heapq.heappop(timeouts)
+            timed = jobs.get(handle)
+            if timed is None:
+                continue
+            worker = timed.worker
+            if worker is not None and timed.assignment == assignment:
+                job = timed
                 log.info("job %s timed out on connection %d; requeued",
                          job.handle.decode("latin-1"), worker.id)
                 self._lost(job, worker, now)
@@ -653,7 +682,7 @@ class Manager:
         timeout = conn.abilities.get(job.function.name)
         if timeout:
             heapq.heappush(self._timeouts,
-                           (now + timeout, next(self._seq), job, job.assignment))
+                           (now + timeout, next(self._seq), job.handle, job.assignment))
 
     def _grab_job(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         job = self.grab(conn, now)
@@ -711,8 +740,9 @@ class Manager:
         job = self._owned(conn, PT.WORK_STATUS, args[0])
         if job is None:
             return
-        job.numerator = args[1]
-        job.denominator = args[2]
+        # Stored as numbers, as the reference reads them (atoi); forwarded as sent.
+        job.numerator = b"%d" % (_parse_int(args[1]) or 0)
+        job.denominator = b"%d" % (_parse_int(args[2]) or 0)
         if job.clients:
             self._broadcast(job, _work_status(*args))
 
@@ -864,6 +894,10 @@ class Manager:
         if len(handle) > MAX_HANDLE:
             conn.peer.deliver(error_packet("ARGUMENT_TOO_LARGE", "Job handle too long"))
             return
+        if b"\0" in handle:
+            # It would not fit the reply, where the handle is not the last argument.
+            conn.peer.deliver(error_packet("INVALID_ARGUMENT", "Job handle contains NUL"))
+            return
         job = self.jobs.get(handle)
         if job is None or job.cancelled:
             conn.peer.deliver(encode_res(PT.STATUS_RES, handle, b"0", b"0", b"0", b"0"))
@@ -876,6 +910,9 @@ class Manager:
         unique = args[0]
         if len(unique) > MAX_UNIQUE:
             conn.peer.deliver(error_packet("ARGUMENT_TOO_LARGE", "Unique value too large"))
+            return
+        if b"\0" in unique:
+            conn.peer.deliver(error_packet("INVALID_ARGUMENT", "Unique value contains NUL"))
             return
         # The job a submit with this unique would join, in any function (first match,
         # as the reference); jobs cancelled or abandoned are no longer in the index.

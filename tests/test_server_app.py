@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -214,3 +216,71 @@ async def test_graceful_shutdown_lets_running_job_finish() -> None:
             # ...but the running job still completes for its client.
             await worker.send(encode_req(PT.WORK_COMPLETE, handle, b"finished"))
             assert (await client.packet()).args == (handle, b"finished")
+
+
+async def test_client_that_never_reads_is_dropped_and_memory_stays_bounded(
+        server: tuple[Server, int]) -> None:
+    """A foreground client stops reading while its worker streams WORK_DATA: once its
+    backlog passes the hard limit it is dropped, and nothing more is buffered for it."""
+    srv, port = server
+    with trio.fail_after(20):
+        client = await connect(port)
+        await client.send(encode_req(PT.SUBMIT_JOB, b"stream", b"", b"go"))
+        handle = (await client.packet()).args[0]
+        worker = await connect(port)
+        await worker.send(encode_req(PT.CAN_DO, b"stream"), encode_req(PT.GRAB_JOB))
+        await worker.packet()
+        chunk = encode_req(PT.WORK_DATA, handle, b"d" * 60000)
+        for _ in range(100):  # 6 MB, far past the 1 MiB hard limit of this server
+            await worker.stream.send_all(chunk)
+        admin = await connect(port)
+        for _ in range(100):
+            await admin.stream.send_all(b"workers\n")
+            listing = await admin.line_reply(b".\n")
+            if len(listing.splitlines()) == 3:  # worker, admin, and the dropped client gone
+                break
+            await trio.sleep(0.05)
+        assert len(listing.splitlines()) == 3, listing
+        assert all(len(p.out) <= p.hard_limit for p in srv._peers.values())
+
+
+async def test_reply_larger_than_the_output_bound_reaches_a_reading_client(
+        server: tuple[Server, int]) -> None:
+    # The fixture's server bounds output at 256 KiB (hard limit 1 MiB) and accepts
+    # packets up to 1 MiB: 900 KB of data then a 900 KB result, in one batch, must
+    # still arrive whole (the bound is on what was pending, not on one reply).
+    _, port = server
+    with trio.fail_after(10):
+        client = await connect(port)
+        await client.send(encode_req(PT.SUBMIT_JOB, b"big", b"", b"x"))
+        handle = (await client.packet()).args[0]
+        worker = await connect(port)
+        await worker.send(encode_req(PT.CAN_DO, b"big"), encode_req(PT.GRAB_JOB))
+        await worker.packet()
+        result = bytes(range(256)) * 3500
+        await worker.send(encode_req(PT.WORK_DATA, handle, result),
+                          encode_req(PT.WORK_COMPLETE, handle, result))
+        assert (await client.packet()).args == (handle, result)
+        assert (await client.packet()).args == (handle, result)
+
+
+async def test_epoch_job_with_a_store_wakes_its_worker_when_due(tmp_path: Path) -> None:
+    config = ServerConfig(listen=("127.0.0.1",), port=0, queue_type="libsqlite3",
+                          queue_options=(("libsqlite3-db", str(tmp_path / "q.db")),))
+    srv = Server(config)
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            port = (await nursery.start(srv.serve))[0][1]
+            worker = await connect(port)
+            await worker.send(encode_req(PT.CAN_DO, b"later"), encode_req(PT.PRE_SLEEP))
+            client = await connect(port)
+            due = int(time.time()) + 2
+            await client.send(encode_req(PT.SUBMIT_JOB_EPOCH, b"later", b"", b"%d" % due,
+                                         b"payload"))
+            assert (await client.packet()).type is PT.JOB_CREATED
+            # Nothing else happens on the server: the timer alone must wake the worker.
+            noop = await worker.packet()
+            assert noop.type is PT.NOOP and time.time() >= due - 0.05
+            await worker.send(encode_req(PT.GRAB_JOB))
+            assert (await worker.packet()).args[2] == b"payload"
+            srv.shutdown()

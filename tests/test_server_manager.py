@@ -12,7 +12,7 @@ import time
 import pytest
 
 from protocol import Packet, PacketType, Parser
-from server.manager import Conn, Manager, next_cron_time
+from server.manager import Conn, Job, Manager, next_cron_time
 
 PT = PacketType
 T0 = 1_700_000_000.0
@@ -1195,3 +1195,120 @@ def test_fg_client_on_waiting_epoch_job(w: World) -> None:
     assert wk.grab_handle() == h
     wk.send(PT.WORK_COMPLETE, h, b"r")
     assert c.take() == [res(PT.WORK_COMPLETE, h, b"r")]
+
+
+# ---------------------------------------------------------------- review regressions
+
+
+@pytest.mark.parametrize("ptype", [PT.GET_STATUS, PT.GET_STATUS_UNIQUE])
+def test_status_query_with_nul_is_an_error_not_a_crash(w: World, ptype: PacketType) -> None:
+    c = w.end()
+    c.send(ptype, b"a\0b")
+    (reply,) = c.take()
+    assert reply.type is PT.ERROR and reply.args[0] == b"INVALID_ARGUMENT"
+
+
+def test_huge_epoch_is_an_error_not_a_crash(w: World) -> None:
+    c = w.end()
+    c.send(PT.SUBMIT_JOB_EPOCH, b"f", b"", b"9" * 5000, b"x")
+    (reply,) = c.take()
+    assert reply.type is PT.ERROR
+
+
+@pytest.mark.parametrize("fields", [
+    (b"9" * 5000, b"", b"", b"", b""),   # not a number int() takes
+    (b"99", b"", b"", b"", b""),         # minute out of range
+    (b"", b"", b"31", b"2", b""),        # 31 February never comes
+    (b"", b"", b"", b"13", b""),         # no 13th month
+])
+def test_impossible_schedule_is_refused_quickly(w: World, fields: tuple[bytes, ...]) -> None:
+    c = w.end()
+    start = time.perf_counter()
+    for _ in range(20):
+        c.send(PT.SUBMIT_JOB_SCHED, b"f", b"", *fields, b"x")
+    assert time.perf_counter() - start < 0.5  # one packet must not stall the server
+    replies = c.take()
+    assert [r.type for r in replies] == [PT.ERROR] * 20
+
+
+def test_schedule_finds_next_matching_minute() -> None:
+    now = time.mktime((2026, 11, 27, 10, 30, 15, 0, 0, -1))
+    # Every field empty: the next minute.
+    assert next_cron_time((b"",) * 5, now) == time.mktime((2026, 11, 27, 10, 31, 0, 0, 0, -1))
+    # 09:05 has passed today: tomorrow.
+    assert next_cron_time((b"5", b"9", b"", b"", b""), now) == time.mktime(
+        (2026, 11, 28, 9, 5, 0, 0, 0, -1))
+    # 29 February: the next leap year.
+    assert next_cron_time((b"0", b"0", b"29", b"2", b""), now) == time.mktime(
+        (2028, 2, 29, 0, 0, 0, 0, 0, -1))
+    # Sunday (0) at noon: 2026-11-29 is a Sunday.
+    assert next_cron_time((b"0", b"12", b"", b"", b"0"), now) == time.mktime(
+        (2026, 11, 29, 12, 0, 0, 0, 0, -1))
+
+
+def test_work_status_numbers_are_stored_as_numbers(w: World) -> None:
+    c, wk = w.end(), w.end()
+    h = c.submit(b"f", b"u1")
+    wk.can_do(b"f")
+    wk.grab_handle()
+    wk.send(PT.WORK_STATUS, h, b"3abc", b"4\0x")
+    assert c.take() == [res(PT.WORK_STATUS, h, b"3abc", b"4\0x")]  # forwarded as sent
+    c.send(PT.GET_STATUS, h)
+    c.send(PT.GET_STATUS_UNIQUE, b"u1")
+    assert c.take() == [res(PT.STATUS_RES, h, b"1", b"1", b"3", b"4"),
+                        res(PT.STATUS_RES_UNIQUE, b"u1", b"1", b"1", b"3", b"4", b"1")]
+
+
+class StoreHooks:
+    """Plays the network layer's persistent store: records jobs waiting for a commit."""
+
+    def __init__(self, m: Manager) -> None:
+        self.pending: list[tuple[object, Conn]] = []
+        m.on_store = lambda job, conn: self.pending.append((job, conn))
+        m.on_done = lambda job: None
+
+
+def test_failed_store_commit_fails_clients_that_joined_meanwhile(w: World) -> None:
+    hooks = StoreHooks(w.m)
+    bg, fg = w.end(), w.end()
+    bg.send(PT.SUBMIT_JOB_BG, b"f", b"u", b"x")
+    assert bg.take() == []  # no JOB_CREATED before the commit
+    h = fg.submit(b"f", b"u")  # joins the job waiting for the store
+    (job, _), = hooks.pending
+    reply = w.m.job_stored(job, False, w.clock.now)  # type: ignore[arg-type]
+    assert Packet.res(PT.ERROR, b"QUEUE_ERROR", b"QUEUE_ERROR").encode() == reply
+    assert fg.take() == [res(PT.WORK_FAIL, h)]
+
+
+def test_drop_function_refused_while_a_job_waits_for_the_store(w: World) -> None:
+    hooks = StoreHooks(w.m)
+    bg = w.end()
+    bg.send(PT.SUBMIT_JOB_BG, b"f", b"", b"x")
+    assert w.m.drop_function(b"f") == "there are still queued jobs"
+    (job, _), = hooks.pending
+    w.m.job_stored(job, True, w.clock.now)  # type: ignore[arg-type]
+    wk = w.end()
+    wk.can_do(b"f")
+    assert wk.grab().type is PT.JOB_ASSIGN
+
+
+def test_maxqueue_counts_jobs_waiting_for_the_store(w: World) -> None:
+    StoreHooks(w.m)
+    w.m.function(b"f").maxqueue = [1, 1, 1]
+    c = w.end()
+    c.send(PT.SUBMIT_JOB_BG, b"f", b"", b"one")
+    c.send(PT.SUBMIT_JOB_BG, b"f", b"", b"two")
+    assert [p.args for p in c.take()] == [(b"QUEUE_ERROR", b"Job queue is full")]
+
+
+def test_finished_jobs_are_not_kept_alive_by_their_timeout(w: World) -> None:
+    c, wk = w.end(), w.end()
+    wk.send(PT.CAN_DO_TIMEOUT, b"f", b"3600000")
+    for _ in range(10):
+        h = c.submit(b"f", data=b"x" * 1000, ptype=PT.SUBMIT_JOB_BG)
+        wk.grab_handle()
+        wk.send(PT.WORK_COMPLETE, h, b"")
+    assert not w.m.jobs
+    # The timers are still pending, but they hold no job (nor its data).
+    assert len(w.m._timeouts) == 10
+    assert all(not isinstance(part, Job) for entry in w.m._timeouts for part in entry)
