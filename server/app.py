@@ -356,6 +356,12 @@ class Server:
         writer.close()
         with trio.move_on_after(30):
             await self._store_done.wait()
+            return
+        log.error("queue store: no answer for 30 s at shutdown; giving up on it "
+                  "(jobs not yet committed will not be replayed)")
+        writer.abandon()
+        with trio.move_on_after(5):
+            await self._store_done.wait()
 
     # ------------------------------------------------------------------ accepting
 

@@ -204,3 +204,25 @@ async def test_with_sqlite_many_concurrent_adds_survive_a_restart(tmp_path: Path
     store = SqliteStore(path)
     assert sorted(j.key for j in store.replay()) == sorted(j.key for j in jobs[100:])
     store.close()
+
+
+async def test_abandon_gives_up_on_a_store_that_hangs() -> None:
+    """At shutdown a commit that never returns must not keep the server alive."""
+    store = FakeStore()
+    store.gate.clear()  # every commit blocks (up to 10 s)
+    writer = StoreWriter(store)
+    errors: list[StoreError | None] = []
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            writer.add_nowait(job(1), errors.append)
+            writer.add_nowait(job(2), errors.append)
+            await trio.sleep(0.1)  # the first commit is now stuck in its thread
+            writer.close()
+            await trio.sleep(0.1)
+            assert not errors  # close() alone waits for the store
+            writer.abandon()
+        # run() returned long before the stuck commit would have.
+    assert len(errors) == 2 and all(isinstance(e, StoreError) for e in errors)
+    assert not store.closed  # never closed under a thread still inside commit
+    store.gate.set()

@@ -63,6 +63,8 @@ class StoreWriter:
         self._wakeup = trio.Event()
         self._closing = False
         self._closed = False
+        self._abandoned = False
+        self._commit_scope: trio.CancelScope | None = None
 
     # --- API for the server ---
 
@@ -103,6 +105,15 @@ class StoreWriter:
         """Every stored job, in the order added (call before ``run`` starts committing)."""
         return await trio.to_thread.run_sync(self.store.replay)
 
+    def abandon(self) -> None:
+        """Give up on a store that does not answer (at shutdown): the commit in flight
+        and everything still queued fail, and ``run`` returns without waiting for it."""
+        self._abandoned = True
+        self._closing = True
+        self._wakeup.set()
+        if self._commit_scope is not None:
+            self._commit_scope.cancel()
+
     def close(self) -> None:
         """Ask ``run`` to flush what is queued and return."""
         self._closing = True
@@ -139,16 +150,20 @@ class StoreWriter:
         finally:
             with trio.CancelScope(shield=True):
                 try:
-                    while self._adds or self._done:
+                    while (self._adds or self._done) and not self._abandoned:
                         if not await self._commit_batch():
                             break
                 finally:
                     self._closed = True
                     self._fail_all(StoreError("the queue store is closed"))
-                    try:
-                        await trio.to_thread.run_sync(self.store.close)
-                    except Exception:
-                        log.exception("closing the queue store failed")
+                    if self._abandoned:
+                        # Its thread may still be inside commit: do not close under it.
+                        log.error("queue store abandoned without closing it")
+                    else:
+                        try:
+                            await trio.to_thread.run_sync(self.store.close)
+                        except Exception:
+                            log.exception("closing the queue store failed")
 
     async def _commit_batch(self) -> bool:
         """Commit the next batch; True if it succeeded."""
@@ -171,8 +186,14 @@ class StoreWriter:
         try:
             # Shielded, so a cancellation can neither lose the ops taken above nor
             # abandon a commit in flight; it lands at the run loop's next checkpoint.
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.store.commit, added, done)
+            # Only ``abandon()`` (a store that hangs at shutdown) gives up on it.
+            with trio.CancelScope(shield=True) as scope:
+                self._commit_scope = scope
+                await trio.to_thread.run_sync(self.store.commit, added, done,
+                                              abandon_on_cancel=True)
+            self._commit_scope = None
+            if scope.cancelled_caught:
+                raise StoreError("commit abandoned: the store did not answer")
         except Exception as exc:
             self.failures += 1
             self._failing = True
