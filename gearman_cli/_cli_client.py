@@ -88,7 +88,10 @@ class Pipeline:
         self.client = client
         self.opts = opts
         self.output = output
-        self.window = opts.window if opts.lines else 1
+        # One fixed unique key for every line (-u) would coalesce the lines in flight
+        # into one job: then run them one at a time, as the C tool does.
+        coalescing = opts.unique is not None and not opts.background
+        self.window = opts.window if opts.lines and not coalescing else 1
         self.entries: deque[_Entry] = deque()
         self.status = ExitCode.OK
         self.error: str | None = None
@@ -308,7 +311,7 @@ class Pipeline:
         # while jobs were in flight (waiting on stdin does not count).
         while True:
             deadline = self.last_progress + timeout
-            busy = self.entries or self.batches
+            busy = self.entries or any(not batch.done for batch in self.batches)
             if busy and trio.current_time() >= deadline:
                 self.fatal(ExitCode.TIMEOUT, f"timed out after {timeout * 1000:.0f} ms")
                 return
@@ -322,18 +325,25 @@ async def _read(fd: int) -> bytes:
 async def stdin_line_batches(fd: int, strip: bool) -> AsyncIterator[list[bytes]]:
     """The lines of each read of ``fd`` as soon as it returned (``strip``: without their
     newline); a last line without a newline comes last, as it is."""
-    rest = b""
+    pending: list[bytes] = []  # pieces of a line not yet ended
     while True:
         chunk = await _read(fd)
         if not chunk:
             break
-        lines = (rest + chunk if rest else chunk).split(b"\n")
-        rest = lines.pop()
-        if not lines:
+        if b"\n" not in chunk:
+            pending.append(chunk)  # only the new chunk is searched: long lines stay linear
             continue
+        if pending:
+            pending.append(chunk)
+            chunk = b"".join(pending)
+            pending = []
+        lines = chunk.split(b"\n")
+        last = lines.pop()
+        if last:
+            pending.append(last)
         yield lines if strip else [line + b"\n" for line in lines]
-    if rest:
-        yield [rest]
+    if pending:
+        yield [b"".join(pending)]
 
 
 async def stdin_all(fd: int) -> AsyncIterator[list[bytes]]:
@@ -394,4 +404,11 @@ async def main(opts: GearmanOptions) -> int:
 
 def run_client(opts: GearmanOptions) -> int:
     logging.basicConfig(level=logging.ERROR, format="gearman: %(message)s")
-    return trio.run(main, opts)
+    try:
+        return trio.run(main, opts)
+    except BaseExceptionGroup as group:
+        # trio reports Ctrl-C inside a nursery as a group holding KeyboardInterrupt.
+        interrupted, rest = group.split(KeyboardInterrupt)
+        if interrupted is not None and rest is None:
+            return int(ExitCode.INTERRUPTED)
+        raise

@@ -175,11 +175,17 @@ class WorkerRun:
     # -- running --
 
     async def _signals(self, cancel: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
+                                       signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGINT:
                     self.status = ExitCode.INTERRUPTED
-                if not self.worker_stopping:
+                if signum == signal.SIGHUP:
+                    # The terminal went away: stop now. The commands run in their own
+                    # sessions, so nothing else would stop them; cancelling kills their
+                    # process groups (and their jobs go back to the queue).
+                    cancel.cancel()
+                elif not self.worker_stopping:
                     self.worker_stopping = True
                     self.worker.stop()
                 else:

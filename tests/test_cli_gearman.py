@@ -453,3 +453,75 @@ def test_reference_client_with_our_worker(any_server: RunningServer,
     with worker(any_server, "reverse", "rev"):
         done = run(REF_GEARMAN, *server_args(any_server), "-f", "reverse", "Hello World!")
     assert (done.returncode, done.stdout) == (0, b"!dlroW olleH")
+
+
+# ---------------------------------------------------------------- review regressions
+
+
+def test_lines_with_one_unique_key_each_get_their_own_result(
+        any_server: RunningServer) -> None:
+    # Pipelined, the lines would coalesce onto one job (same unique); like the C tool,
+    # each line runs on its own and prints its own result.
+    with worker(any_server, "rev", "rev"):
+        done = gearman(any_server, "-n", "-u", "same", "-f", "rev",
+                       input=b"abc\ndef\nghi\n")
+    assert (done.returncode, done.stdout) == (0, b"cba\nfed\nihg\n")
+
+
+def test_ctrl_c_in_client_mode_is_one_exit_code_no_traceback(
+        any_server: RunningServer) -> None:
+    with spawn(GEARMAN, *server_args(any_server), "-n", "-f", "nobody",
+               stdin=subprocess.PIPE) as client:
+        time.sleep(0.5)
+        client.send_signal(signal.SIGINT)
+        _, err = client.communicate(timeout=TIMEOUT)
+    assert client.returncode == 130
+    assert b"Traceback" not in err
+
+
+def test_background_lines_timeout_does_not_count_waiting_on_stdin(
+        any_server: RunningServer) -> None:
+    read, write = os.pipe()
+    with spawn(GEARMAN, *server_args(any_server), "-n", "-b", "-t", "500", "-f", "bgslow",
+               stdin=read) as client:
+        os.close(read)
+        os.write(write, b"a\n")
+        time.sleep(1.5)  # three timeouts long, waiting on stdin only
+        os.write(write, b"b\n")
+        os.close(write)
+        _, err = client.communicate(timeout=TIMEOUT)
+    assert client.returncode == 0, err
+    wait_status(any_server, b"bgslow", (2, 0, 0))
+
+
+def test_long_line_is_linear_not_quadratic(any_server: RunningServer) -> None:
+    line = b"a" * (8 << 20) + b"\n"
+    start = time.monotonic()
+    done = gearman(any_server, "-n", "-b", "-f", "longline", input=line)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - start < 10
+    wait_status(any_server, b"longline", (1, 0, 0))
+
+
+def test_sighup_stops_the_worker_and_its_command(any_server: RunningServer,
+                                                  tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    script = f"echo $$ > {marker}; exec sleep 60"
+    with worker(any_server, "hup", "sh", "-c", script) as proc, spawn(
+            GEARMAN, *server_args(any_server), "-f", "hup", "x"):
+        wait_status(any_server, b"hup", (1, 1, 1))
+        deadline = time.monotonic() + 5
+        while not marker.exists() or not marker.read_text().strip():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        child = int(marker.read_text())
+        proc.send_signal(signal.SIGHUP)
+        proc.wait(TIMEOUT)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "the command outlived its worker"
+            time.sleep(0.05)
