@@ -18,6 +18,7 @@ import pytest
 
 from protocol import PacketType as PT
 from protocol import __version__
+from tests.cli_helpers import status, wait_status
 from tests.conftest import REFERENCE_GEARADMIN, REFERENCE_GEARMAN, RunningServer
 from tests.wire import Wire, WireTimeout, connect
 
@@ -42,26 +43,6 @@ def gearadmin(server: RunningServer, *args: str) -> subprocess.CompletedProcess[
     return subprocess.run(
         [REFERENCE_GEARADMIN, "-h", "127.0.0.1", "-p", str(server.port), *args],
         stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT, check=False)
-
-
-def status(server: RunningServer) -> dict[bytes, tuple[int, int, int]]:
-    """``status`` as {function: (total, running, workers)}, read over the wire."""
-    with connect(server.port) as admin:
-        reply = admin.admin("status")
-    out = {}
-    for line in reply[:-2].splitlines():
-        name, total, running, workers = line.split(b"\t")
-        out[name] = (int(total), int(running), int(workers))
-    return out
-
-
-def wait_status(server: RunningServer, fn: bytes, want: tuple[int, int, int],
-                timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while (got := status(server).get(fn)) != want:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"status of {fn!r} is {got}, waited for {want}")
-        time.sleep(0.05)
 
 
 @contextmanager
