@@ -31,7 +31,8 @@ class AdminContext:
 
 
 def _loopback(address: str) -> bool:
-    return address.startswith("127.") or address in ("::1", "-") or address.startswith(
+    """Whether a peer address is loopback. An unknown address ("-") is never trusted."""
+    return address.startswith("127.") or address == "::1" or address.startswith(
         "::ffff:127.")
 
 

@@ -37,6 +37,15 @@ log = logging.getLogger(__name__)
 _RECEIVE_SIZE: Final = 64 * 1024
 #: Accept errors that mean "out of resources": wait and retry instead of dying.
 _ACCEPT_RETRY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+#: Accept errors about one connection that was gone before it was accepted: skip it.
+_ACCEPT_SKIP_ERRNOS: Final = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+
+
+def _host(peer: object) -> str:
+    """The host part of an address accept(2) returned; "-" when there is none."""
+    if isinstance(peer, tuple) and peer and isinstance(peer[0], str) and peer[0]:
+        return peer[0]
+    return "-"
 
 
 class Hold:
@@ -390,24 +399,39 @@ class Server:
 
     async def _accept_loop(
         self, listener: trio.SocketListener,
-        handler: Callable[[trio.SocketStream], Awaitable[None]] | None = None,
+        handler: Callable[[trio.SocketStream, str], Awaitable[None]] | None = None,
     ) -> None:
         """Accept until cancelled; each connection runs ``handler`` (the Gear protocol by
         default) in the server's nursery, so it outlives the accept loop."""
         nursery = self._nursery
         assert nursery is not None
         handle = handler or self._handle_connection
+        sock = listener.socket
+        failures = 0
+        quiet_until = 0.0
         while True:
             try:
-                stream = await listener.accept()
+                # The peer's address as accept(2) gives it: asking later (getpeername)
+                # fails once the peer has reset, and an unknown address is never trusted.
+                raw, peer = await sock.accept()
             except OSError as exc:
+                if exc.errno in _ACCEPT_SKIP_ERRNOS:
+                    continue
                 if exc.errno in _ACCEPT_RETRY_ERRNOS:
-                    log.error("accept failed (%s); retrying in 100 ms", exc)
+                    # Logged once per 10 s with a count, not ten times a second.
+                    failures += 1
+                    now = time.monotonic()
+                    if now >= quiet_until:
+                        log.error("accept failed (%s); retrying every 100 ms "
+                                  "(%d failures since the last report)", exc, failures)
+                        failures = 0
+                        quiet_until = now + 10
                     await trio.sleep(0.1)
                     continue
                 raise
+            stream = trio.SocketStream(raw)
             self._configure(stream)
-            nursery.start_soon(handle, stream)
+            nursery.start_soon(handle, stream, _host(peer))
 
     def _configure(self, stream: trio.SocketStream) -> None:
         sock = stream.socket
@@ -426,14 +450,9 @@ class Server:
 
     # ------------------------------------------------------------------ connections
 
-    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+    async def _handle_connection(self, stream: trio.SocketStream, address: str) -> None:
         """One connection's life: registered with the reactor for reading, its writer
         task finishing slow writes, and the clean-up when either side ends it."""
-        try:
-            peername = stream.socket.getpeername()
-            address = str(peername[0])
-        except OSError:
-            address = "-"
         peer = PeerConnection(stream, self.config.max_outgoing_buffer, self._dirty)
         conn = self.manager.connect(peer, address)
         peer.cid = conn.id

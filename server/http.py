@@ -419,8 +419,8 @@ async def serve_http(server: Server, *, task_status: trio.TaskStatus[list[tuple[
             log.info("HTTP: listening on %s:%d", *address)
         task_status.started(addresses)
 
-        async def handle(stream: trio.SocketStream) -> None:
-            await _handle_connection(server, stream)
+        async def handle(stream: trio.SocketStream, address: str) -> None:
+            await _handle_connection(server, stream, address)
 
         async with trio.open_nursery() as nursery:
             for listener in listeners:
@@ -431,11 +431,8 @@ async def serve_http(server: Server, *, task_status: trio.TaskStatus[list[tuple[
                 await listener.aclose()
 
 
-async def _handle_connection(server: Server, stream: trio.SocketStream) -> None:
-    try:
-        address = str(stream.socket.getpeername()[0])
-    except OSError:
-        address = "-"
+async def _handle_connection(server: Server, stream: trio.SocketStream,
+                             address: str) -> None:
     connection = HttpConnection(server, stream, address)
     log.info("connection %d: HTTP accepted from %s", connection.cid, address)
     await connection.run()

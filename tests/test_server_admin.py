@@ -290,6 +290,15 @@ def test_mutating_commands_allowed_from_anywhere_when_configured() -> None:
     assert adm.shutdowns == [False]
 
 
+@pytest.mark.parametrize("address", ["-", "", "localhost", "128.0.0.1", "::2"])
+def test_unknown_or_non_loopback_addresses_may_not_mutate(address: str) -> None:
+    # Issue 12 item 2: "-" (address unknown, e.g. the peer reset before getpeername) was
+    # trusted as loopback, so "shutdown" + an immediate RST stopped the server from anywhere.
+    adm = Admin(address)
+    assert adm(b"shutdown\n").startswith(b"ERR PERMISSION_DENIED")
+    assert adm.shutdowns == []
+
+
 @pytest.mark.parametrize("address", ["::1", "127.0.0.1", "127.9.9.9", "::ffff:127.0.0.1"])
 def test_loopback_addresses_may_mutate(address: str) -> None:
     adm = Admin(address)
