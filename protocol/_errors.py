@@ -10,16 +10,16 @@ class ProtocolError(Exception):
 class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that break the protocol.
 
-    ``code`` and ``text`` are what to answer with in an ERROR packet (or an ERR
-    line on the admin protocol); ``fatal`` says whether the stream can no longer
-    be framed and the connection must be closed after the answer.
+    ``code`` and ``text`` are what to answer with; ``admin`` says whether the error is
+    in an admin text line (answer with an ERR line) rather than a binary packet (answer
+    with an ERROR packet). The stream can no longer be framed after either.
     """
 
-    def __init__(self, text: str, *, code: str = "INVALID_PACKET", fatal: bool = True) -> None:
+    def __init__(self, text: str, *, code: str = "INVALID_PACKET", admin: bool = False) -> None:
         super().__init__(text)
         self.code = code
         self.text = text
-        self.fatal = fatal
+        self.admin = admin
 
 
 class LocalProtocolError(ProtocolError):

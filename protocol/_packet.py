@@ -49,11 +49,6 @@ class Packet(tuple[Magic, PacketType, tuple[bytes, ...]]):
         return tuple.__new__(cls, (Magic(magic), ptype, tuple(bytes(a) for a in args)))
 
     @classmethod
-    def _trusted(cls, magic: Magic, ptype: PacketType, args: tuple[bytes, ...]) -> Packet:
-        """Build without checks; for the parser, whose split already guarantees them."""
-        return tuple.__new__(cls, (magic, ptype, args))
-
-    @classmethod
     def res(cls, type: PacketType | int, *args: bytes) -> Packet:
         """A server-to-peer packet."""
         return cls(type, args, Magic.RES)

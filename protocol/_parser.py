@@ -157,7 +157,7 @@ class Parser:
                         )
                     )
             self._pos = end
-            # Packet._trusted, inlined: the split already guarantees arity and NULs.
+            # No Packet checks: the split already guarantees arity and NUL placement.
             return _new_packet(Packet, (kind[0], kind[1], args))
         # An admin text line. Its length excludes the line end, so a line that
         # fits with "\n" also fits with "\r\n" (decisions.md, Admin).
@@ -166,13 +166,14 @@ class Parser:
             if avail - (buf[-1] == 13) > self.max_line_length:
                 raise self._fail(
                     RemoteProtocolError(
-                        "admin line too long", code="ARGUMENT_TOO_LARGE"
+                        "admin line too long", code="ARGUMENT_TOO_LARGE", admin=True
                     )
                 )
             return self._need(avail)
         if nl - pos - (nl > pos and buf[nl - 1] == 13) > self.max_line_length:
             raise self._fail(
-                RemoteProtocolError("admin line too long", code="ARGUMENT_TOO_LARGE")
+                RemoteProtocolError("admin line too long", code="ARGUMENT_TOO_LARGE",
+                                    admin=True)
             )
         line = bytes(buf[pos:nl])
         self._pos = nl + 1

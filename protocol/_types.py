@@ -63,81 +63,71 @@ class PacketType(enum.IntEnum):
     STATUS_RES_UNIQUE = 42
 
 
-class Direction(enum.Flag):
-    """Who may send a packet type: a client/worker (REQ), the server (RES), or both."""
-
-    REQ = enum.auto()
-    RES = enum.auto()
-    BOTH = REQ | RES
-
-
 class PacketSpec(NamedTuple):
-    """Argument names (the last one is the opaque tail) and direction of one type."""
+    """Argument names of one packet type (the last one is the opaque tail)."""
 
     args: tuple[str, ...]
-    direction: Direction
 
 
 _SUBMIT_ARGS: Final = ("function", "unique", "data")
-_R, _S, _B = Direction.REQ, Direction.RES, Direction.BOTH
 
-#: The one table: argument names and direction per packet type (spec §1.2).
+#: The one table: argument names per packet type (spec §1.2).
 #: SUBMIT_REDUCE_JOB has four NUL-terminated arguments before the data, as
 #: libgearman sends it (the aggregator is always empty).
 PACKET_SPECS: Final[dict[PacketType, PacketSpec]] = {
-    PacketType.CAN_DO: PacketSpec(("function",), _R),
-    PacketType.CANT_DO: PacketSpec(("function",), _R),
-    PacketType.RESET_ABILITIES: PacketSpec((), _R),
-    PacketType.PRE_SLEEP: PacketSpec((), _R),
-    PacketType.UNUSED_5: PacketSpec((), _R),
-    PacketType.NOOP: PacketSpec((), _S),
-    PacketType.SUBMIT_JOB: PacketSpec(_SUBMIT_ARGS, _R),
-    PacketType.JOB_CREATED: PacketSpec(("handle",), _S),
-    PacketType.GRAB_JOB: PacketSpec((), _R),
-    PacketType.NO_JOB: PacketSpec((), _S),
-    PacketType.JOB_ASSIGN: PacketSpec(("handle", "function", "data"), _S),
-    PacketType.WORK_STATUS: PacketSpec(("handle", "numerator", "denominator"), _B),
-    PacketType.WORK_COMPLETE: PacketSpec(("handle", "data"), _B),
-    PacketType.WORK_FAIL: PacketSpec(("handle",), _B),
-    PacketType.GET_STATUS: PacketSpec(("handle",), _R),
-    PacketType.ECHO_REQ: PacketSpec(("data",), _R),
-    PacketType.ECHO_RES: PacketSpec(("data",), _S),
-    PacketType.SUBMIT_JOB_BG: PacketSpec(_SUBMIT_ARGS, _R),
-    PacketType.ERROR: PacketSpec(("code", "text"), _S),
+    PacketType.CAN_DO: PacketSpec(("function",)),
+    PacketType.CANT_DO: PacketSpec(("function",)),
+    PacketType.RESET_ABILITIES: PacketSpec(()),
+    PacketType.PRE_SLEEP: PacketSpec(()),
+    PacketType.UNUSED_5: PacketSpec(()),
+    PacketType.NOOP: PacketSpec(()),
+    PacketType.SUBMIT_JOB: PacketSpec(_SUBMIT_ARGS),
+    PacketType.JOB_CREATED: PacketSpec(("handle",)),
+    PacketType.GRAB_JOB: PacketSpec(()),
+    PacketType.NO_JOB: PacketSpec(()),
+    PacketType.JOB_ASSIGN: PacketSpec(("handle", "function", "data")),
+    PacketType.WORK_STATUS: PacketSpec(("handle", "numerator", "denominator")),
+    PacketType.WORK_COMPLETE: PacketSpec(("handle", "data")),
+    PacketType.WORK_FAIL: PacketSpec(("handle",)),
+    PacketType.GET_STATUS: PacketSpec(("handle",)),
+    PacketType.ECHO_REQ: PacketSpec(("data",)),
+    PacketType.ECHO_RES: PacketSpec(("data",)),
+    PacketType.SUBMIT_JOB_BG: PacketSpec(_SUBMIT_ARGS),
+    PacketType.ERROR: PacketSpec(("code", "text")),
     PacketType.STATUS_RES: PacketSpec(
-        ("handle", "known", "running", "numerator", "denominator"), _S
+        ("handle", "known", "running", "numerator", "denominator")
     ),
-    PacketType.SUBMIT_JOB_HIGH: PacketSpec(_SUBMIT_ARGS, _R),
-    PacketType.SET_CLIENT_ID: PacketSpec(("id",), _R),
-    PacketType.CAN_DO_TIMEOUT: PacketSpec(("function", "timeout"), _R),
-    PacketType.ALL_YOURS: PacketSpec((), _R),
-    PacketType.WORK_EXCEPTION: PacketSpec(("handle", "data"), _B),
-    PacketType.OPTION_REQ: PacketSpec(("option",), _R),
-    PacketType.OPTION_RES: PacketSpec(("option",), _S),
-    PacketType.WORK_DATA: PacketSpec(("handle", "data"), _B),
-    PacketType.WORK_WARNING: PacketSpec(("handle", "data"), _B),
-    PacketType.GRAB_JOB_UNIQ: PacketSpec((), _R),
-    PacketType.JOB_ASSIGN_UNIQ: PacketSpec(("handle", "function", "unique", "data"), _S),
-    PacketType.SUBMIT_JOB_HIGH_BG: PacketSpec(_SUBMIT_ARGS, _R),
-    PacketType.SUBMIT_JOB_LOW: PacketSpec(_SUBMIT_ARGS, _R),
-    PacketType.SUBMIT_JOB_LOW_BG: PacketSpec(_SUBMIT_ARGS, _R),
+    PacketType.SUBMIT_JOB_HIGH: PacketSpec(_SUBMIT_ARGS),
+    PacketType.SET_CLIENT_ID: PacketSpec(("id",)),
+    PacketType.CAN_DO_TIMEOUT: PacketSpec(("function", "timeout")),
+    PacketType.ALL_YOURS: PacketSpec(()),
+    PacketType.WORK_EXCEPTION: PacketSpec(("handle", "data")),
+    PacketType.OPTION_REQ: PacketSpec(("option",)),
+    PacketType.OPTION_RES: PacketSpec(("option",)),
+    PacketType.WORK_DATA: PacketSpec(("handle", "data")),
+    PacketType.WORK_WARNING: PacketSpec(("handle", "data")),
+    PacketType.GRAB_JOB_UNIQ: PacketSpec(()),
+    PacketType.JOB_ASSIGN_UNIQ: PacketSpec(("handle", "function", "unique", "data")),
+    PacketType.SUBMIT_JOB_HIGH_BG: PacketSpec(_SUBMIT_ARGS),
+    PacketType.SUBMIT_JOB_LOW: PacketSpec(_SUBMIT_ARGS),
+    PacketType.SUBMIT_JOB_LOW_BG: PacketSpec(_SUBMIT_ARGS),
     PacketType.SUBMIT_JOB_SCHED: PacketSpec(
-        ("function", "unique", "minute", "hour", "mday", "month", "wday", "data"), _R
+        ("function", "unique", "minute", "hour", "mday", "month", "wday", "data")
     ),
-    PacketType.SUBMIT_JOB_EPOCH: PacketSpec(("function", "unique", "epoch", "data"), _R),
+    PacketType.SUBMIT_JOB_EPOCH: PacketSpec(("function", "unique", "epoch", "data")),
     PacketType.SUBMIT_REDUCE_JOB: PacketSpec(
-        ("function", "unique", "reducer", "aggregator", "data"), _R
+        ("function", "unique", "reducer", "aggregator", "data")
     ),
     PacketType.SUBMIT_REDUCE_JOB_BACKGROUND: PacketSpec(
-        ("function", "unique", "reducer", "aggregator", "data"), _R
+        ("function", "unique", "reducer", "aggregator", "data")
     ),
-    PacketType.GRAB_JOB_ALL: PacketSpec((), _R),
+    PacketType.GRAB_JOB_ALL: PacketSpec(()),
     PacketType.JOB_ASSIGN_ALL: PacketSpec(
-        ("handle", "function", "unique", "reducer", "data"), _S
+        ("handle", "function", "unique", "reducer", "data")
     ),
-    PacketType.GET_STATUS_UNIQUE: PacketSpec(("unique",), _R),
+    PacketType.GET_STATUS_UNIQUE: PacketSpec(("unique",)),
     PacketType.STATUS_RES_UNIQUE: PacketSpec(
-        ("unique", "known", "running", "numerator", "denominator", "waiting"), _S
+        ("unique", "known", "running", "numerator", "denominator", "waiting")
     ),
 }
 

@@ -19,6 +19,7 @@ from click.core import ParameterSource
 from protocol import __version__
 from server import logs
 from server.config import ServerConfig
+from server.store import registry
 
 PROG = "gearmand"
 DEFAULT_PORT = "4730"
@@ -29,13 +30,12 @@ VERSION_LINE = f"{PROG} {__version__} - the Gearman toolkit for Python"
 
 #: ``-q`` names we know (lower case; the reference's are case-insensitive: ``Postgres``,
 #: ``MySQL``). ``flatfile`` is ours: an embedded store that needs nothing outside Python.
-QUEUE_TYPES: tuple[str, ...] = (
-    "builtin", "flatfile", "libsqlite3", "postgres", "mysql", "libmemcached", "redis",
-)
+QUEUE_TYPES: tuple[str, ...] = tuple(q.name for q in registry.QUEUE_TYPES)
 
 GENERAL = "General options"
 OURS = "Options of this server (not in the reference)"
 HTTP = "HTTP"
+MEMCACHED = "memcached"
 GEAR = "Gear"
 
 
@@ -138,36 +138,19 @@ def _opt(*decls: str, section: str = GENERAL, **kwargs: Any) -> _Option:
     return _Option(list(decls), section=section, **kwargs)
 
 
-def _queue_opt(name: str, section: str, help_: str, default: str | None = None,
-               flag: bool = False) -> _Option:
-    extra = f" (the store's default: {default})" if default is not None else ""
-    if flag:
-        return _opt(f"--{name}", section=section, is_flag=True, help=help_)
-    return _opt(f"--{name}", section=section, metavar="ARG", help=help_ + extra)
+def _queue_opt(queue: registry.QueueType, option: registry.QueueOption) -> _Option:
+    if option.flag:
+        return _opt(f"--{option.name}", section=queue.section, is_flag=True, help=option.help)
+    extra = f" (default: {option.default})" if option.default else ""
+    if option.default is None:
+        extra = f" (required with -q {queue.name})"
+    return _opt(f"--{option.name}", section=queue.section, metavar="ARG",
+                help=option.help + extra)
 
 
-#: The queue modules' options (spec §4.3), passed to the store as (name, value) pairs.
-QUEUE_OPTIONS: tuple[_Option, ...] = (
-    _queue_opt("flatfile-file", "flatfile", "Journal file of the embedded flat-file store."),
-    _queue_opt("libmemcached-servers", "libmemcached", "List of Memcached servers to use."),
-    _queue_opt("libmemcached-prefix", "libmemcached", "Prefix to use in memcached keys",
-               "gear_"),
-    _queue_opt("libsqlite3-db", "libsqlite3", "Database file to use."),
-    _queue_opt("store-queue-on-shutdown", "libsqlite3", "Store queue on shutdown.", flag=True),
-    _queue_opt("libsqlite3-table", "libsqlite3", "Table to use.", "gearman_queue"),
-    _queue_opt("libpq-conninfo", "Postgres", "PostgreSQL connection information string."),
-    _queue_opt("libpq-table", "Postgres", "Table to use.", "queue"),
-    _queue_opt("redis-server", "redis", "Redis server", "127.0.0.1"),
-    _queue_opt("redis-port", "redis", "Redis server port/service", "6379"),
-    _queue_opt("redis-password", "redis", "Redis server password/service"),
-    _queue_opt("redis-prefix", "redis", "Prefix to use in redis keys", "_gear_"),
-    _queue_opt("mysql-host", "MySQL", "MySQL host.", "localhost"),
-    _queue_opt("mysql-port", "MySQL", "Port of server.", "3306"),
-    _queue_opt("mysql-user", "MySQL", "MySQL user."),
-    _queue_opt("mysql-password", "MySQL", "MySQL user password."),
-    _queue_opt("mysql-db", "MySQL", "MySQL database."),
-    _queue_opt("mysql-table", "MySQL", "MySQL table name.", "gearman_queue"),
-)
+#: The queue modules' options (spec §4.3), from the one registry; passed to the store as
+#: (name, value) pairs.
+QUEUE_OPTIONS: tuple[_Option, ...] = tuple(_queue_opt(q, o) for q, o in registry.all_options())
 
 #: Accepted by the parser, refused at once: we have no TLS (spec §4.2).
 REFUSED_SSL = ("ssl", "ssl_ca_file", "ssl_certificate", "ssl_key")
@@ -211,7 +194,7 @@ PARAMS: list[click.Parameter] = [
          help="File to write process ID out to (removed on exit). Failing to write the "
               "default one is ignored; failing to write one given here is fatal."),
     _opt("-r", "--protocol", multiple=True, metavar="NAME",
-         help="Load protocol module (the only one is 'http')."),
+         help="Load protocol module: 'http' or 'memcached' (may be given more than once)."),
     _opt("-R", "--round-robin", is_flag=True,
          help="Accepted for compatibility: work is always rotated fairly between a "
               "worker's functions."),
@@ -255,6 +238,8 @@ PARAMS: list[click.Parameter] = [
          help="Largest packet a peer may send."),
     _opt("--http-port", section=HTTP, type=_Int(0), default=8080,
          metavar="PORT", help="Port to listen on (with -r http)."),
+    _opt("--memcached-port", section=MEMCACHED, type=_Int(0), default=11211,
+         metavar="PORT", help="Port to listen on (with -r memcached)."),
     _opt("-p", "--port", section=GEAR, default=DEFAULT_PORT, metavar="PORT",
          help="Port or service name the server should listen on. GEARMAND_PORT in the "
               "environment replaces the default; 0 picks a free port."),
@@ -408,14 +393,16 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
                            "yet; put a TLS proxy in front of it")
     protocols: list[str] = []
     for protocol in values["protocol"]:
-        if protocol != "http":
+        if protocol not in ("http", "memcached"):
             raise CliError(f"Unknown protocol module : {protocol}")
         if protocol not in protocols:
             protocols.append(protocol)
     if values["graceful_timeout"] < 0:
         raise CliError("invalid value for --graceful-timeout: it cannot be negative")
-    if values["http_port"] > 65535:
-        raise CliError("invalid value for --http-port: it must be at most 65535")
+    for port_option in ("http_port", "memcached_port"):
+        if values[port_option] > 65535:
+            flag = "--" + port_option.replace("_", "-")
+            raise CliError(f"invalid value for {flag}: it must be at most 65535")
     if values["hashtable_buckets"] <= 0:
         raise CliError("hashtable-buckets has to be greater than 0")
 
@@ -427,6 +414,8 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     notes: list[str] = []
     if given("http_port") and "http" not in protocols:
         notes.append("--http-port has no effect without -r http")
+    if given("memcached_port") and "memcached" not in protocols:
+        notes.append("--memcached-port has no effect without -r memcached")
     if given("threads"):
         notes.append(f"-t {values['threads']} ignored: this server is single-threaded (trio)")
     if given("hashtable_buckets"):
@@ -447,7 +436,6 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         backlog=values["backlog"],
         job_retries=None if retries == -1 else retries,
         worker_wakeup=values["worker_wakeup"],
-        round_robin=values["round_robin"],
         exceptions=values["exceptions"],
         keepalive=values["keepalive"],
         keepalive_idle=values["keepalive_idle"],
@@ -464,6 +452,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         version=__version__,
         protocols=tuple(protocols),
         http_port=values["http_port"],
+        memcached_port=values["memcached_port"],
         **prefix_kw,
     )
     return Invocation(

@@ -26,8 +26,6 @@ class ServerConfig:
     job_retries: int | None = None
     #: NOOPs per queued job; 0 = wake every sleeping worker.
     worker_wakeup: int = 0
-    #: Accepted for compatibility; rotation between functions is always on.
-    round_robin: bool = False
     #: Every connection starts with the ``exceptions`` option on.
     exceptions: bool = False
     keepalive: bool = False
@@ -50,7 +48,12 @@ class ServerConfig:
     verbose: str = "ERROR"
     #: Version string answered to the ``version`` admin command.
     version: str = "0.1.0"
-    #: Protocol modules loaded with ``-r`` (only "http" exists).
+    #: Front-ends loaded with ``-r`` besides Gear: "http", "memcached".
     protocols: tuple[str, ...] = ()
     #: ``--http-port``: the HTTP front-end's port on the ``-L`` addresses (0 = any free one).
     http_port: int = 8080
+    #: ``--memcached-port``: the memcached front-end's port (0 = any free one).
+    memcached_port: int = 11211
+    #: How the Gear front-end reads its connections: "auto" (epoll where the platform
+    #: has it), "epoll" or "streams" (a trio task per connection; portable).
+    transport: str = "auto"

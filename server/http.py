@@ -1,9 +1,9 @@
 """gearmand's HTTP front-end (``-r http``): an h11 codec plus a translator onto the job manager.
 
-One trio task per HTTP connection turns each request into one ``Manager.submit`` and the
-``\\0RES`` packets the manager delivers back into one HTTP response (spec §4.4; where it and
-decisions.md disagree, decisions.md wins: no default coalescing, streamed WORK_DATA,
-keep-alive, real status codes).
+One trio task per HTTP connection turns each request into one ``Manager.submit``, and
+the packets the core delivers back (through a ``PacketPeer``) into one HTTP response:
+no coalescing unless asked for, streamed WORK_DATA, keep-alive, real status codes
+(``docs/architecture.md`` has the mapping).
 """
 
 from __future__ import annotations
@@ -11,16 +11,14 @@ from __future__ import annotations
 import logging
 import time
 import urllib.parse
-from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import h11
 import trio
 
-from protocol import HEADER_SIZE, NEED_DATA, Packet, PacketType, Parser, Priority, ProtocolError
+from protocol import PacketType, Priority
 
-if TYPE_CHECKING:
-    from .app import Server
+from .host import Address, Host, PacketPeer, bind, serve_listeners
 
 log = logging.getLogger(__name__)
 
@@ -56,77 +54,6 @@ def header_value(data: bytes) -> bytes:
     return urllib.parse.quote_from_bytes(data, safe=_HEADER_SAFE).encode("ascii")
 
 
-def _packet_size(packet: Packet) -> int:
-    args = packet.args
-    return HEADER_SIZE + sum(len(a) for a in args) + max(len(args) - 1, 0)
-
-
-class HttpPeer:
-    """The Peer the manager delivers to: its ``\\0RES`` packets, decoded for the HTTP task.
-
-    ``deliver`` never blocks: it parses and wakes the connection's task. Past ``limit``
-    bytes not yet taken by that task the peer overflows and the connection is dropped,
-    even while its task waits for the client to read (``scope`` is cancelled).
-    """
-
-    __slots__ = ("_packets", "_parser", "_wake", "cid", "limit", "overflowed", "pending",
-                 "scope")
-
-    def __init__(self, limit: int) -> None:
-        self.cid = 0
-        self.limit = limit
-        self.pending = 0
-        self.overflowed = False
-        self._parser = Parser(max_packet_size=limit)
-        self._packets: deque[Packet] = deque()
-        self._wake = trio.Event()
-        #: The connection task's scope, cancelled on overflow.
-        self.scope = trio.CancelScope()
-
-    def deliver(self, data: bytes) -> None:
-        if self.overflowed or not data:
-            return
-        self.pending += len(data)
-        if self.pending > self.limit:
-            log.warning("connection %d: HTTP client does not read (%d bytes pending); "
-                        "dropping", self.cid, self.pending)
-            self._overflow()
-            return
-        parser = self._parser
-        parser.receive_data(data)
-        try:
-            while True:
-                event = parser.next_event()
-                if event is NEED_DATA:
-                    break
-                if isinstance(event, Packet):
-                    self._packets.append(event)
-        except ProtocolError as exc:  # our own encoder wrote it: a bug, but never crash
-            log.error("connection %d: undecodable reply for HTTP: %s", self.cid, exc)
-            self._overflow()
-            return
-        self._wake.set()
-
-    def _overflow(self) -> None:
-        self.overflowed = True
-        self._packets.clear()
-        self._wake.set()
-        self.scope.cancel()
-
-    async def next_packet(self) -> Packet:
-        """The next packet the manager sent; raises ``_Dropped`` once overflowed."""
-        while not self._packets:
-            if self.overflowed:
-                raise _Dropped("too much output pending")
-            await self._wake.wait()
-            self._wake = trio.Event()
-        if self.overflowed:
-            raise _Dropped("too much output pending")
-        packet = self._packets.popleft()
-        self.pending -= _packet_size(packet)
-        return packet
-
-
 class _Answer:
     """What the worker said so far about the job one request waits for."""
 
@@ -156,15 +83,15 @@ class _Answer:
 class HttpConnection:
     """One HTTP client: requests read with h11, each answered from the manager's packets."""
 
-    def __init__(self, server: Server, stream: trio.SocketStream, address: str) -> None:
-        config = server.config
-        self.server = server
-        self.manager = server.manager
+    def __init__(self, host: Host, stream: trio.SocketStream, address: str) -> None:
+        config = host.config
+        self.host = host
+        self.manager = host.manager
         self.stream = stream
         self.max_body = config.max_packet_size
         #: Bytes of answer held for this client (pending packets or a collected body).
         self.limit = config.max_packet_size + 4 * config.max_outgoing_buffer
-        self.peer = HttpPeer(self.limit)
+        self.peer = PacketPeer(self.limit)
         self.conn = self.manager.connect(self.peer, address)
         # decisions.md: an HTTP client hears of exceptions (500 with the text), not WORK_FAIL.
         self.conn.exceptions = True
@@ -184,6 +111,8 @@ class HttpConnection:
                     pass
             if self.peer.overflowed:
                 raise _Dropped("too much output pending")
+        except OverflowError as exc:
+            log.warning("connection %d: dropped: %s", self.cid, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("connection %d: %s", self.cid, exc or "closed by peer")
         except _Dropped as exc:
@@ -193,7 +122,7 @@ class HttpConnection:
         finally:
             # A foreground job still running loses this client, as when a Gear client leaves.
             self.manager.disconnect(self.conn, time.time())
-            self.server._flush_soon()
+            self.host.changed()
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
             log.info("connection %d: closed", self.cid)
@@ -277,7 +206,7 @@ class HttpConnection:
         self.manager.submit(self.conn, function, unique, workload, int(priority), background,
                             time.time())
         # The submit may have woken workers on other connections.
-        self.server._flush_soon()
+        self.host.changed()
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch, nursery.cancel_scope)
@@ -311,8 +240,7 @@ class HttpConnection:
         streaming = False
         answer = _Answer()
         while True:
-            packet = await self.peer.next_packet()
-            ptype, args = packet.type, packet.args
+            ptype, args = await self.peer.next_packet()
             if ptype == PT.JOB_CREATED:
                 answer.handle = args[0]
                 if background:
@@ -406,33 +334,43 @@ class HttpConnection:
 # ---------------------------------------------------------------------- listening
 
 
-async def serve_http(server: Server, *, task_status: trio.TaskStatus[list[tuple[str, int]]]
-                     = trio.TASK_STATUS_IGNORED) -> None:
-    """Listen on ``--http-port`` at the ``-L`` addresses; report them; accept until cancelled.
+class HttpFrontEnd:
+    """``-r http``: HTTP/1.1 on ``--http-port`` at the ``-L`` addresses."""
 
-    Connections run in the server's nursery, so they outlive the accept loop during a
-    graceful shutdown as Gear connections do.
-    """
-    listeners, addresses = await server.bind(server.config.http_port)
-    try:
-        for address in addresses:
+    name = "http"
+
+    def __init__(self, host: Host, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.addresses: list[Address] = []
+        self._connections: set[HttpConnection] = set()
+        self._stopped = False
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[Address]]
+                    = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, report the addresses, accept until cancelled. Connections run in the
+        server's nursery, so they outlive the accept loop during a graceful shutdown."""
+        listeners, self.addresses = await bind(self.host.config, self.port)
+        for address in self.addresses:
             log.info("HTTP: listening on %s:%d", *address)
-        task_status.started(addresses)
+        task_status.started(list(self.addresses))
+        await serve_listeners(self.host, listeners, self._connection)
 
-        async def handle(stream: trio.SocketStream, address: str) -> None:
-            await _handle_connection(server, stream, address)
+    def flush(self) -> None:
+        """Nothing to do: each connection's task writes its own answers."""
 
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(server._accept_loop, listener, handle)
-    finally:
-        for listener in listeners:
-            with trio.CancelScope(shield=True):
-                await listener.aclose()
+    def stop_reading(self) -> None:
+        self._stopped = True
+        for connection in list(self._connections):
+            connection.peer.scope.cancel()
 
-
-async def _handle_connection(server: Server, stream: trio.SocketStream,
-                             address: str) -> None:
-    connection = HttpConnection(server, stream, address)
-    log.info("connection %d: HTTP accepted from %s", connection.cid, address)
-    await connection.run()
+    async def _connection(self, stream: trio.SocketStream, address: str) -> None:
+        connection = HttpConnection(self.host, stream, address)
+        log.info("connection %d: HTTP accepted from %s", connection.cid, address)
+        if self._stopped:
+            connection.peer.scope.cancel()
+        self._connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self._connections.discard(connection)

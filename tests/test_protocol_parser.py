@@ -186,7 +186,7 @@ def test_garbage_raises_only_remote_protocol_error(
 def test_missing_nul_is_invalid_packet(ptype: PacketType, payload: bytes) -> None:
     exc = expect_error(header(ptype, len(payload)) + payload)
     assert exc.code == "INVALID_PACKET"
-    assert exc.fatal
+    assert not exc.admin  # a binary packet error: answered with an ERROR packet
 
 
 def test_nuls_are_looked_for_only_inside_the_declared_size() -> None:
@@ -201,7 +201,7 @@ def test_nuls_are_looked_for_only_inside_the_declared_size() -> None:
 def test_bad_magic(magic: bytes) -> None:
     exc = expect_error(header(PacketType.ECHO_REQ, 1, magic) + b"x")
     assert exc.code == "INVALID_MAGIC"
-    assert exc.fatal
+    assert not exc.admin  # a binary packet error: answered with an ERROR packet
 
 
 def test_bad_magic_is_seen_from_the_header_alone() -> None:
@@ -212,7 +212,7 @@ def test_bad_magic_is_seen_from_the_header_alone() -> None:
 @pytest.mark.parametrize("number", [0, 43, 99, 2**31, 2**32 - 1])
 def test_unknown_type(number: int) -> None:
     exc = expect_error(header(number, 0))
-    assert exc.fatal
+    assert not exc.admin  # a binary packet error: answered with an ERROR packet
     assert exc.code == "INVALID_COMMAND"
     assert str(number) in exc.text
 
@@ -234,7 +234,7 @@ def test_oversized_packet_refused_from_the_header_alone() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         parser.next_event()
     assert info.value.code == "ARGUMENT_TOO_LARGE"
-    assert info.value.fatal
+    assert not info.value.admin
 
 
 def test_huge_declared_size_does_not_wait_for_the_payload() -> None:
@@ -262,6 +262,7 @@ def test_admin_line_at_the_limit_is_accepted() -> None:
 def test_admin_line_too_long() -> None:
     exc = expect_error(b"status abcd\n", Parser(max_line_length=10))
     assert exc.code == "ARGUMENT_TOO_LARGE"
+    assert exc.admin  # answered with an ERR line, not an ERROR packet
 
 
 def test_admin_line_too_long_without_a_newline_yet() -> None:
@@ -272,6 +273,7 @@ def test_admin_line_too_long_without_a_newline_yet() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         parser.next_event()
     assert info.value.code == "ARGUMENT_TOO_LARGE"
+    assert info.value.admin
 
 
 def test_cr_before_the_newline_does_not_count_towards_the_limit() -> None:
@@ -314,9 +316,8 @@ def test_eof_mid_event_is_an_error(partial: bytes) -> None:
     parser.receive_data(partial)
     assert parser.next_event() is NEED_DATA
     parser.receive_data(b"")
-    with pytest.raises(RemoteProtocolError) as info:
+    with pytest.raises(RemoteProtocolError):
         parser.next_event()
-    assert info.value.fatal
 
 
 def test_eof_at_a_boundary_is_connection_closed() -> None:

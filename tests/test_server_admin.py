@@ -7,26 +7,15 @@ real ``Manager`` whose binary clients and workers are fake peers.
 from __future__ import annotations
 
 import pytest
+from fake_peer import FakePeer
 
-from protocol import Packet, PacketType, Parser, parse_admin_line
+from protocol import Packet, PacketType, parse_admin_line
 from server.admin import AdminContext, handle_admin
 from server.manager import Conn, Manager
 
 PT = PacketType
 NOW = 1_700_000_000.0
 INVALID = b"ERR INVALID_ARGUMENTS An+incomplete+set+of+arguments+was+sent+to+this+command+"
-
-
-class FakePeer:
-    def __init__(self) -> None:
-        self.parser = Parser()
-        self.packets: list[Packet] = []
-
-    def deliver(self, data: bytes) -> None:
-        self.parser.receive_data(data)
-        for event in self.parser.events():
-            assert isinstance(event, Packet)
-            self.packets.append(event)
 
 
 class Admin:

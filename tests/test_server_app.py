@@ -61,10 +61,12 @@ class Peer:
         return True
 
 
-@pytest.fixture
-async def server(nursery: trio.Nursery) -> AsyncIterator[tuple[Server, int]]:
+@pytest.fixture(params=["epoll", "streams"])
+async def server(nursery: trio.Nursery,
+                 request: pytest.FixtureRequest) -> AsyncIterator[tuple[Server, int]]:
+    """Our server in-process, with each of the Gear front-end's transports."""
     config = ServerConfig(listen=("127.0.0.1",), port=0, max_packet_size=1 << 20,
-                          max_outgoing_buffer=256 * 1024)
+                          max_outgoing_buffer=256 * 1024, transport=request.param)
     srv = Server(config)
     addresses = await nursery.start(srv.serve)
     yield srv, addresses[0][1]
@@ -174,7 +176,7 @@ async def test_slow_reader_is_paused_not_buffered(server: tuple[Server, int]) ->
                 sent += len(chunk)
         # The kernel buffers fill up and the server stops reading well before 200 MiB.
         assert sent < 64 * 1024 * 1024
-        for p in srv._peers.values():
+        for p in srv.gear.peers():
             assert len(p.out) <= p.hard_limit
         # Others are still served.
         other = await connect(port)
@@ -241,7 +243,7 @@ async def test_client_that_never_reads_is_dropped_and_memory_stays_bounded(
                 break
             await trio.sleep(0.05)
         assert len(listing.splitlines()) == 3, listing
-        assert all(len(p.out) <= p.hard_limit for p in srv._peers.values())
+        assert all(len(p.out) <= p.hard_limit for p in srv.gear.peers())
 
 
 async def test_reply_larger_than_the_output_bound_reaches_a_reading_client(

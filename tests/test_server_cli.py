@@ -69,7 +69,7 @@ def test_defaults_are_the_reference_ones_with_head_retries() -> None:
     config = inv.config
     assert config.port == 4730 and config.listen == () and config.backlog == 32
     assert config.job_retries is None  # HEAD: unset = unlimited
-    assert config.worker_wakeup == 0 and not config.round_robin and not config.exceptions
+    assert config.worker_wakeup == 0 and not config.exceptions
     assert config.queue_type == "builtin" and config.queue_options == ()
     assert config.verbose == "ERROR" and inv.log.level == logging.ERROR
     assert inv.log.destination == "/var/log/gearmand.log"
@@ -150,7 +150,7 @@ def test_server_options_reach_the_config() -> None:
                 "--keepalive-count", "4", "--graceful-timeout", "2.5",
                 "--admin-from-anywhere", "--max-packet-size", "4096")
     c = inv.config
-    assert (c.round_robin, c.exceptions, c.worker_wakeup, c.backlog) == (True, True, 2, 100)
+    assert (c.exceptions, c.worker_wakeup, c.backlog) == (True, 2, 100)
     assert c.job_handle_prefix == "X:y"
     assert (c.keepalive, c.keepalive_idle, c.keepalive_interval, c.keepalive_count) == (
         True, 30, 5, 4)
@@ -701,6 +701,25 @@ def test_man_page_lists_every_option() -> None:
             option
     for signame in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGHUP"):
         assert signame in text
+
+
+def test_every_queue_option_of_the_registry_has_a_flag_and_a_man_page_entry() -> None:
+    """The store registry is the one table: gearmand's flags and --help come from it,
+    and the man page must document each of its options."""
+    from server.store import registry
+
+    text = MAN_PAGE.read_text().replace("\\-", "-")
+    help_text = cli.help_text()
+    names = [option.name for _, option in registry.all_options()]
+    assert "flatfile-fsync" in names and "store-queue-on-shutdown" in names
+    for name in names:
+        assert re.search(rf"--{name}\b", help_text), name
+        assert re.search(rf'^\.B[IR]? --{name}(?![\w-])', text, re.MULTILINE), name
+    for queue in registry.QUEUE_TYPES:
+        assert queue.name in help_text, queue.name
+    parsed = parse("-q", "flatfile", "--flatfile-file", "/tmp/j", "--flatfile-fsync", "always")
+    assert dict(parsed.config.queue_options) == {"flatfile-file": "/tmp/j",
+                                                 "flatfile-fsync": "always"}
 
 
 def test_man_page_renders_without_warnings() -> None:

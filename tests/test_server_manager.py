@@ -10,28 +10,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from fake_peer import FakePeer
 
-from protocol import Packet, PacketType, Parser
+from protocol import Packet, PacketType
 from server.manager import Conn, Job, Manager, next_cron_time
 
 PT = PacketType
 T0 = 1_700_000_000.0
-
-
-class FakePeer:
-    """Records what the manager delivers and decodes it into packets."""
-
-    def __init__(self) -> None:
-        self.raw = bytearray()
-        self.parser = Parser()
-        self.packets: list[Packet] = []
-
-    def deliver(self, data: bytes) -> None:
-        self.raw += data
-        self.parser.receive_data(data)
-        for event in self.parser.events():
-            assert isinstance(event, Packet), event
-            self.packets.append(event)
 
 
 class Clock:
@@ -1259,46 +1244,166 @@ def test_work_status_numbers_are_stored_as_numbers(w: World) -> None:
                         res(PT.STATUS_RES_UNIQUE, b"u1", b"1", b"1", b"3", b"4", b"1")]
 
 
-class StoreHooks:
-    """Plays the network layer's persistent store: records jobs waiting for a commit."""
+class FakeStore:
+    """Plays persistence (a ``JobStore``): records the jobs waiting for a commit, and
+    ends each commit when the test says so."""
 
-    def __init__(self, m: Manager) -> None:
-        self.pending: list[tuple[object, Conn]] = []
-        m.on_store = lambda job, conn: self.pending.append((job, conn))
-        m.on_done = lambda job: None
+    def __init__(self, w: World) -> None:
+        self.w = w
+        self.pending: list[Job] = []
+        self.forgotten: list[str] = []
+        w.m.attach_store(self)
+
+    def persist(self, job: Job) -> None:
+        assert job.store_key is not None
+        self.pending.append(job)
+
+    def forget(self, key: str) -> None:
+        self.forgotten.append(key)
+
+    def commit(self, ok: bool = True) -> Job:
+        """End the oldest pending commit."""
+        job = self.pending.pop(0)
+        self.w.m.persisted(job, ok, self.w.clock.now)
+        return job
 
 
-def test_failed_store_commit_fails_clients_that_joined_meanwhile(w: World) -> None:
-    hooks = StoreHooks(w.m)
-    bg, fg = w.end(), w.end()
+def queue_error() -> Packet:
+    return res(PT.ERROR, b"QUEUE_ERROR", b"QUEUE_ERROR")
+
+
+def test_background_job_is_acknowledged_once_committed(w: World) -> None:
+    store = FakeStore(w)
+    c, wk = w.end(), w.end()
+    c.send(PT.SUBMIT_JOB_BG, b"f", b"", b"x")
+    assert c.take() == []  # no JOB_CREATED before the commit
+    wk.can_do(b"f")
+    assert wk.grab().type is PT.NO_JOB  # not queued before the commit either
+    job = store.commit()
+    assert c.take() == [res(PT.JOB_CREATED, job.handle)]
+    assert wk.grab_handle() == job.handle
+
+
+def test_replies_after_a_pending_submit_wait_behind_its_acknowledgement(w: World) -> None:
+    store = FakeStore(w)
+    c = w.end()
+    c.send(PT.SUBMIT_JOB_BG, b"f", b"", b"x")
+    c.send(PT.ECHO_REQ, b"after")
+    assert c.take() == []
+    job = store.commit()
+    assert c.take() == [res(PT.JOB_CREATED, job.handle), res(PT.ECHO_RES, b"after")]
+
+
+@pytest.mark.parametrize("joiner", [PT.SUBMIT_JOB_BG, PT.SUBMIT_JOB])
+def test_submit_joining_a_job_being_committed_waits_for_the_commit(
+        w: World, joiner: PacketType) -> None:
+    """Issue 12: B joined A's job while A's commit was pending, was told JOB_CREATED at
+    once, then the commit failed and the job B was told exists was gone."""
+    store = FakeStore(w)
+    a, b = w.end(), w.end()
+    a.send(PT.SUBMIT_JOB_BG, b"f", b"u", b"x")
+    b.send(joiner, b"f", b"u", b"x")
+    assert a.take() == [] and b.take() == []  # nobody is told before the commit
+    store.commit(ok=False)
+    assert a.take() == [queue_error()]
+    assert b.take() == [queue_error()]  # never JOB_CREATED, so no WORK_FAIL either
+    assert not w.m.jobs and not w.m.unique_index
+    assert w.status(b"f") == (0, 0, 0)
+    # A new submit of the same unique makes a new job.
+    a.send(PT.SUBMIT_JOB_BG, b"f", b"u", b"x")
+    job = store.commit()
+    assert a.take() == [res(PT.JOB_CREATED, job.handle)]
+
+
+@pytest.mark.parametrize("joiner", [PT.SUBMIT_JOB_BG, PT.SUBMIT_JOB])
+def test_submit_joining_a_job_being_committed_hears_the_commit(
+        w: World, joiner: PacketType) -> None:
+    store = FakeStore(w)
+    a, b, wk = w.end(), w.end(), w.end()
+    a.send(PT.SUBMIT_JOB_BG, b"f", b"u", b"x")
+    b.send(joiner, b"f", b"u", b"x")
+    job = store.commit()
+    assert a.take() == [res(PT.JOB_CREATED, job.handle)]
+    assert b.take() == [res(PT.JOB_CREATED, job.handle)]
+    assert len(store.pending) == 0  # one job, stored once
+    key = job.store_key
+    wk.can_do(b"f")
+    assert wk.grab_handle() == job.handle
+    wk.send(PT.WORK_COMPLETE, job.handle, b"done")
+    expected = [res(PT.WORK_COMPLETE, job.handle, b"done")] if joiner is PT.SUBMIT_JOB else []
+    assert b.take() == expected
+    assert store.forgotten == [key]
+
+
+def test_background_submit_joining_a_foreground_job_stores_it(w: World) -> None:
+    """Issue 12: a background submit that joined a queued foreground job was
+    acknowledged but never stored, so a crash lost a job its submitter was promised."""
+    store = FakeStore(w)
+    fg, bg, wk = w.end(), w.end(), w.end()
+    h = fg.submit(b"f", b"u")
+    assert store.pending == []  # foreground jobs are not stored
     bg.send(PT.SUBMIT_JOB_BG, b"f", b"u", b"x")
-    assert bg.take() == []  # no JOB_CREATED before the commit
-    h = fg.submit(b"f", b"u")  # joins the job waiting for the store
-    (job, _), = hooks.pending
-    reply = w.m.job_stored(job, False, w.clock.now)  # type: ignore[arg-type]
-    assert Packet.res(PT.ERROR, b"QUEUE_ERROR", b"QUEUE_ERROR").encode() == reply
-    assert fg.take() == [res(PT.WORK_FAIL, h)]
+    assert bg.take() == []  # stored first
+    job = store.commit()
+    key = job.store_key
+    assert job.handle == h and key is not None
+    assert bg.take() == [res(PT.JOB_CREATED, h)]
+    # The foreground client leaves: the job must still run (it is background now).
+    fg.close()
+    wk.can_do(b"f")
+    assert wk.grab_handle() == h
+    wk.send(PT.WORK_COMPLETE, h, b"")
+    assert store.forgotten == [key]
+
+
+def test_failed_store_of_a_joined_foreground_job_leaves_it_foreground(w: World) -> None:
+    store = FakeStore(w)
+    fg, bg, wk = w.end(), w.end(), w.end()
+    h = fg.submit(b"f", b"u")
+    bg.send(PT.SUBMIT_JOB_BG, b"f", b"u", b"x")
+    store.commit(ok=False)
+    assert bg.take() == [queue_error()]
+    job = w.m.jobs[h]
+    assert not job.background and job.store_key is None
+    wk.can_do(b"f")
+    assert wk.grab_handle() == h
+    wk.send(PT.WORK_COMPLETE, h, b"r")
+    assert fg.take() == [res(PT.WORK_COMPLETE, h, b"r")]
+
+
+def test_failed_store_of_a_joined_job_nobody_waits_for_drops_it(w: World) -> None:
+    store = FakeStore(w)
+    fg, bg = w.end(), w.end()
+    fg.submit(b"f", b"u")
+    bg.send(PT.SUBMIT_JOB_BG, b"f", b"u", b"x")
+    fg.close()  # the job stays: it is background while its store is pending
+    assert w.status(b"f") == (1, 0, 0)
+    store.commit(ok=False)
+    assert bg.take() == [queue_error()]
+    assert w.status(b"f") == (0, 0, 0) and not w.m.jobs
 
 
 def test_drop_function_refused_while_a_job_waits_for_the_store(w: World) -> None:
-    hooks = StoreHooks(w.m)
+    store = FakeStore(w)
     bg = w.end()
     bg.send(PT.SUBMIT_JOB_BG, b"f", b"", b"x")
     assert w.m.drop_function(b"f") == "there are still queued jobs"
-    (job, _), = hooks.pending
-    w.m.job_stored(job, True, w.clock.now)  # type: ignore[arg-type]
+    store.commit()
     wk = w.end()
     wk.can_do(b"f")
     assert wk.grab().type is PT.JOB_ASSIGN
 
 
 def test_maxqueue_counts_jobs_waiting_for_the_store(w: World) -> None:
-    StoreHooks(w.m)
+    store = FakeStore(w)
     w.m.function(b"f").maxqueue = [1, 1, 1]
     c = w.end()
     c.send(PT.SUBMIT_JOB_BG, b"f", b"", b"one")
     c.send(PT.SUBMIT_JOB_BG, b"f", b"", b"two")
-    assert [p.args for p in c.take()] == [(b"QUEUE_ERROR", b"Job queue is full")]
+    assert c.take() == []  # the refusal waits behind the first acknowledgement
+    job = store.commit()
+    assert c.take() == [res(PT.JOB_CREATED, job.handle),
+                        res(PT.ERROR, b"QUEUE_ERROR", b"Job queue is full")]
 
 
 def test_finished_jobs_are_not_kept_alive_by_their_timeout(w: World) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+from fake_peer import FakePeer
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -29,7 +30,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from protocol import SUBMIT_TYPE_FOR, Packet, PacketType, Parser, Priority, parse_admin_line
+from protocol import SUBMIT_TYPE_FOR, Packet, PacketType, Priority, parse_admin_line
 from server.admin import AdminContext, handle_admin
 from server.manager import Conn, Manager
 
@@ -41,18 +42,6 @@ DATAS = (b"", b"d1")
 GRABS = {PT.GRAB_JOB: PT.JOB_ASSIGN, PT.GRAB_JOB_UNIQ: PT.JOB_ASSIGN_UNIQ,
          PT.GRAB_JOB_ALL: PT.JOB_ASSIGN_UNIQ}
 MAX_CONNS = 4
-
-
-class FakePeer:
-    def __init__(self) -> None:
-        self.parser = Parser()
-        self.packets: list[Packet] = []
-
-    def deliver(self, data: bytes) -> None:
-        self.parser.receive_data(data)
-        for event in self.parser.events():
-            assert isinstance(event, Packet)
-            self.packets.append(event)
 
 
 @dataclass

@@ -11,47 +11,12 @@ import logging
 from collections.abc import Mapping
 
 from server.store.base import Store, StoredJob, StoreError, decode_job, encode_job
+from server.store.registry import BY_NAME, COMMON, QUEUE_TYPES, all_options, is_true
 
-__all__ = ["QUEUES", "Store", "StoreError", "StoredJob", "decode_job", "encode_job",
-           "open_store"]
+__all__ = ["QUEUE_TYPES", "Store", "StoreError", "StoredJob", "decode_job", "encode_job",
+           "open_store", "queue_option_true"]
 
 log = logging.getLogger(__name__)
-
-#: Queue name (lower case) -> (module, {option: default}); default None = required.
-#: Option names are the reference's long options without the leading dashes (spec §4.3).
-QUEUES: dict[str, tuple[str, dict[str, str | None]]] = {
-    "libsqlite3": ("server.store.sqlite", {
-        "libsqlite3-db": None,
-        "libsqlite3-table": "gearman_queue",
-        "store-queue-on-shutdown": "",
-    }),
-    "flatfile": ("server.store.flatfile", {
-        "flatfile-file": None,
-        "flatfile-fsync": "batch",
-    }),
-    "postgres": ("server.store.postgres", {
-        "libpq-conninfo": "",
-        "libpq-table": "queue",
-    }),
-    "mysql": ("server.store.mysql", {
-        "mysql-host": "localhost",
-        "mysql-port": "3306",
-        "mysql-user": "",
-        "mysql-password": "",
-        "mysql-db": "",
-        "mysql-table": "gearman_queue",
-    }),
-    "redis": ("server.store.redis", {
-        "redis-server": "127.0.0.1",
-        "redis-port": "6379",
-        "redis-password": "",
-        "redis-prefix": "_gear_",
-    }),
-    "libmemcached": ("server.store.memcached", {
-        "libmemcached-servers": None,
-        "libmemcached-prefix": "gear_",
-    }),
-}
 
 
 def open_store(queue_type: str, options: Mapping[str, str]) -> Store | None:
@@ -62,13 +27,17 @@ def open_store(queue_type: str, options: Mapping[str, str]) -> Store | None:
     required ones, raise ``StoreError`` with one line.
     """
     name = queue_type.lower()
-    if name == "builtin":
-        return None
-    if name not in QUEUES:
+    queue = BY_NAME.get(name)
+    if queue is None:
         raise StoreError(f"Unknown queue {queue_type}")
-    module_name, known = QUEUES[name]
-    others = {opt for _, (_, opts) in QUEUES.items() for opt in opts}
+    if queue.module is None:
+        return None
+    known = {o.name: o.default for o in queue.options}
+    common = {o.name for o in COMMON.options}
+    others = {o.name for _, o in all_options()}
     for opt in options:
+        if opt in common:
+            continue
         if opt in known:
             continue
         if opt in others:
@@ -81,9 +50,15 @@ def open_store(queue_type: str, options: Mapping[str, str]) -> Store | None:
         raise StoreError(f"queue {name} needs --{missing[0]}")
     values = {opt: (options.get(opt) or default or "") for opt, default in known.items()}
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(queue.module)
     except ImportError as exc:
         raise StoreError(f"queue {name} needs a Python package that is not installed "
-                         f"({exc.name}); pip install 'gearman-toolkit[queues]'") from exc
+                         f"({exc.name}): pip install 'gearman-toolkit[queues]', or "
+                         "pip install -e '.[queues]' in a clone") from exc
     store: Store = module.open_store(values)
     return store
+
+
+def queue_option_true(options: Mapping[str, str], name: str) -> bool:
+    """Whether a switch among the queue options (``store-queue-on-shutdown``) is on."""
+    return is_true(options.get(name))

@@ -1,0 +1,540 @@
+"""The job core: every job, queue, worker ability and sleeper, and each job's whole life,
+its stored copy included. Synchronous and I/O-free.
+
+It imports neither trio nor socket and takes the time as a ``now`` argument. It reaches
+connections only through ``Peer`` (``server.jobs``): it emits packets, and each front-end
+encodes them for its own wire; it keeps stored copies through a ``JobStore``. Every
+operation on a hot path is O(1) or O(functions of one worker): a deque per function per
+priority, dicts by handle and by (function, unique), an ordered set of sleepers per
+function. ``server.manager`` adds the translation of request packets onto it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Final
+
+from protocol import PacketType
+
+from .jobs import MAX_UNIQUE, Conn, Function, Job, JobStore, Peer
+
+log = logging.getLogger(__name__)
+
+PT = PacketType
+#: Priority levels as plain ints (indexing with an IntEnum is slow on hot paths).
+PRIORITIES: Final = (0, 1, 2)
+#: Compact a queue once this many cancelled/abandoned jobs sit in it (and they are the majority).
+_COMPACT_MIN: Final = 64
+
+
+def _index_key(function: bytes, unique: bytes, data: bytes) -> tuple[bytes, ...] | None:
+    """The job's key in the unique index (spec §2.2): None when it coalesces with nothing."""
+    if unique == b"-":
+        return (function, b"-", data) if data else None
+    return (function, unique) if unique else None
+
+
+class JobCore:
+    """All job state and its life cycle, driven by the request translator and the server."""
+
+    def __init__(
+        self,
+        *,
+        handle_prefix: str = "H:localhost",
+        job_retries: int | None = None,
+        worker_wakeup: int = 0,
+        exceptions: bool = False,
+    ) -> None:
+        self.handle_prefix = handle_prefix.encode() + b":"
+        # HEAD semantics: None (or any negative value) = unlimited.
+        self.job_retries = job_retries if job_retries is None or job_retries >= 0 else None
+        self.worker_wakeup = worker_wakeup
+        self.exceptions = exceptions
+        self.functions: dict[bytes, Function] = {}
+        self.jobs: dict[bytes, Job] = {}
+        self.unique_index: dict[tuple[bytes, ...], Job] = {}
+        #: Every open connection, by id.
+        self.conns: dict[int, Conn] = {}
+        self._handles = itertools.count(1)
+        self._conn_ids = itertools.count(1)
+        #: (when, seq, job) for jobs waiting for their time.
+        self._scheduled: list[tuple[float, int, bytes]] = []
+        #: (deadline, seq, job, assignment) for CAN_DO_TIMEOUT.
+        self._timeouts: list[tuple[float, int, bytes, int]] = []
+        self._seq = itertools.count()
+        #: Where background jobs are kept (``attach_store``); None = memory only.
+        self.store: JobStore | None = None
+        self._store_prefix = f"{time.time_ns():x}.{os.getpid()}."
+        self._store_keys = itertools.count(1)
+
+    # ------------------------------------------------------------------ connections
+
+    def connect(self, peer: Peer, address: str = "-") -> Conn:
+        """Register a new connection."""
+        conn = Conn(next(self._conn_ids), peer, address, self.exceptions)
+        self.conns[conn.id] = conn
+        return conn
+
+    def disconnect(self, conn: Conn, now: float) -> None:
+        """Forget a connection: requeue its jobs, detach it from the jobs it waits for."""
+        if conn.closed:
+            return
+        conn.closed = True
+        self.conns.pop(conn.id, None)
+        # Out of the sleepers before requeueing, so the requeue's NOOPs go to live workers.
+        for name in conn.abilities:
+            fn = self.functions.get(name)
+            if fn is not None:
+                fn.workers.pop(conn, None)
+                fn.sleepers.pop(conn, None)
+        conn.abilities.clear()
+        conn.sleeping = False
+        for job in list(conn.assigned.values()):
+            self._lost(job, conn, now)
+        for job in list(conn.attached):
+            self._detach(job, conn)
+        conn.attached.clear()
+
+    # ------------------------------------------------------------------ functions
+
+    def function(self, name: bytes) -> Function:
+        """The function record called ``name``, created if needed."""
+        fn = self.functions.get(name)
+        if fn is None:
+            fn = self.functions[name] = Function(name)
+        return fn
+
+    def drop_function(self, name: bytes) -> str | None:
+        """Remove a function with no workers, running or queued jobs; the error text if not."""
+        lowered = name.lower()
+        for fname, fn in self.functions.items():
+            if fname.lower() == lowered:
+                if fn.workers or fn.running:
+                    return "there are still connected workers or executing clients"
+                if fn.queued:
+                    # decisions.md: the reference orphans queued jobs here.
+                    return "there are still queued jobs"
+                del self.functions[fname]
+                return None
+        return "function not found"
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(self, conn: Conn, function: bytes, unique: bytes, data: bytes,
+               priority: int, background: bool, now: float, *, when: float = 0,
+               reducer: bytes = b"") -> Job | None:
+        """Create a job or coalesce onto an existing one (spec §2.2); answer JOB_CREATED.
+
+        With a store, a background job is acknowledged only once it is committed, and so
+        is every submit that coalesces onto it meanwhile (DESIGN.md, persistence).
+        """
+        if len(unique) > MAX_UNIQUE:
+            conn.peer.deliver(PT.ERROR, b"ARGUMENT_TOO_LARGE", b"Unique value too large")
+            return None
+        key = _index_key(function, unique, data)
+        if key is not None:
+            existing = self.unique_index.get(key)
+            if existing is not None:
+                self._join(existing, conn, background)
+                return existing
+        fn = self.function(function)
+        limit = fn.maxqueue[priority]
+        if limit and fn.total >= limit:
+            conn.peer.deliver(PT.ERROR, b"QUEUE_ERROR", b"Job queue is full")
+            return None
+        number = next(self._handles)
+        handle = self.handle_prefix + b"%d" % number
+        job = Job(handle, fn, unique, data, priority, background, when, reducer)
+        job.number = number
+        self.jobs[handle] = job
+        if key is not None:
+            job.index_key = key
+            self.unique_index[key] = job
+        if not background:
+            job.clients.append(conn)
+            conn.attached.add(job)
+        elif self.store is not None:
+            job.stored = False
+            fn.storing += 1
+            job.acks = [(conn, conn.peer.hold(), True)]
+            self._persist(job)
+            return job
+        self._enqueue(job, now)
+        conn.peer.deliver(PT.JOB_CREATED, handle)
+        return job
+
+    def _join(self, job: Job, conn: Conn, background: bool) -> None:
+        """A submit coalesces onto ``job``: attach, acknowledge (now or with the commit)."""
+        if not background:
+            job.clients.append(conn)
+            conn.attached.add(job)
+        if job.acks is not None:
+            # Its commit is pending: this submit hears how it ends, never earlier.
+            job.acks.append((conn, conn.peer.hold(), background))
+            return
+        if background and not job.background:
+            job.background = True
+            if self.store is not None and job.store_key is None:
+                # A foreground job must now run even if the server dies: store it now,
+                # and acknowledge once it is stored.
+                job.acks = [(conn, conn.peer.hold(), True)]
+                self._persist(job)
+                return
+        conn.peer.deliver(PT.JOB_CREATED, job.handle)
+
+    # ------------------------------------------------------------------ persistence
+
+    def attach_store(self, store: JobStore) -> None:
+        """Keep background jobs in ``store`` from now on (before serving)."""
+        self.store = store
+
+    def new_store_key(self) -> str:
+        """A key no other job of any run of any server process uses."""
+        return self._store_prefix + str(next(self._store_keys))
+
+    def _persist(self, job: Job) -> None:
+        assert self.store is not None
+        job.store_key = self.new_store_key()
+        self.store.persist(job)
+
+    def persisted(self, job: Job, ok: bool, now: float) -> None:
+        """The store committed ``job`` (or failed to): answer the submits that wait."""
+        acks = job.acks or []
+        job.acks = None
+        fresh = not job.stored
+        if fresh:
+            job.stored = True
+            job.function.storing -= 1
+        if ok:
+            if fresh and job.handle in self.jobs and not job.cancelled:
+                self._enqueue(job, now)
+            for conn, hold, _ in acks:
+                conn.peer.release(hold, PT.JOB_CREATED, job.handle)
+            return
+        job.store_key = None
+        for conn, hold, background in acks:
+            if background or fresh:
+                conn.peer.release(hold, PT.ERROR, b"QUEUE_ERROR", b"QUEUE_ERROR")
+                if not background:
+                    self._unattach(job, conn)
+            else:
+                conn.peer.release(hold, PT.JOB_CREATED, job.handle)
+        if fresh:
+            self._forget(job)
+            return
+        # A foreground job that a background submit joined: it stays what it was, and is
+        # dropped if no client waits for it any more.
+        job.background = False
+        if not job.clients:
+            self._unwanted(job)
+
+    @staticmethod
+    def _unattach(job: Job, client: Conn) -> None:
+        job.clients = [c for c in job.clients if c is not client]
+        client.attached.discard(job)
+
+    def restore(self, function: bytes, unique: bytes, data: bytes, priority: int,
+                when: float, reducer: bytes, store_key: str, now: float) -> Job:
+        """Queue a background job replayed from the store (spec §5, restart)."""
+        key = _index_key(function, unique, data)
+        if key is not None and key in self.unique_index:
+            # A duplicate of a job already replayed: its stored copy is redundant.
+            if self.store is not None:
+                self.store.forget(store_key)
+            return self.unique_index[key]
+        fn = self.function(function)
+        number = next(self._handles)
+        handle = self.handle_prefix + b"%d" % number
+        job = Job(handle, fn, unique, data, priority, True, when, reducer)
+        job.number = number
+        job.store_key = store_key
+        self.jobs[handle] = job
+        if key is not None:
+            job.index_key = key
+            self.unique_index[key] = job
+        self._enqueue(job, now)
+        return job
+
+    def background_jobs(self) -> Iterator[Job]:
+        """Background jobs held now and not cancelled (the shutdown snapshot)."""
+        return (j for j in list(self.jobs.values()) if j.background and not j.cancelled)
+
+    def busy(self) -> bool:
+        """Whether any job runs, or a foreground job waits (graceful shutdown waits)."""
+        return any(j.worker is not None or (j.clients and j.queued)
+                   for j in self.jobs.values())
+
+    def _enqueue(self, job: Job, now: float) -> None:
+        """Put a job at the tail of its queue (or wait for its time) and wake workers."""
+        fn = job.function
+        if job.when > now:
+            job.waiting = True
+            fn.scheduled += 1
+            # Handles, not jobs: a finished or cancelled job must not stay referenced
+            # (with its data) until its time.
+            heapq.heappush(self._scheduled, (job.when, next(self._seq), job.handle))
+            return
+        job.queued = True
+        fn.queues[job.priority].append(job)
+        fn.live[job.priority] += 1
+        if fn.sleepers:
+            self._wake(fn)
+
+    def _wake(self, fn: Function) -> None:
+        """NOOP sleeping workers of ``fn``: all, or ``worker_wakeup`` of them (spec §2.5)."""
+        limit = self.worker_wakeup or len(fn.sleepers)
+        sleepers = fn.sleepers
+        while sleepers and limit:
+            conn = next(iter(sleepers))
+            self._unsleep(conn)
+            conn.noop_sent = True
+            conn.peer.deliver(PT.NOOP)
+            limit -= 1
+
+    def _unsleep(self, conn: Conn) -> None:
+        conn.sleeping = False
+        functions = self.functions
+        for name in conn.abilities:
+            fn = functions.get(name)
+            if fn is not None:
+                fn.sleepers.pop(conn, None)
+
+    # ------------------------------------------------------------------ time
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` next has something to do, or None."""
+        best: float | None = None
+        if self._scheduled:
+            best = self._scheduled[0][0]
+        if self._timeouts:
+            t = self._timeouts[0][0]
+            best = t if best is None or t < best else best
+        return best
+
+    def tick(self, now: float) -> None:
+        """Release jobs whose time has come and requeue jobs that ran too long."""
+        scheduled = self._scheduled
+        jobs = self.jobs
+        while scheduled and scheduled[0][0] <= now:
+            _, _, handle = heapq.heappop(scheduled)
+            job = jobs.get(handle)
+            if job is None or not job.waiting:
+                continue
+            job.waiting = False
+            job.function.scheduled -= 1
+            job.when = 0
+            self._enqueue(job, now)
+        timeouts = self._timeouts
+        while timeouts and timeouts[0][0] <= now:
+            _, _, handle, assignment = heapq.heappop(timeouts)
+            timed = jobs.get(handle)
+            if timed is None:
+                continue
+            worker = timed.worker
+            if worker is not None and timed.assignment == assignment:
+                job = timed
+                log.info("job %s timed out on connection %d; requeued",
+                         job.handle.decode("latin-1"), worker.id)
+                self._lost(job, worker, now)
+
+    # ------------------------------------------------------------------ workers
+
+    def _register(self, conn: Conn, name: bytes, timeout: float | None) -> None:
+        conn.abilities.pop(name, None)
+        conn.abilities[name] = timeout
+        fn = self.function(name)
+        fn.workers[conn] = None
+        if conn.sleeping and not conn.noop_sent:
+            if fn.live[0] or fn.live[1] or fn.live[2]:
+                self._unsleep(conn)
+                conn.noop_sent = True
+                conn.peer.deliver(PT.NOOP)
+            else:
+                fn.sleepers[conn] = None
+
+    def _unregister(self, conn: Conn, name: bytes, now: float) -> None:
+        if name not in conn.abilities:
+            return
+        del conn.abilities[name]
+        fn = self.functions.get(name)
+        if fn is not None:
+            fn.workers.pop(conn, None)
+            fn.sleepers.pop(conn, None)
+        # The reference requeues jobs of a function the worker gives up (spec §1.3).
+        for job in [j for j in conn.assigned.values() if j.function.name == name]:
+            self._lost(job, conn, now)
+
+    def has_work(self, conn: Conn) -> bool:
+        """Whether any job is ready for a function this connection can do."""
+        functions = self.functions
+        for name in conn.abilities:
+            fn = functions.get(name)
+            if fn is not None and (fn.live[0] or fn.live[1] or fn.live[2]):
+                return True
+        return False
+
+    def grab(self, conn: Conn, now: float) -> Job | None:
+        """Take the next job for a worker: global priority, FIFO, rotating between functions."""
+        if conn.sleeping:
+            self._unsleep(conn)
+        conn.noop_sent = False
+        names = list(conn.abilities)
+        count = len(names)
+        if not count:
+            return None
+        functions = self.functions
+        start = conn.rotation % count
+        for prio in PRIORITIES:
+            for i in range(count):
+                idx = (start + i) % count
+                fn = functions.get(names[idx])
+                if fn is None or not fn.live[prio]:
+                    continue
+                queue = fn.queues[prio]
+                while queue:
+                    job = queue.popleft()
+                    if not job.queued:
+                        fn.dead[prio] -= 1
+                        continue
+                    job.queued = False
+                    fn.live[prio] -= 1
+                    fn.running += 1
+                    conn.rotation = idx + 1
+                    self._assign(job, conn, now)
+                    return job
+        return None
+
+    def _assign(self, job: Job, conn: Conn, now: float) -> None:
+        job.worker = conn
+        job.assignment += 1
+        conn.assigned[job.handle] = job
+        timeout = conn.abilities.get(job.function.name)
+        if timeout:
+            heapq.heappush(self._timeouts,
+                           (now + timeout, next(self._seq), job.handle, job.assignment))
+
+    # ------------------------------------------------------------------ work results
+
+    def _broadcast(self, job: Job, ptype: PacketType, *args: bytes) -> None:
+        for client in job.clients:
+            client.peer.deliver(ptype, *args)
+
+    def _finish(self, job: Job) -> None:
+        """A running job ended (complete, fail, exception): forget it everywhere."""
+        worker = job.worker
+        if worker is not None:
+            worker.assigned.pop(job.handle, None)
+            job.worker = None
+            job.function.running -= 1
+        self._forget(job)
+
+    def _forget(self, job: Job) -> None:
+        """Remove a job that is neither queued nor running from every index."""
+        self.jobs.pop(job.handle, None)
+        if job.index_key is not None and self.unique_index.get(job.index_key) is job:
+            del self.unique_index[job.index_key]
+        job.index_key = None
+        for client in job.clients:
+            client.attached.discard(job)
+        job.clients = []
+        if job.store_key is not None and self.store is not None:
+            self.store.forget(job.store_key)
+        job.store_key = None
+
+    def _lost(self, job: Job, worker: Conn, now: float) -> None:
+        """The worker running ``job`` is gone or gave up: requeue, or fail after retries."""
+        worker.assigned.pop(job.handle, None)
+        job.worker = None
+        job.function.running -= 1
+        job.numerator = job.denominator = b"0"
+        if job.cancelled or (not job.background and not job.clients):
+            self._forget(job)
+            return
+        job.retries += 1
+        limit = self.job_retries
+        if limit is not None and job.retries >= max(limit, 1):
+            log.info("job %s failed after %d retries", job.handle.decode("latin-1"),
+                     job.retries)
+            if job.clients:
+                self._broadcast(job, PT.WORK_FAIL, job.handle)
+            self._forget(job)
+            return
+        self._enqueue(job, now)
+
+    def _detach(self, job: Job, client: Conn) -> None:
+        """A foreground client stops waiting for ``job`` (spec §2.8, decisions.md)."""
+        if client not in job.clients:
+            return
+        # Every entry: a client that submitted the same unique twice is attached twice.
+        job.clients = [c for c in job.clients if c is not client]
+        if not job.clients and not job.background:
+            self._unwanted(job)
+
+    def _unwanted(self, job: Job) -> None:
+        """Nobody can still want ``job``: out of the unique index at once, so a later
+        submit gets a fresh job; out of its queue now, or discarded when its worker ends."""
+        if job.index_key is not None and self.unique_index.get(job.index_key) is job:
+            del self.unique_index[job.index_key]
+        job.index_key = None
+        if job.queued:
+            self._abandon(job)
+            self._forget(job)
+        elif job.waiting:
+            job.waiting = False
+            job.function.scheduled -= 1
+            self._forget(job)
+
+    def _abandon(self, job: Job) -> None:
+        """Take a queued job out of its ready queue (lazily; compacted when worthwhile)."""
+        fn = job.function
+        prio = job.priority
+        job.queued = False
+        fn.live[prio] -= 1
+        fn.dead[prio] += 1
+        queue = fn.queues[prio]
+        if fn.dead[prio] >= _COMPACT_MIN and fn.dead[prio] * 2 > len(queue):
+            live = [j for j in queue if j.queued]
+            queue.clear()
+            queue.extend(live)
+            fn.dead[prio] = 0
+        if not queue:
+            fn.dead[prio] = 0
+
+    def cancel(self, handle: bytes) -> bool:
+        """``cancel job``: fail attached clients, drop the stored copy (decisions.md)."""
+        job = self.jobs.get(handle)
+        if job is None:
+            return False
+        job.cancelled = True
+        if job.clients:
+            self._broadcast(job, PT.WORK_FAIL, job.handle)
+        if job.queued:
+            self._abandon(job)
+            self._forget(job)
+        elif job.waiting:
+            job.waiting = False
+            job.function.scheduled -= 1
+            self._forget(job)
+        elif job.worker is not None:
+            # Running: detach everything; the worker's later results are discarded.
+            for client in job.clients:
+                client.attached.discard(job)
+            job.clients = []
+            if job.index_key is not None and self.unique_index.get(job.index_key) is job:
+                del self.unique_index[job.index_key]
+            job.index_key = None
+            if job.store_key is not None and self.store is not None:
+                self.store.forget(job.store_key)
+            job.store_key = None
+        else:
+            self._forget(job)
+        return True
+
+    def iter_jobs(self) -> Iterator[Job]:
+        """Every job the server holds (queued, waiting, running), in handle order."""
+        return iter(list(self.jobs.values()))

@@ -1,0 +1,243 @@
+"""What a front-end needs of the server, and the listening every front-end shares.
+
+A front-end (Gear, HTTP, memcached) is a codec plus a translator onto ``Manager`` calls.
+It gets a ``Host`` and nothing else of the server: no private attributes, no import of
+``server.app`` (which imports the front-ends). This module is a leaf for them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Final, Protocol
+
+import trio
+
+from protocol import PacketType
+
+from .admin import AdminContext
+from .config import ServerConfig
+from .manager import Manager
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+Handler = Callable[[trio.SocketStream, str], Awaitable[None]]
+
+#: Accept errors that mean "out of resources": wait and retry instead of dying.
+_ACCEPT_RETRY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+#: Accept errors about one connection that was gone before it was accepted: skip it.
+_ACCEPT_SKIP_ERRNOS: Final = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+
+
+class Host(Protocol):
+    """The server as its front-ends see it."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def manager(self) -> Manager: ...
+
+    @property
+    def admin(self) -> AdminContext: ...
+
+    def changed(self) -> None:
+        """Something outside a front-end's own read batch changed the core (a submit
+        from an HTTP task, say): flush every front-end's output soon, re-arm the timer."""
+
+    def deadlines_changed(self) -> None:
+        """The core's next deadline may be sooner: re-arm the timer (after a batch whose
+        output the front-end has flushed itself)."""
+
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Run a task in the server's nursery: it outlives the accept loops, so a
+        graceful shutdown lets connections finish."""
+
+
+class FrontEnd(Protocol):
+    """One protocol the server speaks on its own listeners."""
+
+    #: For logs and ``-r`` (``gear``, ``http``, ``memcached``).
+    name: str
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[Address]]
+                    = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind, report the bound addresses, accept until cancelled."""
+
+    def flush(self) -> None:
+        """Write output the core produced outside this front-end's read batches."""
+
+    def stop_reading(self) -> None:
+        """Take no more requests (the server is about to write its last snapshot)."""
+
+
+async def bind(config: ServerConfig, port: int) -> tuple[list[trio.SocketListener],
+                                                         list[Address]]:
+    """Listen on ``port`` at every ``-L`` address (all when none); port 0 picks one free
+    port shared by every address. Returns the listeners and what they bound."""
+    listeners: list[trio.SocketListener] = []
+    hosts: list[str | None] = list(config.listen) or [None]
+    try:
+        for host in hosts:
+            bound = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
+            listeners.extend(bound)
+            if port == 0 and bound:
+                port = bound[0].socket.getsockname()[1]
+    except BaseException:
+        await close_all(listeners)
+        raise
+    addresses = [(str(li.socket.getsockname()[0]), int(li.socket.getsockname()[1]))
+                 for li in listeners]
+    return listeners, addresses
+
+
+async def close_all(listeners: list[trio.SocketListener]) -> None:
+    for listener in listeners:
+        with trio.CancelScope(shield=True):
+            await listener.aclose()
+
+
+def peer_host(peer: object) -> str:
+    """The host part of an address accept(2) returned; "-" when there is none."""
+    if isinstance(peer, tuple) and peer and isinstance(peer[0], str) and peer[0]:
+        return peer[0]
+    return "-"
+
+
+def configure(config: ServerConfig, sock: trio.socket.SocketType) -> None:
+    """TCP_NODELAY, and keep-alive as configured."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if config.keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for opt, value in (("TCP_KEEPIDLE", config.keepalive_idle),
+                               ("TCP_KEEPINTVL", config.keepalive_interval),
+                               ("TCP_KEEPCNT", config.keepalive_count)):
+                if value >= 0 and hasattr(socket, opt):
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+    except OSError as exc:  # e.g. the peer already left
+        log.debug("setsockopt failed: %s", exc)
+
+
+async def accept_loop(host: Host, listener: trio.SocketListener, handler: Handler) -> None:
+    """Accept until cancelled; each connection runs ``handler(stream, address)`` through
+    ``host.spawn``. The address is the one accept(2) returned: asking later
+    (getpeername) fails once the peer has reset, and an unknown address is never trusted.
+    Running out of descriptors is logged once per 10 s with a count, and retried."""
+    sock = listener.socket
+    failures = 0
+    quiet_until = 0.0
+    while True:
+        try:
+            raw, peer = await sock.accept()
+        except OSError as exc:
+            if exc.errno in _ACCEPT_SKIP_ERRNOS:
+                continue
+            if exc.errno not in _ACCEPT_RETRY_ERRNOS:
+                raise
+            failures += 1
+            now = time.monotonic()
+            if now >= quiet_until:
+                log.error("accept failed (%s); retrying every 100 ms "
+                          "(%d failures since the last report)", exc, failures)
+                failures = 0
+                quiet_until = now + 10
+            await trio.sleep(0.1)
+            continue
+        configure(host.config, raw)
+        host.spawn(handler, trio.SocketStream(raw), peer_host(peer))
+
+
+async def serve_listeners(host: Host, listeners: list[trio.SocketListener],
+                          handler: Handler) -> None:
+    """One accept loop per listener until cancelled; the listeners are closed after."""
+    try:
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(accept_loop, host, listener, handler)
+    finally:
+        await close_all(listeners)
+
+
+class PacketPeer:
+    """A ``Peer`` for front-ends with a task per connection (HTTP, memcached): the core's
+    packets are queued as they are, and that task takes them with ``next_packet``.
+
+    Never blocks. Past ``limit`` bytes of payload not yet taken, the peer overflows:
+    ``scope`` (the connection task's) is cancelled and the connection is dropped.
+    """
+
+    __slots__ = ("_holds", "_packets", "_wake", "cid", "limit", "overflowed", "pending",
+                 "scope")
+
+    def __init__(self, limit: int) -> None:
+        self.cid = 0
+        self.limit = limit
+        self.pending = 0
+        self.overflowed = False
+        self._packets: deque[tuple[PacketType, tuple[bytes, ...]]] = deque()
+        self._holds: deque[_PacketHold] = deque()
+        self._wake = trio.Event()
+        #: The connection task's scope, cancelled on overflow.
+        self.scope = trio.CancelScope()
+
+    def deliver(self, ptype: PacketType, *args: bytes) -> None:
+        if self.overflowed:
+            return
+        if self._holds:
+            self._holds[-1].after.append((ptype, args))
+            return
+        self._push(ptype, args)
+
+    def _push(self, ptype: PacketType, args: tuple[bytes, ...]) -> None:
+        self.pending += sum(map(len, args))
+        if self.pending > self.limit:
+            log.warning("connection %d: client does not read (%d bytes pending); dropping",
+                        self.cid, self.pending)
+            self.overflowed = True
+            self._packets.clear()
+            self._wake.set()
+            self.scope.cancel()
+            return
+        self._packets.append((ptype, args))
+        self._wake.set()
+
+    def hold(self) -> _PacketHold:
+        hold = _PacketHold()
+        self._holds.append(hold)
+        return hold
+
+    def release(self, hold: object, ptype: PacketType, *args: bytes) -> None:
+        assert isinstance(hold, _PacketHold)
+        hold.reply = (ptype, args)
+        holds = self._holds
+        while holds and holds[0].reply is not None:
+            first = holds.popleft()
+            assert first.reply is not None
+            self._push(*first.reply)
+            for packet in first.after:
+                self._push(*packet)
+
+    async def next_packet(self) -> tuple[PacketType, tuple[bytes, ...]]:
+        """The next packet the core sent; ``trio.Cancelled`` via ``scope`` on overflow."""
+        while not self._packets:
+            if self.overflowed:
+                raise OverflowError("too much output pending")
+            await self._wake.wait()
+            self._wake = trio.Event()
+        ptype, args = self._packets.popleft()
+        self.pending -= sum(map(len, args))
+        return ptype, args
+
+
+class _PacketHold:
+    __slots__ = ("after", "reply")
+
+    def __init__(self) -> None:
+        self.reply: tuple[PacketType, tuple[bytes, ...]] | None = None
+        self.after: list[tuple[PacketType, tuple[bytes, ...]]] = []

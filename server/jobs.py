@@ -1,0 +1,241 @@
+"""The job core's records and its two seams: what a connection is to it (``Peer``) and
+what persistence is to it (``JobStore``). A leaf module: no trio, no sockets, no clock.
+
+Section numbers (§) point at the protocol reference summarised in ``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections import deque
+from typing import Final, Protocol
+
+from protocol import PacketType
+
+MAX_UNIQUE: Final = 64
+MAX_HANDLE: Final = 63
+
+
+class Hold(Protocol):
+    """A place reserved in a peer's output for a reply not known yet (opaque to the core)."""
+
+
+class Peer(Protocol):
+    """What the core needs of a connection, whatever its front-end.
+
+    The core emits packets, not bytes: each front-end encodes them for its own wire
+    (Gear ``\\0RES`` packets, an HTTP response, a memcached reply). None of these block.
+    """
+
+    def deliver(self, ptype: PacketType, *args: bytes) -> None:
+        """Send one packet to this peer (queued; written by the front-end)."""
+
+    def hold(self) -> Hold:
+        """Reserve the next place in the output: later deliveries wait behind it."""
+
+    def release(self, hold: Hold, ptype: PacketType, *args: bytes) -> None:
+        """Fill a reserved place with one packet; pass on what no earlier hold blocks."""
+
+
+class JobStore(Protocol):
+    """Persistence as the core sees it (``server.persistence`` implements it).
+
+    ``persist`` never blocks: the commit happens later, and the store then calls
+    ``Manager.persisted(job, ok, now)``, in the order jobs were persisted. ``forget``
+    removes a stored copy (applied after every earlier ``persist``).
+    """
+
+    def persist(self, job: Job) -> None: ...
+
+    def forget(self, key: str) -> None: ...
+
+
+class Conn:
+    """One connection's state as the core sees it (it may be client, worker and admin)."""
+
+    __slots__ = (
+        "id", "peer", "address", "client_id", "exceptions", "abilities", "rotation",
+        "sleeping", "noop_sent", "assigned", "attached", "closed",
+    )
+
+    def __init__(self, conn_id: int, peer: Peer, address: str = "-", exceptions: bool = False):
+        self.id = conn_id
+        self.peer = peer
+        #: The peer's address as accept(2) gave it ("-" when unknown: never trusted).
+        self.address = address
+        self.client_id = b"-"
+        self.exceptions = exceptions
+        #: function name -> timeout in seconds (None = no timeout), most recent last.
+        self.abilities: dict[bytes, float | None] = {}
+        #: Rotating start index into abilities, for fairness between functions.
+        self.rotation = 0
+        self.sleeping = False
+        self.noop_sent = False
+        #: Jobs assigned to this worker connection, by handle.
+        self.assigned: dict[bytes, Job] = {}
+        #: Foreground jobs this client waits for.
+        self.attached: set[Job] = set()
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<Conn {self.id} {self.address}>"
+
+
+class Function:
+    """A function name's queues, workers and limits (spec §2.1)."""
+
+    __slots__ = ("name", "queues", "live", "dead", "running", "workers", "sleepers",
+                 "maxqueue", "scheduled", "storing")
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        #: One FIFO per priority; may hold abandoned jobs (job.queued False), skipped lazily.
+        self.queues: tuple[deque[Job], deque[Job], deque[Job]] = (deque(), deque(), deque())
+        #: Live queued jobs per priority (ready now).
+        self.live = [0, 0, 0]
+        #: Abandoned entries per priority still sitting in the deques.
+        self.dead = [0, 0, 0]
+        self.running = 0
+        #: Jobs waiting for their epoch / schedule time.
+        self.scheduled = 0
+        #: New background jobs waiting for the persistent store's commit.
+        self.storing = 0
+        #: Worker connections that can do this function (insertion-ordered set).
+        self.workers: dict[Conn, None] = {}
+        #: Sleeping workers not yet sent a NOOP, in the order they fell asleep.
+        self.sleepers: dict[Conn, None] = {}
+        #: Max-queue limits per priority; 0 = unlimited (spec §2.10).
+        self.maxqueue = [0, 0, 0]
+
+    @property
+    def queued(self) -> int:
+        return self.live[0] + self.live[1] + self.live[2] + self.scheduled + self.storing
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.running
+
+
+class Job:
+    """One job (spec §2.1). ``queued`` is True while it sits live in a ready queue."""
+
+    __slots__ = (
+        "handle", "function", "unique", "data", "priority", "when", "reducer",
+        "numerator", "denominator", "retries", "worker", "clients", "background",
+        "queued", "waiting", "index_key", "store_key", "cancelled", "assignment",
+        "stored", "number", "acks",
+    )
+
+    def __init__(self, handle: bytes, function: Function, unique: bytes, data: bytes,
+                 priority: int, background: bool, when: float = 0, reducer: bytes = b""):
+        self.handle = handle
+        #: Creation order (the handle's counter value).
+        self.number = 0
+        self.function = function
+        self.unique = unique
+        self.data = data
+        self.priority = priority
+        self.when = when
+        self.reducer = reducer
+        self.numerator = b"0"
+        self.denominator = b"0"
+        self.retries = 0
+        self.worker: Conn | None = None
+        self.clients: list[Conn] = []
+        #: Some submitter did not wait for it: it must run even with no client attached.
+        self.background = background
+        self.queued = False
+        #: Waiting for its epoch / schedule time.
+        self.waiting = False
+        #: Key in the unique index, or None when not indexed.
+        self.index_key: tuple[bytes, ...] | None = None
+        #: Key of the persistent copy, or None.
+        self.store_key: str | None = None
+        #: False while a new background job waits for its first commit (not yet queued).
+        self.stored = True
+        self.cancelled = False
+        #: Counts assignments, so a stale timeout timer can tell it is stale.
+        self.assignment = 0
+        #: While a commit of this job is pending: the submits waiting for it to be
+        #: acknowledged, as (connection, its reserved reply, background submit).
+        self.acks: list[tuple[Conn, Hold, bool]] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Job {self.handle!r} {self.function.name!r}>"
+
+
+def parse_int(raw: bytes) -> int | None:
+    """Leading decimal digits as C's strtoll reads them: garbage reads as 0.
+
+    Returns None when the number overflows a signed 64-bit integer.
+    """
+    s = raw.strip().decode("latin-1")
+    if len(s) > 24:
+        # Longer than any 64-bit number (and int() refuses past 4,300 digits anyway).
+        return None
+    sign = 1
+    if s[:1] in ("-", "+"):
+        sign = -1 if s[0] == "-" else 1
+        s = s[1:]
+    digits = ""
+    for ch in s:
+        if not ch.isdigit() or not ch.isascii():
+            break
+        digits += ch
+    value = sign * int(digits) if digits else 0
+    if not -(2**63) <= value < 2**63:
+        return None
+    return value
+
+
+#: Allowed values of the cron-style fields of SUBMIT_JOB_SCHED.
+_CRON_RANGES: Final = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
+#: Days in each month at most (February in a leap year).
+_MONTH_DAYS: Final = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def cron_fields(fields: tuple[bytes, ...]) -> list[int | None] | None:
+    """Cron-style fields as numbers (None = any), or None when one is not understood or
+    no date can ever match them (31 February, 30 February): refused up front."""
+    wanted: list[int | None] = []
+    for raw, (low, high) in zip(fields, _CRON_RANGES, strict=True):
+        text = raw.strip()
+        if text in (b"", b"*"):
+            wanted.append(None)
+        elif text.isdigit() and len(text) <= 2 and low <= int(text) <= high:
+            wanted.append(int(text))
+        else:
+            return None
+    mday, month = wanted[2], wanted[3]
+    if mday is not None and month is not None and mday > _MONTH_DAYS[month - 1]:
+        return None
+    return wanted
+
+
+def next_cron_time(fields: tuple[bytes, ...], now: float) -> float | None:
+    """The start of the next local minute matching cron-style fields (empty = any).
+
+    ``fields`` are minute, hour, day of month, month, day of week (0 = Sunday). A field
+    is empty, ``*`` or a number in its range. Returns None when a field is not
+    understood or nothing matches within four years. Searches day by day, then minute
+    by minute within the first matching day: a few thousand steps at most, so one
+    packet cannot stall the server.
+    """
+    wanted = cron_fields(fields)
+    if wanted is None:
+        return None
+    minute, hour, mday, month, wday = wanted
+    start = int(now) // 60 * 60 + 60
+    day = datetime.date.fromtimestamp(start)
+    for _ in range(4 * 366 + 1):
+        if ((month is None or day.month == month)
+                and (mday is None or day.day == mday)
+                and (wday is None or day.isoweekday() % 7 == wday)):
+            for h in range(24) if hour is None else (hour,):
+                for m in range(60) if minute is None else (minute,):
+                    t = time.mktime((day.year, day.month, day.day, h, m, 0, 0, 0, -1))
+                    if t >= start:
+                        return float(t)
+        day += datetime.timedelta(days=1)
+    return None
