@@ -286,3 +286,40 @@ async def test_epoch_job_with_a_store_wakes_its_worker_when_due(tmp_path: Path) 
             await worker.send(encode_req(PT.GRAB_JOB))
             assert (await worker.packet()).args[2] == b"payload"
             srv.shutdown()
+
+
+async def test_submit_joining_a_job_whose_commit_fails_is_never_acknowledged(
+        tmp_path: Path) -> None:
+    """Issue 12: with the SQLite store locked by another process, A's background submit
+    waits for its commit; B submits the same unique and must hear how that commit ends.
+    It used to get JOB_CREATED at once, then the job it was told exists was gone."""
+    import sqlite3
+
+    db = tmp_path / "q.db"
+    config = ServerConfig(listen=("127.0.0.1",), port=0, queue_type="libsqlite3",
+                          queue_options=(("libsqlite3-db", str(db)),))
+    srv = Server(config)
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            port = (await nursery.start(srv.serve))[0][1]
+            blocker = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+            blocker.execute("BEGIN IMMEDIATE")
+            blocker.execute("DROP TABLE gearman_queue")  # the commit will fail
+            a, b, c = await connect(port), await connect(port), await connect(port)
+            await a.send(encode_req(PT.SUBMIT_JOB_BG, b"f", b"U", b"x"))
+            # B waits in the foreground, so the status query can see it has joined.
+            await b.send(encode_req(PT.SUBMIT_JOB, b"f", b"U", b"x"))
+            while True:
+                await c.send(encode_req(PT.GET_STATUS_UNIQUE, b"U"))
+                status = await c.packet()
+                if status.args[5] == b"1":
+                    break
+            blocker.execute("COMMIT")  # A's commit goes ahead and fails
+            blocker.close()
+            queue_error = (b"QUEUE_ERROR", b"QUEUE_ERROR")
+            assert (await a.packet()).args == queue_error
+            first = await b.packet()
+            assert (first.type, first.args) == (PT.ERROR, queue_error)
+            await c.send(encode_req(PT.GET_STATUS_UNIQUE, b"U"))
+            assert (await c.packet()).args[1] == b"0"  # no such job any more
+            srv.shutdown()
