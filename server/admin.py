@@ -107,7 +107,10 @@ def _cancel(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
 def _create(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
     if len(words) != 3 or words[1].lower() != b"function":
         return text.invalid_arguments(words[0])
-    ctx.manager.function(words[2])
+    problem = ctx.manager.name_problem(words[2])
+    if problem is not None:
+        return text.err(problem[0].decode(), problem[1].decode())
+    ctx.manager.function(words[2]).pinned = True
     return text.ok()
 
 

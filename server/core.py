@@ -15,13 +15,14 @@ import heapq
 import itertools
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Final
 
 from protocol import PacketType
 
-from .jobs import MAX_UNIQUE, Conn, Function, Job, JobStore, Peer
+from .jobs import MAX_UNIQUE, Conn, Function, Job, JobStore, Limits, Peer
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ PT = PacketType
 PRIORITIES: Final = (0, 1, 2)
 #: Compact a queue once this many cancelled/abandoned jobs sit in it (and they are the majority).
 _COMPACT_MIN: Final = 64
+#: Bytes a function name or client id may not hold (they would forge admin reply lines).
+_CONTROL: Final = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 def _index_key(function: bytes, unique: bytes, data: bytes) -> tuple[bytes, ...] | None:
@@ -49,7 +52,9 @@ class JobCore:
         job_retries: int | None = None,
         worker_wakeup: int = 0,
         exceptions: bool = False,
+        limits: Limits | None = None,
     ) -> None:
+        self.limits = limits or Limits()
         self.handle_prefix = handle_prefix.encode() + b":"
         # HEAD semantics: None (or any negative value) = unlimited.
         self.job_retries = job_retries if job_retries is None or job_retries >= 0 else None
@@ -58,6 +63,9 @@ class JobCore:
         self.functions: dict[bytes, Function] = {}
         self.jobs: dict[bytes, Job] = {}
         self.unique_index: dict[tuple[bytes, ...], Job] = {}
+        #: unique -> the indexed jobs with that unique, in any function (for
+        #: GET_STATUS_UNIQUE, which names no function): O(1), not a scan of functions.
+        self.by_unique: dict[bytes, list[Job]] = {}
         #: Every open connection, by id.
         self.conns: dict[int, Conn] = {}
         self._handles = itertools.count(1)
@@ -87,7 +95,8 @@ class JobCore:
         conn.closed = True
         self.conns.pop(conn.id, None)
         # Out of the sleepers before requeueing, so the requeue's NOOPs go to live workers.
-        for name in conn.abilities:
+        names = list(conn.abilities)
+        for name in names:
             fn = self.functions.get(name)
             if fn is not None:
                 fn.workers.pop(conn, None)
@@ -99,15 +108,57 @@ class JobCore:
         for job in list(conn.attached):
             self._detach(job, conn)
         conn.attached.clear()
+        for name in names:
+            self._release(name)
 
     # ------------------------------------------------------------------ functions
 
     def function(self, name: bytes) -> Function:
-        """The function record called ``name``, created if needed."""
+        """The function record called ``name``, created if needed (unchecked: callers
+        with a name from a peer use ``new_function``)."""
         fn = self.functions.get(name)
         if fn is None:
             fn = self.functions[name] = Function(name)
         return fn
+
+    def new_function(self, conn: Conn, name: bytes) -> Function | None:
+        """The function called ``name``, created if the name is allowed and the bound on
+        functions not reached; otherwise the peer is sent the protocol's ERROR."""
+        fn = self.functions.get(name)
+        if fn is not None:
+            return fn
+        problem = self.name_problem(name)
+        if problem is not None:
+            conn.peer.deliver(PT.ERROR, *problem)
+            return None
+        if len(self.functions) >= self.limits.max_functions:
+            log.warning("connection %d: the server has %d functions, its limit; refused "
+                        "a new one", conn.id, len(self.functions))
+            conn.peer.deliver(PT.ERROR, b"TOO_MANY_FUNCTIONS",
+                              b"The server has as many functions as it allows")
+            return None
+        fn = self.functions[name] = Function(name)
+        return fn
+
+    def name_problem(self, name: bytes,
+                     what: bytes = b"Function name") -> tuple[bytes, bytes] | None:
+        """Why a function name (or client id) from a peer is refused, as an ERROR's code
+        and text; None when it is fine. Control characters are refused because names
+        appear in the admin protocol's line-based replies, where they could forge lines."""
+        if len(name) > self.limits.max_name:
+            return b"ARGUMENT_TOO_LARGE", what + b" too long"
+        if _CONTROL.search(name) is not None:
+            return b"INVALID_ARGUMENT", what + b" contains control characters"
+        return None
+
+    def _release(self, name: bytes) -> None:
+        """Free a function's record once nothing refers to it: no worker, no job, no
+        limit set, not created by the admin (the reference keeps them for ever)."""
+        fn = self.functions.get(name)
+        if (fn is not None and not fn.workers and not fn.running and not fn.pinned
+                and not (fn.live[0] or fn.live[1] or fn.live[2] or fn.scheduled
+                         or fn.storing) and fn.maxqueue == [0, 0, 0]):
+            del self.functions[name]
 
     def drop_function(self, name: bytes) -> str | None:
         """Remove a function with no workers, running or queued jobs; the error text if not."""
@@ -142,7 +193,9 @@ class JobCore:
             if existing is not None:
                 self._join(existing, conn, background)
                 return existing
-        fn = self.function(function)
+        fn = self.new_function(conn, function)
+        if fn is None:
+            return None
         limit = fn.maxqueue[priority]
         if limit and fn.total >= limit:
             conn.peer.deliver(PT.ERROR, b"QUEUE_ERROR", b"Job queue is full")
@@ -153,8 +206,7 @@ class JobCore:
         job.number = number
         self.jobs[handle] = job
         if key is not None:
-            job.index_key = key
-            self.unique_index[key] = job
+            self._index(job, key)
         if not background:
             job.clients.append(conn)
             conn.attached.add(job)
@@ -186,6 +238,35 @@ class JobCore:
                 self._persist(job)
                 return
         conn.peer.deliver(PT.JOB_CREATED, job.handle)
+
+    def _index(self, job: Job, key: tuple[bytes, ...]) -> None:
+        job.index_key = key
+        self.unique_index[key] = job
+        if len(key) == 2:  # not the "-" (coalesce by data) form
+            self.by_unique.setdefault(key[1], []).append(job)
+
+    def _unindex(self, job: Job) -> None:
+        key = job.index_key
+        if key is None:
+            return
+        job.index_key = None
+        if self.unique_index.get(key) is job:
+            del self.unique_index[key]
+        if len(key) == 2:
+            same = self.by_unique.get(key[1])
+            if same is not None:
+                if job in same:
+                    same.remove(job)
+                if not same:
+                    del self.by_unique[key[1]]
+
+    def job_by_unique(self, unique: bytes) -> Job | None:
+        """The job a submit with this unique would join, in any function; the oldest
+        when several functions have one (as the reference's first match)."""
+        same = self.by_unique.get(unique)
+        if not same:
+            return None
+        return min(same, key=lambda j: j.number)
 
     # ------------------------------------------------------------------ persistence
 
@@ -255,8 +336,7 @@ class JobCore:
         job.store_key = store_key
         self.jobs[handle] = job
         if key is not None:
-            job.index_key = key
-            self.unique_index[key] = job
+            self._index(job, key)
         self._enqueue(job, now)
         return job
 
@@ -345,9 +425,15 @@ class JobCore:
     # ------------------------------------------------------------------ workers
 
     def _register(self, conn: Conn, name: bytes, timeout: float | None) -> None:
+        if name not in conn.abilities and len(conn.abilities) >= self.limits.max_worker_functions:
+            conn.peer.deliver(PT.ERROR, b"TOO_MANY_FUNCTIONS",
+                              b"This connection can do as many functions as allowed")
+            return
+        fn = self.new_function(conn, name)
+        if fn is None:
+            return
         conn.abilities.pop(name, None)
         conn.abilities[name] = timeout
-        fn = self.function(name)
         fn.workers[conn] = None
         if conn.sleeping and not conn.noop_sent:
             if fn.live[0] or fn.live[1] or fn.live[2]:
@@ -368,6 +454,7 @@ class JobCore:
         # The reference requeues jobs of a function the worker gives up (spec §1.3).
         for job in [j for j in conn.assigned.values() if j.function.name == name]:
             self._lost(job, conn, now)
+        self._release(name)
 
     def has_work(self, conn: Conn) -> bool:
         """Whether any job is ready for a function this connection can do."""
@@ -436,15 +523,16 @@ class JobCore:
     def _forget(self, job: Job) -> None:
         """Remove a job that is neither queued nor running from every index."""
         self.jobs.pop(job.handle, None)
-        if job.index_key is not None and self.unique_index.get(job.index_key) is job:
-            del self.unique_index[job.index_key]
-        job.index_key = None
+        self._unindex(job)
         for client in job.clients:
             client.attached.discard(job)
         job.clients = []
         if job.store_key is not None and self.store is not None:
             self.store.forget(job.store_key)
         job.store_key = None
+        fn = job.function
+        if not fn.workers:
+            self._release(fn.name)
 
     def _lost(self, job: Job, worker: Conn, now: float) -> None:
         """The worker running ``job`` is gone or gave up: requeue, or fail after retries."""
@@ -478,9 +566,7 @@ class JobCore:
     def _unwanted(self, job: Job) -> None:
         """Nobody can still want ``job``: out of the unique index at once, so a later
         submit gets a fresh job; out of its queue now, or discarded when its worker ends."""
-        if job.index_key is not None and self.unique_index.get(job.index_key) is job:
-            del self.unique_index[job.index_key]
-        job.index_key = None
+        self._unindex(job)
         if job.queued:
             self._abandon(job)
             self._forget(job)
@@ -525,9 +611,7 @@ class JobCore:
             for client in job.clients:
                 client.attached.discard(job)
             job.clients = []
-            if job.index_key is not None and self.unique_index.get(job.index_key) is job:
-                del self.unique_index[job.index_key]
-            job.index_key = None
+            self._unindex(job)
             if job.store_key is not None and self.store is not None:
                 self.store.forget(job.store_key)
             job.store_key = None

@@ -9,12 +9,25 @@ from __future__ import annotations
 import datetime
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from protocol import PacketType
 
 MAX_UNIQUE: Final = 64
 MAX_HANDLE: Final = 63
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what peers may make the core hold (docs/limits.md has each flag)."""
+
+    #: Bytes in a function name or client id.
+    max_name: int = 512
+    #: Functions the server holds at once (with workers, jobs or a limit).
+    max_functions: int = 100_000
+    #: Functions one worker connection may register.
+    max_worker_functions: int = 10_000
 
 
 class Hold(Protocol):
@@ -86,7 +99,7 @@ class Function:
     """A function name's queues, workers and limits (spec §2.1)."""
 
     __slots__ = ("name", "queues", "live", "dead", "running", "workers", "sleepers",
-                 "maxqueue", "scheduled", "storing")
+                 "maxqueue", "scheduled", "storing", "pinned")
 
     def __init__(self, name: bytes) -> None:
         self.name = name
@@ -107,6 +120,8 @@ class Function:
         self.sleepers: dict[Conn, None] = {}
         #: Max-queue limits per priority; 0 = unlimited (spec §2.10).
         self.maxqueue = [0, 0, 0]
+        #: Created by the admin (``create function``): kept when nothing refers to it.
+        self.pinned = False
 
     @property
     def queued(self) -> int:

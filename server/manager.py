@@ -15,10 +15,10 @@ from typing import Final
 from protocol import SUBMIT_KINDS, PacketType
 
 from .core import PRIORITIES, JobCore
-from .jobs import MAX_HANDLE, MAX_UNIQUE, Conn, Function, Job, next_cron_time
+from .jobs import MAX_HANDLE, MAX_UNIQUE, Conn, Function, Job, Limits, next_cron_time
 from .jobs import parse_int as _parse_int
 
-__all__ = ["PRIORITIES", "Conn", "Function", "Job", "Manager", "next_cron_time"]
+__all__ = ["PRIORITIES", "Conn", "Function", "Job", "Limits", "Manager", "next_cron_time"]
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,10 @@ class Manager(JobCore):
         job_retries: int | None = None,
         worker_wakeup: int = 0,
         exceptions: bool = False,
+        limits: Limits | None = None,
     ) -> None:
         super().__init__(handle_prefix=handle_prefix, job_retries=job_retries,
-                         worker_wakeup=worker_wakeup, exceptions=exceptions)
+                         worker_wakeup=worker_wakeup, exceptions=exceptions, limits=limits)
         self._dispatch: dict[PacketType, Callable[[Conn, tuple[bytes, ...], float], None]] = {
             PT.CAN_DO: self._can_do,
             PT.CAN_DO_TIMEOUT: self._can_do_timeout,
@@ -88,6 +89,10 @@ class Manager(JobCore):
         conn.peer.deliver(PT.ECHO_RES, args[0])
 
     def _set_client_id(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
+        problem = self.name_problem(args[0], b"Client id")
+        if problem is not None:
+            conn.peer.deliver(PT.ERROR, *problem)
+            return
         conn.client_id = args[0][:127] or b"-"
 
     def _option(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
@@ -272,20 +277,12 @@ class Manager(JobCore):
         if b"\0" in unique:
             conn.peer.deliver(PT.ERROR, b"INVALID_ARGUMENT", b"Unique value contains NUL")
             return
-        # The job a submit with this unique would join, in any function (first match,
-        # as the reference); jobs cancelled or abandoned are no longer in the index.
-        # O(functions), which is fine for a status query and keeps submits cheap.
-        job: Job | None = None
-        if unique and unique != b"-":
-            index = self.unique_index
-            for name in self.functions:
-                found = index.get((name, unique))
-                if found is not None and (job is None or found.number < job.number):
-                    job = found
+        # The job a submit with this unique would join, in any function; jobs cancelled
+        # or abandoned are no longer in the index.
+        job = self.job_by_unique(unique) if unique and unique != b"-" else None
         if job is None:
             conn.peer.deliver(PT.STATUS_RES_UNIQUE, unique, b"0", b"0", b"0", b"0", b"0")
             return
         running = b"1" if job.worker is not None else b"0"
-        conn.peer.deliver(PT.STATUS_RES_UNIQUE, unique, b"1", running,
-                                     job.numerator, job.denominator,
-                                     str(len(job.clients)).encode())
+        conn.peer.deliver(PT.STATUS_RES_UNIQUE, unique, b"1", running, job.numerator,
+                          job.denominator, str(len(job.clients)).encode())

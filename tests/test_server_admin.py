@@ -169,7 +169,7 @@ def test_cancel_job_queued(adm: Admin) -> None:
     assert peer.packets == [Packet.res(PT.JOB_CREATED, h)]
     assert adm(b"cancel job " + h + b"\n") == b"OK\r\n"
     assert peer.packets[-1] == Packet.res(PT.WORK_FAIL, h)
-    assert adm(b"status\n") == b"f\t0\t0\t0\n.\n"
+    assert adm(b"status\n") == b".\n"  # nothing refers to f any more: freed
     assert adm(b"show jobs\n") == b".\n"
     assert adm(b"CANCEL JOB " + h + b"\n") == b"ERR UNKNOWN_JOB\r\n"
 
@@ -198,6 +198,13 @@ def test_drop_function(adm: Admin) -> None:
         b"ERR there are still connected workers or executing clients\r\n")
     adm.send(wk, PT.WORK_COMPLETE, h, b"")
     adm.send(wk, PT.RESET_ABILITIES)
+    # Nothing refers to it any more: freed already (issue 12), so nothing to drop.
+    assert adm(b"status\n") == b".\n"
+    assert adm(b"drop function queued\n") == b"ERR function not found\r\n"
+    adm(b"create function queued\n")  # one the admin created stays until dropped
+    adm.send(wk, PT.CAN_DO, b"queued")
+    adm.send(wk, PT.RESET_ABILITIES)
+    assert adm(b"status\n") == b"queued\t0\t0\t0\n.\n"
     assert adm(b"drop function queued\n") == b"OK\r\n"
     assert adm(b"status\n") == b".\n"
 

@@ -13,7 +13,7 @@ import pytest
 from fake_peer import FakePeer
 
 from protocol import Packet, PacketType
-from server.manager import Conn, Job, Manager, next_cron_time
+from server.manager import Conn, Job, Limits, Manager, next_cron_time
 
 PT = PacketType
 T0 = 1_700_000_000.0
@@ -81,8 +81,11 @@ class World:
         return End(self.m, self.clock, address)
 
     def status(self, function: bytes) -> tuple[int, int, int]:
-        """(total, running, workers) as the admin ``status`` shows them."""
-        fn = self.m.functions[function]
+        """(total, running, workers) as the admin ``status`` shows them; a function
+        nothing refers to any more is freed, which reads as (0, 0, 0)."""
+        fn = self.m.functions.get(function)
+        if fn is None:
+            return 0, 0, 0
         return fn.total, fn.running, len(fn.workers)
 
 
@@ -1417,3 +1420,109 @@ def test_finished_jobs_are_not_kept_alive_by_their_timeout(w: World) -> None:
     # The timers are still pending, but they hold no job (nor its data).
     assert len(w.m._timeouts) == 10
     assert all(not isinstance(part, Job) for entry in w.m._timeouts for part in entry)
+
+
+# ---------------------------------------------------------------- abuse (issue 12)
+
+
+def test_status_by_unique_does_not_scan_every_function(w: World) -> None:
+    """100,000 CAN_DO names then GET_STATUS_UNIQUE: each query used to scan every
+    function. The index answers from the unique alone (and picks the oldest job)."""
+    wk, c = w.end(), w.end()
+    for i in range(2000):
+        wk.send(PT.CAN_DO, b"fn%d" % i)
+    h1 = c.submit(b"fn1999", b"u")
+    h2 = c.submit(b"fn5", b"u")
+    calls = 0
+    real_get = dict.get
+
+    class Counting(dict[bytes, object]):
+        def get(self, key: bytes, default: object = None) -> object:  # type: ignore[override]
+            nonlocal calls
+            calls += 1
+            return real_get(self, key, default)
+
+    w.m.unique_index = Counting(w.m.unique_index)  # type: ignore[assignment]
+    c.send(PT.GET_STATUS_UNIQUE, b"u")
+    assert c.take() == [res(PT.STATUS_RES_UNIQUE, b"u", b"1", b"0", b"0", b"0", b"1")]
+    assert calls == 0  # no per-function look-ups
+    assert w.m.job_by_unique(b"u") is w.m.jobs[h1]  # the oldest of the two
+    wk.send(PT.GRAB_JOB)
+    (assign,) = wk.take()
+    wk.send(PT.WORK_COMPLETE, assign.args[0], b"")
+    remaining = h2 if assign.args[0] == h1 else h1
+    assert w.m.job_by_unique(b"u") is w.m.jobs[remaining]
+
+
+def test_functions_nothing_refers_to_are_freed(w: World) -> None:
+    wk, c = w.end(), w.end()
+    for i in range(100):
+        wk.send(PT.CAN_DO, b"fn%d" % i)
+    assert len(w.m.functions) == 100
+    wk.send(PT.RESET_ABILITIES)
+    assert w.m.functions == {}
+    h = c.submit(b"queued", data=b"x", ptype=PT.SUBMIT_JOB_BG)
+    wk.can_do(b"queued", b"other")
+    wk.close()  # a job still refers to "queued"; nothing to "other"
+    assert set(w.m.functions) == {b"queued"}
+    wk2 = w.end()
+    wk2.can_do(b"queued")
+    assert wk2.grab_handle() == h
+    wk2.send(PT.WORK_COMPLETE, h, b"")
+    assert set(w.m.functions) == {b"queued"}  # its worker is still there
+    wk2.send(PT.CANT_DO, b"queued")
+    assert w.m.functions == {}
+
+
+def test_functions_are_bounded_per_worker_and_in_total() -> None:
+    w = World(limits=Limits(max_functions=5, max_worker_functions=3))
+    wk, other, c = w.end(), w.end(), w.end()
+    wk.can_do(b"a", b"b", b"c")
+    assert wk.take() == []
+    wk.send(PT.CAN_DO, b"d")
+    assert wk.take() == [res(PT.ERROR, b"TOO_MANY_FUNCTIONS",
+                             b"This connection can do as many functions as allowed")]
+    wk.send(PT.CAN_DO, b"a")  # one it has already is fine
+    assert wk.take() == []
+    other.can_do(b"d", b"e")
+    other.send(PT.CAN_DO, b"f")
+    assert other.take() == [res(PT.ERROR, b"TOO_MANY_FUNCTIONS",
+                                b"The server has as many functions as it allows")]
+    c.send(PT.SUBMIT_JOB, b"g", b"", b"x")
+    assert [p.args[0] for p in c.take()] == [b"TOO_MANY_FUNCTIONS"]
+    c.submit(b"a")  # existing functions still take jobs
+    assert set(w.m.functions) == {b"a", b"b", b"c", b"d", b"e"}
+
+
+@pytest.mark.parametrize("ptype", [PT.CAN_DO, PT.SUBMIT_JOB, PT.SUBMIT_JOB_BG, PT.SET_CLIENT_ID])
+def test_names_are_bounded(ptype: PacketType) -> None:
+    """A 32 MiB function name was accepted, and every status reply then carried it."""
+    w = World(limits=Limits(max_name=512))
+    c = w.end()
+    ok, long = b"n" * 512, b"n" * 513
+    args = {PT.CAN_DO: [], PT.SET_CLIENT_ID: []}.get(ptype, [b"", b"data"])
+    c.send(ptype, ok, *args)
+    replies = c.take()
+    assert all(p.type is not PT.ERROR for p in replies), replies
+    c.send(ptype, long, *args)
+    what = b"Client id" if ptype is PT.SET_CLIENT_ID else b"Function name"
+    assert c.take() == [res(PT.ERROR, b"ARGUMENT_TOO_LARGE", what + b" too long")]
+    assert long not in w.m.functions
+
+
+@pytest.mark.parametrize("name", [b"a\nb", b"fn\n.\nforged\t9\t9\t9", b"tab\there", b"\x7f",
+                                  b"\x1b[31m"])
+def test_names_with_control_characters_are_refused(w: World, name: bytes) -> None:
+    """A name holding "\\n.\\n" forged or cut short the admin replies (status, workers)."""
+    wk, c = w.end(), w.end()
+    wk.send(PT.CAN_DO, name)
+    assert wk.take() == [res(PT.ERROR, b"INVALID_ARGUMENT",
+                             b"Function name contains control characters")]
+    c.send(PT.SUBMIT_JOB_BG, name, b"", b"x")
+    assert [p.args[0] for p in c.take()] == [b"INVALID_ARGUMENT"]
+    c.send(PT.SET_CLIENT_ID, name)
+    assert c.take() == [res(PT.ERROR, b"INVALID_ARGUMENT",
+                            b"Client id contains control characters")]
+    assert w.m.functions == {} and c.conn.client_id == b"-"
+    wk.send(PT.CAN_DO, b"spaces and \xff bytes are fine")
+    assert wk.take() == []

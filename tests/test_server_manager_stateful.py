@@ -498,7 +498,8 @@ class ManagerMachine(RuleBasedStateMachine):
             mine = [j for j in self.jobs.values() if j.fn == fn]
             running = sum(1 for j in mine if j.state == "running")
             workers = sum(1 for c in self.workers if fn in self.conns[c].abilities)
-            rows.append(b"%s\t%d\t%d\t%d\n" % (fn, len(mine), running, workers))
+            if mine or workers:  # a function nothing refers to is freed (issue 12)
+                rows.append(b"%s\t%d\t%d\t%d\n" % (fn, len(mine), running, workers))
         reply = handle_admin(self.ctx, self.admin_conn, parse_admin_line(b"status"))
         assert reply == b"".join(rows) + b".\n"
 
