@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import _posixsubprocess
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -254,17 +255,28 @@ def any_server(request: pytest.FixtureRequest,
     return start_server(request.param)
 
 
+#: A server that looks like :class:`RunningServer`: a process, or ours in-process.
+GearmanServer = RunningServer | InProcessServer
+
 REFERENCE_PARAM = pytest.param("reference", marks=(pytest.mark.slow, pytest.mark.reference))
 
 
 @pytest.fixture(params=["ours", REFERENCE_PARAM])
-def fresh_server(request: pytest.FixtureRequest,
-                 start_inprocess: Callable[..., InProcessServer]) -> Any:
-    """A fresh server per test: ours in-process (fast layer), then the reference gearmand
-    as a process (slow layer). Both look like :class:`RunningServer`."""
+def start_any(request: pytest.FixtureRequest,
+              start_inprocess: Callable[..., InProcessServer]) -> Callable[..., GearmanServer]:
+    """``start_any(*extra_args)``, once for each server: ours in-process (fast layer), then
+    the reference gearmand as a process (slow layer)."""
     if request.param == "ours":
-        return start_inprocess()
-    return request.getfixturevalue("start_server")("reference")
+        return start_inprocess
+    start_server: Callable[..., RunningServer] = request.getfixturevalue("start_server")
+    return functools.partial(start_server, "reference")
+
+
+@pytest.fixture
+def fresh_server(start_any: Callable[..., GearmanServer]) -> GearmanServer:
+    """A fresh server for each test: ours in-process (fast layer), then the reference
+    gearmand as a process (slow layer)."""
+    return start_any()
 
 
 # --------------------------------------------------------------------------- layers
