@@ -241,6 +241,17 @@ def start_inprocess() -> Iterator[Callable[..., InProcessServer]]:
         raise errors[0]
 
 
+@pytest.fixture(scope="module", params=["ours", "reference"])
+def module_server(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One gearmand process per module and kind (ours, then the reference), shared by the
+    tests that use it: for tests that only touch their own function names and leave no
+    job or worker behind. Slow layer."""
+    srv = _start(request.param, tmp_path_factory.mktemp("module-server"), [])
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture
 def reference_server(start_server: Callable[..., RunningServer]) -> RunningServer:
     """The reference C gearmand on a free port."""
@@ -283,7 +294,7 @@ def fresh_server(start_any: Callable[..., GearmanServer]) -> GearmanServer:
 
 #: Fixtures that start processes (or wrap ones that do): a test using any of them is slow.
 SLOW_FIXTURES = frozenset({
-    "start_server", "reference_server", "any_server",
+    "start_server", "reference_server", "any_server", "module_server",
     "processes",  # test_server_cli: gearmand processes
 })
 
@@ -311,8 +322,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if module in SLOW_MODULES or names & SLOW_FIXTURES or short in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
         callspec = getattr(item, "callspec", None)
-        if "reference_server" in names or (
-                callspec is not None and callspec.params.get("any_server") == "reference"):
+        if "reference_server" in names or (callspec is not None and "reference" in (
+                callspec.params.get("any_server"), callspec.params.get("module_server"))):
             item.add_marker(pytest.mark.reference)
 
 
