@@ -104,6 +104,7 @@ def test_the_checker_sees_imports(source: str, module: str, is_package: bool,
     assert expected in imported_modules(source, module, is_package)
 
 
+@pytest.mark.slow  # a fresh interpreter, so sys.modules shows what protocol pulls in
 def test_importing_protocol_loads_no_io_module() -> None:
     # Modules the interpreter loaded at start-up (e.g. time, via site) do not count.
     code = (

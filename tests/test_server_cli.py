@@ -432,6 +432,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow  # runs gearmand (or man) as a process
 def test_help_version_and_errors_as_a_program() -> None:
     result = gearmand("--help")
     assert result.returncode == 0 and "--job-retries" in result.stdout and not result.stderr
@@ -552,6 +553,7 @@ def test_listen_on_several_addresses_and_environment_port(
     assert proc.wait(10) == 0
 
 
+@pytest.mark.slow  # runs gearmand (or man) as a process
 def test_port_in_use_is_one_line_exit_1(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -565,6 +567,7 @@ def test_port_in_use_is_one_line_exit_1(tmp_path: Path) -> None:
     assert not (tmp_path / "g.pid").exists()
 
 
+@pytest.mark.slow  # runs gearmand (or man) as a process
 def test_explicit_pid_file_that_cannot_be_written_is_fatal(tmp_path: Path) -> None:
     result = gearmand("-p", str(free_port()), "-L", "127.0.0.1", "-l", "none",
                       "-P", str(tmp_path / "no" / "g.pid"))
@@ -572,6 +575,7 @@ def test_explicit_pid_file_that_cannot_be_written_is_fatal(tmp_path: Path) -> No
     assert result.stderr.startswith("gearmand: Could not open pid file for writing: ")
 
 
+@pytest.mark.slow  # runs gearmand (or man) as a process
 def test_daemon_detaches_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     pid_file, log = tmp_path / "d.pid", tmp_path / "d.log"
@@ -598,6 +602,7 @@ def test_daemon_detaches_and_stops_on_sigterm(tmp_path: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow  # runs gearmand (or man) as a process
 def test_daemon_start_failure_is_reported_by_the_parent(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -635,6 +640,7 @@ def test_user_switch_after_binding(tmp_path: Path,
     assert proc.wait(10) == 0
 
 
+@pytest.mark.slow  # runs gearmand (or man) as a process
 def test_unknown_user_is_refused() -> None:
     result = gearmand("-u", "no-such-user-xyz", "-p", str(free_port()), "-L", "127.0.0.1",
                       "-l", "none", "-P", "")
@@ -680,6 +686,7 @@ def test_set_file_descriptor_limit_refuses_above_hard_limit_for_non_root() -> No
 # --------------------------------------------------------------------------- reference, man page
 
 
+@pytest.mark.slow  # runs gearmand (or man) as a process
 def test_every_option_of_the_reference_help_is_accepted() -> None:
     need_reference()
     text = subprocess.run([REFERENCE_GEARMAND, "--help"], capture_output=True, text=True,
@@ -722,6 +729,7 @@ def test_every_queue_option_of_the_registry_has_a_flag_and_a_man_page_entry() ->
                                                  "flatfile-fsync": "always"}
 
 
+@pytest.mark.slow  # runs gearmand (or man) as a process
 def test_man_page_renders_without_warnings() -> None:
     if shutil.which("man") is None:
         pytest.skip("man (man-db) is not installed")
@@ -732,6 +740,7 @@ def test_man_page_renders_without_warnings() -> None:
     assert "gearmand" in result.stdout
 
 
+@pytest.mark.slow  # runs gearmand (or man) as a process
 def test_queue_problems_are_one_line_exit_1(tmp_path: Path) -> None:
     result = gearmand("-q", "libsqlite3", "-p", str(free_port()), "-L", "127.0.0.1",
                       "-l", "none", "-P", "")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -576,18 +575,26 @@ def _http_job_over_sockets(gear_port: int, http_port: int, request: bytes,
         worker.sendall(encode_req(PT.CAN_DO, b"reverse"))
         http.sendall(request)
         parser = Parser()
-        deadline = time.monotonic() + 5
-        while True:
-            worker.sendall(encode_req(PT.GRAB_JOB))
-            event: object = NEED_DATA
-            while event is NEED_DATA:
-                parser.receive_data(worker.recv(65536))
-                event = parser.next_event()
+
+        def next_packet() -> Packet:  # the socket's timeout bounds every read
+            while (event := parser.next_event()) is NEED_DATA:
+                data = worker.recv(65536)
+                assert data, "the server closed the worker's connection"
+                parser.receive_data(data)
             assert isinstance(event, Packet)
+            return event
+
+        for _ in range(50):
+            worker.sendall(encode_req(PT.GRAB_JOB))
+            event = next_packet()
             if event.type == PT.JOB_ASSIGN:
                 break
-            assert time.monotonic() < deadline, "the job never reached the worker"
-            time.sleep(0.02)
+            assert event.type == PT.NO_JOB, event
+            # Sleep until the server wakes us for the job, as a real worker does.
+            worker.sendall(encode_req(PT.PRE_SLEEP))
+            assert next_packet().type == PT.NOOP
+        else:
+            raise AssertionError("the job never reached the worker")
         handle, _, data = event.args
         worker.sendall(encode_req(PT.WORK_COMPLETE, handle, answer(data)))
         out = b""

@@ -20,7 +20,7 @@ from protocol import PacketType as PT
 from protocol import __version__
 from tests.cli_helpers import status, wait_status
 from tests.conftest import REFERENCE_GEARADMIN, REFERENCE_GEARMAN, RunningServer
-from tests.wire import Wire, WireTimeout, connect
+from tests.wire import Wire, connect
 
 TIMEOUT = 10.0
 
@@ -75,17 +75,17 @@ def tool_worker(server: RunningServer, function: str, *command: str,
         yield proc
 
 
-def test_reverse(any_server: RunningServer) -> None:
-    with tool_worker(any_server, "reverse", "rev"):
-        done = gearman(any_server, "-f", "reverse", "Hello World!")
+def test_reverse(module_server: RunningServer) -> None:
+    with tool_worker(module_server, "reverse", "rev"):
+        done = gearman(module_server, "-f", "reverse", "Hello World!")
     assert (done.returncode, done.stdout, done.stderr) == (0, b"!dlroW olleH", b"")
 
 
-def test_tutorial_grep_session(any_server: RunningServer) -> None:
+def test_tutorial_grep_session(module_server: RunningServer) -> None:
     listing = subprocess.run(["ls", "/"], capture_output=True, check=True, timeout=5).stdout
     expected = b"".join(line + b"\n" for line in listing.splitlines() if b"lib" in line)
-    with tool_worker(any_server, "test", "grep", "lib"):
-        done = gearman(any_server, "-f", "test", input=listing)
+    with tool_worker(module_server, "test", "grep", "lib"):
+        done = gearman(module_server, "-f", "test", input=listing)
     assert (done.returncode, done.stdout, done.stderr) == (0, expected, b"")
 
 
@@ -101,15 +101,15 @@ def test_client_one_job_per_line(any_server: RunningServer) -> None:
     assert re.fullmatch(rb"XTask created: H:[^:]+:6\n", done.stdout), done.stdout
 
 
-def test_background_jobs_drained_by_counting_worker(any_server: RunningServer) -> None:
+def test_background_jobs_drained_by_counting_worker(module_server: RunningServer) -> None:
     for data in ("a1", "b2", "c3"):
-        done = gearman(any_server, "-b", "-f", "bgq", data)
+        done = gearman(module_server, "-b", "-f", "bgq", data)
         assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
-    assert status(any_server)[b"bgq"] == (3, 0, 0)
-    with spawn(any_server, "-w", "-c", "3", "-f", "bgq") as proc:
+    assert status(module_server)[b"bgq"] == (3, 0, 0)
+    with spawn(module_server, "-w", "-c", "3", "-f", "bgq") as proc:
         out, err = proc.communicate(timeout=TIMEOUT)
     assert (proc.returncode, out, err) == (0, b"a1b2c3", b"")
-    assert status(any_server)[b"bgq"] == (0, 0, 0)
+    assert status(module_server)[b"bgq"] == (0, 0, 0)
 
 
 def test_priority_options_and_unique(any_server: RunningServer) -> None:
@@ -133,12 +133,12 @@ def test_priority_options_and_unique(any_server: RunningServer) -> None:
     assert out == b"highnormallow"
 
 
-def test_prefix_with_two_functions(any_server: RunningServer) -> None:
-    with tool_worker(any_server, "reverse", "rev"), tool_worker(any_server, "upper", "tr",
+def test_prefix_with_two_functions(module_server: RunningServer) -> None:
+    with tool_worker(module_server, "reverse", "rev"), tool_worker(module_server, "upper", "tr",
                                                                 "a-z", "A-Z"):
-        done = gearman(any_server, "-P", "-f", "reverse", "abc")
+        done = gearman(module_server, "-P", "-f", "reverse", "abc")
         assert (done.returncode, done.stdout) == (0, b"reverse: cba")
-        done = gearman(any_server, "-P", "-f", "reverse", "-f", "upper", "abc")
+        done = gearman(module_server, "-P", "-f", "reverse", "-f", "upper", "abc")
     assert done.returncode == 0
     # Both tasks run concurrently: either may print first.
     assert done.stdout in (b"reverse: cbaupper: ABC", b"upper: ABCreverse: cba")
@@ -156,9 +156,9 @@ def _serve_one(server: RunningServer, function: bytes,
             if reply.type is PT.JOB_ASSIGN:
                 break
             assert reply.type is PT.NO_JOB, reply
-            if time.monotonic() > deadline:
-                raise WireTimeout("no job came")
-            time.sleep(0.02)
+            # Sleep until the server wakes us for the job (as a real worker does).
+            w.send(PT.PRE_SLEEP)
+            w.expect(PT.NOOP, timeout=max(0.0, deadline - time.monotonic()))
         handle = reply.args[0]
         for ptype, payload in packets:
             if ptype is PT.WORK_STATUS:
@@ -183,24 +183,24 @@ def client(server: RunningServer, *args: str) -> Iterator[subprocess.Popen[bytes
         yield proc
 
 
-def test_output_routing(any_server: RunningServer) -> None:
-    with client(any_server, "-s", "-f", "pw") as proc:
-        _serve_one(any_server, b"pw", ROUTING)
+def test_output_routing(module_server: RunningServer) -> None:
+    with client(module_server, "-s", "-f", "pw") as proc:
+        _serve_one(module_server, b"pw", ROUTING)
         out, err = proc.communicate(timeout=TIMEOUT)
     # spec §6.1, verified against 1.1.20.
     assert (proc.returncode, out, err) == (0, b"D1RESULT33% Complete\n", b"W1")
 
 
-def test_output_routing_with_prefix(any_server: RunningServer) -> None:
-    with client(any_server, "-P", "-s", "-f", "pw") as proc:
-        _serve_one(any_server, b"pw", ROUTING)
+def test_output_routing_with_prefix(module_server: RunningServer) -> None:
+    with client(module_server, "-P", "-s", "-f", "pw") as proc:
+        _serve_one(module_server, b"pw", ROUTING)
         out, err = proc.communicate(timeout=TIMEOUT)
     assert (proc.returncode, out, err) == (0, b"pw: D1pw: 33% Complete\npw: RESULT", b"pw: W1")
 
 
-def test_failed_job(any_server: RunningServer) -> None:
-    with client(any_server, "-s", "-f", "ff") as proc:
-        _serve_one(any_server, b"ff", [(PT.WORK_DATA, b"partial"), (PT.WORK_FAIL, b"")])
+def test_failed_job(module_server: RunningServer) -> None:
+    with client(module_server, "-s", "-f", "ff") as proc:
+        _serve_one(module_server, b"ff", [(PT.WORK_DATA, b"partial"), (PT.WORK_FAIL, b"")])
         out, err = proc.communicate(timeout=TIMEOUT)
     assert (proc.returncode, out, err) == (1, b"partial", b"Job failed\n")
 
@@ -228,9 +228,9 @@ def test_exception_with_server_exceptions_flag(
         assert (proc.returncode, out, err) == (0, b"", b"boom"), kind
 
 
-def test_worker_command_failure(any_server: RunningServer) -> None:
-    with tool_worker(any_server, "fails", "sh", "-c", "cat; exit 3"):
-        done = gearman(any_server, "-f", "fails", "payload")
+def test_worker_command_failure(module_server: RunningServer) -> None:
+    with tool_worker(module_server, "fails", "sh", "-c", "cat; exit 3"):
+        done = gearman(module_server, "-f", "fails", "payload")
     assert (done.returncode, done.stdout, done.stderr) == (1, b"payload", b"Job failed\n")
 
 

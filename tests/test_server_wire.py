@@ -3,6 +3,10 @@
 Replies are compared byte for byte with what gearmand 1.1.20 sends (spec §1-§3), except
 where decisions.md says we differ: there each side's own behaviour is asserted, so an
 unintended difference fails one of the two runs.
+
+Ours runs in-process (a fresh ``server.app.Server`` on port 0 for each test: the fast
+layer); the reference runs as a process (the slow layer). "Nothing more arrives" is proven
+with an ECHO round trip on the same connection (``Wire.quiet``), not with a clock.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import pytest
 
 from protocol import Packet, __version__
 from protocol import PacketType as PT
-from tests.conftest import RunningServer
+from tests.conftest import GearmanServer
 from tests.wire import Wire, WireTimeout, connect, wait_for
 
 NODE = os.uname().nodename.encode()
@@ -28,7 +32,13 @@ def raw_packet(ptype: int, payload: bytes, magic: bytes = b"\0REQ") -> bytes:
     return struct.pack(">4sII", magic, ptype, len(payload)) + payload
 
 
-def ours(server: RunningServer) -> bool:
+@pytest.fixture
+def server(fresh_server: GearmanServer) -> GearmanServer:
+    """Each test runs against ours (in-process, fast layer) and the reference (slow layer)."""
+    return fresh_server
+
+
+def ours(server: GearmanServer) -> bool:
     return server.kind == "ours"
 
 
@@ -67,19 +77,39 @@ def worker(port: int, *functions: bytes) -> Wire:
     return w
 
 
+def wait_connections(admin: Wire, count: int) -> None:
+    """Wait until the server lists ``count`` connections (``admin`` included): it has
+    handled the closing of the others."""
+    wait_for(lambda: len(status_lines(admin, "workers")) == count)
+
+
+def grab_when_woken(w: Wire, attempts: int = 50) -> Packet:
+    """GRAB_JOB the way a real worker does after a NOOP: the reference can wake a sleeper a
+    moment before the job is back in the queue (its timer runs in another thread), so on
+    NO_JOB sleep again and grab when woken."""
+    for _ in range(attempts):
+        w.send(PT.GRAB_JOB)
+        reply = w.recv()
+        if reply.type is not PT.NO_JOB:
+            return reply
+        w.send(PT.PRE_SLEEP)
+        w.expect(PT.NOOP)
+    raise AssertionError(f"still NO_JOB after {attempts} wake-ups")
+
+
 # --------------------------------------------------------------------------- basics
 
 
-def test_echo_keeps_nul_bytes(any_server: RunningServer) -> None:
-    with connect(any_server.port) as c:
+def test_echo_keeps_nul_bytes(server: GearmanServer) -> None:
+    with connect(server.port) as c:
         for data in (b"a\0b\0\0c\0", b"", b"\0", b"x" * 70000):
             c.send(PT.ECHO_REQ, data)
             c.expect(PT.ECHO_RES, data)
         c.quiet()
 
 
-def test_job_created_handle_shape(any_server: RunningServer) -> None:
-    with connect(any_server.port) as c:
+def test_job_created_handle_shape(server: GearmanServer) -> None:
+    with connect(server.port) as c:
         c.send(PT.SUBMIT_JOB, b"f", b"", b"test")
         c.expect(PT.JOB_CREATED, b"H:" + NODE + b":1")
         c.send(PT.SUBMIT_JOB_BG, b"f", b"", b"test")
@@ -93,8 +123,8 @@ def test_job_created_handle_shape(any_server: RunningServer) -> None:
         c.expect(PT.JOB_CREATED, b"H:" + NODE + b":4")
 
 
-def test_grab_job_assign_shapes(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_grab_job_assign_shapes(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w:
         h1 = submit(c, b"f", b"d\0ata1", b"u1", PT.SUBMIT_JOB_BG)
         w.send(PT.GRAB_JOB)
@@ -118,8 +148,8 @@ def test_grab_job_assign_shapes(any_server: RunningServer) -> None:
         w.expect(PT.NO_JOB)
 
 
-def test_no_job(any_server: RunningServer) -> None:
-    with connect(any_server.port) as c, connect(any_server.port) as w:
+def test_no_job(server: GearmanServer) -> None:
+    with connect(server.port) as c, connect(server.port) as w:
         submit(c, b"f", b"x", ptype=PT.SUBMIT_JOB_BG)
         # No CAN_DO yet: nothing to hand out.
         for grab in (PT.GRAB_JOB, PT.GRAB_JOB_UNIQ, PT.GRAB_JOB_ALL):
@@ -131,8 +161,8 @@ def test_no_job(any_server: RunningServer) -> None:
         w.quiet()
 
 
-def test_pre_sleep_noop_exactly_once(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_pre_sleep_noop_exactly_once(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w:
         w.send(PT.PRE_SLEEP)
         w.quiet()
@@ -147,8 +177,8 @@ def test_pre_sleep_noop_exactly_once(any_server: RunningServer) -> None:
         w.quiet()
 
 
-def test_noop_only_for_own_functions(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_noop_only_for_own_functions(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w:
         w.send(PT.PRE_SLEEP)
         submit(c, b"g", b"1", ptype=PT.SUBMIT_JOB_BG)
@@ -158,8 +188,8 @@ def test_noop_only_for_own_functions(any_server: RunningServer) -> None:
 # --------------------------------------------------------------------------- results
 
 
-def test_work_packets_reach_client_in_order(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_work_packets_reach_client_in_order(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w:
         h = submit(c, b"f", b"payload", b"uniq")
         w.send(PT.GRAB_JOB_UNIQ)
@@ -174,15 +204,15 @@ def test_work_packets_reach_client_in_order(any_server: RunningServer) -> None:
         c.expect(PT.WORK_STATUS, h, b"1", b"3")
         c.expect(PT.WORK_DATA, h, b"D2")
         c.expect(PT.WORK_COMPLETE, h, b"RESULT\0!")
-        c.quiet()
+        c.quiet(w)
         w.quiet()
         # The job is gone: a second result is refused.
         w.send(PT.WORK_COMPLETE, h, b"again")
         w.expect(PT.ERROR, b"JOB_NOT_FOUND", b"Job given in work result not found")
 
 
-def test_work_fail(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_work_fail(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w:
         h = submit(c, b"f", b"x")
         w.send(PT.GRAB_JOB)
@@ -194,8 +224,8 @@ def test_work_fail(any_server: RunningServer) -> None:
             assert function_status(a, b"f") == b"f\t0\t0\t1"
 
 
-def test_work_from_wrong_connection_is_refused(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_work_from_wrong_connection_is_refused(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w, worker(port, b"f") as other:
         h = submit(c, b"f", b"x")
         w.send(PT.GRAB_JOB)
@@ -211,19 +241,19 @@ def test_work_from_wrong_connection_is_refused(any_server: RunningServer) -> Non
                      b"An exception was received for a job that does not exist")
         other.send(PT.WORK_FAIL, h)
         other.expect(PT.ERROR, b"JOB_NOT_FOUND", b"Job given in work result not found")
-        c.quiet()
+        c.quiet(other, w)
         w.send(PT.WORK_COMPLETE, h, b"ok")
         c.expect(PT.WORK_COMPLETE, h, b"ok")
 
 
-def test_work_exception_without_option(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_work_exception_without_option(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w:
         h = submit(c, b"f", b"x")
         w.send(PT.GRAB_JOB)
         w.expect(PT.JOB_ASSIGN, h, b"f", b"x")
         w.send(PT.WORK_EXCEPTION, h, b"boom")
-        if ours(any_server):
+        if ours(server):
             # decisions.md: the bare handle (libgearman clients hang on the NUL).
             c.expect(PT.WORK_FAIL, h)
         else:
@@ -233,8 +263,8 @@ def test_work_exception_without_option(any_server: RunningServer) -> None:
         w.expect(PT.ERROR, b"JOB_NOT_FOUND", b"Job given in work result not found")
 
 
-def test_work_exception_with_option(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_work_exception_with_option(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, connect(port) as plain, worker(port, b"f") as w:
         c.send(PT.OPTION_REQ, b"EXCEPTIONS")
         c.expect(PT.OPTION_RES, b"EXCEPTIONS")
@@ -244,13 +274,13 @@ def test_work_exception_with_option(any_server: RunningServer) -> None:
         w.expect(PT.JOB_ASSIGN, h, b"f", b"x")
         w.send(PT.WORK_EXCEPTION, h, b"boom\0!")
         c.expect(PT.WORK_EXCEPTION, h, b"boom\0!")
-        plain.expect(PT.WORK_FAIL, h if ours(any_server) else h + b"\0")
-        c.quiet()
+        plain.expect(PT.WORK_FAIL, h if ours(server) else h + b"\0")
+        c.quiet(w)
         plain.quiet()
 
 
-def test_option_req(any_server: RunningServer) -> None:
-    with connect(any_server.port) as c:
+def test_option_req(server: GearmanServer) -> None:
+    with connect(server.port) as c:
         c.send(PT.OPTION_REQ, b"exceptions")
         c.expect(PT.OPTION_RES, b"exceptions")
         c.send(PT.OPTION_REQ, b"ExCeptions")
@@ -265,8 +295,8 @@ def test_option_req(any_server: RunningServer) -> None:
 # --------------------------------------------------------------------------- status
 
 
-def test_get_status(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_get_status(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w:
         c.send(PT.GET_STATUS, b"H:nowhere:42")
         c.expect(PT.STATUS_RES, b"H:nowhere:42", b"0", b"0", b"0", b"0")
@@ -290,8 +320,8 @@ def test_get_status(any_server: RunningServer) -> None:
         c.expect(PT.STATUS_RES, h, b"0", b"0", b"0", b"0")
 
 
-def test_get_status_unique(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_get_status_unique(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, connect(port) as c2, worker(port, b"f") as w:
         c.send(PT.GET_STATUS_UNIQUE, b"u-1")
         c.expect(PT.STATUS_RES_UNIQUE, b"u-1", b"0", b"0", b"0", b"0", b"0")
@@ -314,8 +344,8 @@ def test_get_status_unique(any_server: RunningServer) -> None:
         c.expect(PT.STATUS_RES_UNIQUE, b"u-2", b"1", b"0", b"0", b"0", b"0")
 
 
-def test_coalescing_two_foreground_clients(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_coalescing_two_foreground_clients(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c1, connect(port) as c2, worker(port, b"f") as w, \
             worker(port, b"f") as w2:
         h = submit(c1, b"f", b"first", b"same")
@@ -338,14 +368,14 @@ def test_coalescing_two_foreground_clients(any_server: RunningServer) -> None:
                 client.expect(PT.WORK_WARNING, h, b"w")
                 client.expect(PT.WORK_STATUS, h, b"1", b"2")
                 client.expect(PT.WORK_COMPLETE, h, b"done")
-                client.quiet(0.1)
+                client.quiet(w)
         # Finished: the unique is free again and gets a fresh job.
         fresh = submit(c1, b"f", b"again", b"same")
         assert fresh not in (h, other)
 
 
-def test_dash_unique_coalesces_by_workload(any_server: RunningServer) -> None:
-    with connect(any_server.port) as c:
+def test_dash_unique_coalesces_by_workload(server: GearmanServer) -> None:
+    with connect(server.port) as c:
         h1 = submit(c, b"f", b"same", b"-", PT.SUBMIT_JOB_BG)
         assert submit(c, b"f", b"same", b"-", PT.SUBMIT_JOB_BG) == h1
         assert submit(c, b"f", b"other", b"-", PT.SUBMIT_JOB_BG) != h1
@@ -353,8 +383,8 @@ def test_dash_unique_coalesces_by_workload(any_server: RunningServer) -> None:
         assert submit(c, b"f", b"", b"-", PT.SUBMIT_JOB_BG) != h_empty
 
 
-def test_background_job_status(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_background_job_status(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w:
         h = submit(c, b"f", b"bg", b"", PT.SUBMIT_JOB_BG)
         c.send(PT.GET_STATUS, h)
@@ -372,14 +402,14 @@ def test_background_job_status(any_server: RunningServer) -> None:
         w.expect(PT.ECHO_RES, b"sync")
         c.send(PT.GET_STATUS, h)
         c.expect(PT.STATUS_RES, h, b"0", b"0", b"0", b"0")
-        c.quiet()  # the submitter of a bg job hears nothing
+        c.quiet(w)  # the submitter of a bg job hears nothing
 
 
 # --------------------------------------------------------------------------- scheduling
 
 
-def test_priorities_within_one_function(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_priorities_within_one_function(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w:
         order = [(PT.SUBMIT_JOB_LOW_BG, b"L1"), (PT.SUBMIT_JOB_BG, b"N1"),
                  (PT.SUBMIT_JOB_HIGH_BG, b"H1"), (PT.SUBMIT_JOB_LOW_BG, b"L2"),
@@ -395,8 +425,8 @@ def test_priorities_within_one_function(any_server: RunningServer) -> None:
         assert got == [b"H1", b"H2", b"N1", b"N2", b"L1", b"L2"]
 
 
-def test_priorities_across_functions(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_priorities_across_functions(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"fa", b"fb") as w:
         for fn, ptype, data in ((b"fa", PT.SUBMIT_JOB_HIGH_BG, b"A-high"),
                                 (b"fa", PT.SUBMIT_JOB_LOW_BG, b"A-low"),
@@ -409,7 +439,7 @@ def test_priorities_across_functions(any_server: RunningServer) -> None:
             got.append(w.recv().args[2])
         w.send(PT.GRAB_JOB)
         w.expect(PT.NO_JOB)
-    if ours(any_server):
+    if ours(server):
         # decisions.md: priority is global across a worker's functions (HEAD).
         assert sorted(got[:2]) == [b"A-high", b"B-high"]
         assert sorted(got[2:]) == [b"A-low", b"B-low"]
@@ -418,8 +448,8 @@ def test_priorities_across_functions(any_server: RunningServer) -> None:
         assert got == [b"B-high", b"B-low", b"A-high", b"A-low"]
 
 
-def test_epoch_job_in_the_future_is_not_handed_out(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_epoch_job_in_the_future_is_not_handed_out(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w:
         future = str(int(time.time()) + 3600).encode()
         c.send(PT.SUBMIT_JOB_EPOCH, b"f", b"later", future, b"future")
@@ -455,55 +485,55 @@ def well_formed_payload(ptype: PT) -> bytes:
 
 
 @pytest.mark.parametrize("ptype", RESPONSE_ONLY, ids=lambda t: t.name)
-def test_response_only_type_as_request(any_server: RunningServer, ptype: PT) -> None:
-    with connect(any_server.port) as c:
+def test_response_only_type_as_request(server: GearmanServer, ptype: PT) -> None:
+    with connect(server.port) as c:
         c.send_raw(raw_packet(ptype, well_formed_payload(ptype)))
         c.expect(PT.ERROR, b"INVALID_COMMAND", b"Command not expected")
         c.send(PT.ECHO_REQ, b"alive")
         c.expect(PT.ECHO_RES, b"alive")
 
 
-def test_unused_type_5(any_server: RunningServer) -> None:
-    with connect(any_server.port) as c:
+def test_unused_type_5(server: GearmanServer) -> None:
+    with connect(server.port) as c:
         c.send_raw(raw_packet(5, b""))
         c.expect(PT.ERROR, b"INVALID_COMMAND", b"Command not expected")
         c.send(PT.ECHO_REQ, b"alive")
         c.expect(PT.ECHO_RES, b"alive")
 
 
-def test_all_yours(any_server: RunningServer) -> None:
-    with connect(any_server.port) as c:
+def test_all_yours(server: GearmanServer) -> None:
+    with connect(server.port) as c:
         c.send(PT.ALL_YOURS)
-        if ours(any_server):
+        if ours(server):
             c.quiet()  # decisions.md: accepted and ignored
         else:
             c.expect(PT.ERROR, b"INVALID_COMMAND", b"Command not expected")
 
 
-def test_submit_job_sched(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_submit_job_sched(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c:
         c.send(PT.SUBMIT_JOB_SCHED, b"f", b"", b"", b"", b"", b"", b"", b"x")
-        if ours(any_server):
+        if ours(server):
             # decisions.md: accepted (all fields empty = any minute).
             c.expect(PT.JOB_CREATED, b"H:" + NODE + b":1")
         else:
             c.expect(PT.ERROR, b"INVALID_COMMAND", b"Command not expected")
 
 
-def test_response_magic_on_request(any_server: RunningServer) -> None:
-    with connect(any_server.port) as c:
+def test_response_magic_on_request(server: GearmanServer) -> None:
+    with connect(server.port) as c:
         c.send_raw(raw_packet(PT.ECHO_REQ, b"x", b"\0RES"))
         c.expect(PT.ERROR, b"INVALID_MAGIC", b"Request magic expected")
         c.send_raw(raw_packet(PT.SUBMIT_JOB, b"f\0\0x", b"\0RES"))
         c.expect(PT.ERROR, b"INVALID_MAGIC", b"Request magic expected")
         c.send(PT.ECHO_REQ, b"alive")
         c.expect(PT.ECHO_RES, b"alive")
-        with connect(any_server.port) as a:
+        with connect(server.port) as a:
             assert function_status(a, b"f") is None
 
 
-def _error_then_close(server: RunningServer, c: Wire) -> bytes:
+def _error_then_close(server: GearmanServer, c: Wire) -> bytes:
     """The bytes sent before the server closed; ours must have sent exactly one ERROR."""
     data = c.closed()
     if ours(server):
@@ -516,30 +546,32 @@ def _error_then_close(server: RunningServer, c: Wire) -> bytes:
 
 
 @pytest.mark.parametrize("ptype", [0, 43, 99, 0x7FFFFFFF])
-def test_unknown_type_closes(any_server: RunningServer, ptype: int) -> None:
-    with connect(any_server.port) as c:
+def test_unknown_type_closes(server: GearmanServer, ptype: int) -> None:
+    with connect(server.port) as c:
         c.send_raw(raw_packet(ptype, b"junk"))
-        _error_then_close(any_server, c)
+        _error_then_close(server, c)
 
 
-def test_bad_magic_closes(any_server: RunningServer) -> None:
-    with connect(any_server.port) as c:
+def test_bad_magic_closes(server: GearmanServer) -> None:
+    with connect(server.port) as c:
         c.send_raw(b"\0XYZ" + struct.pack(">II", PT.ECHO_REQ, 1) + b"x")
-        _error_then_close(any_server, c)
-    with connect(any_server.port) as c2:
+        _error_then_close(server, c)
+    with connect(server.port) as c2:
         c2.send(PT.ECHO_REQ, b"server still up")
         c2.expect(PT.ECHO_RES, b"server still up")
 
 
-def test_packet_missing_nuls(any_server: RunningServer) -> None:
-    with connect(any_server.port) as c:
+def test_packet_missing_nuls(server: GearmanServer) -> None:
+    with connect(server.port) as c:
         c.send_raw(raw_packet(PT.SUBMIT_JOB, b"f\0no-second-nul"))
-        if ours(any_server):
-            data = _error_then_close(any_server, c)
+        if ours(server):
+            data = _error_then_close(server, c)
             assert data[12:].split(b"\0")[0] == b"INVALID_PACKET"
         else:
-            c.quiet()  # the reference waits for a NUL that never comes (spec §1.1)
-    with connect(any_server.port) as c2:
+            # The reference waits for a NUL that never comes (spec §1.1): it reads nothing
+            # more here, so an ECHO cannot prove the silence; give it the time instead.
+            c.silent_for()
+    with connect(server.port) as c2:
         c2.send(PT.ECHO_REQ, b"server still up")
         c2.expect(PT.ECHO_RES, b"server still up")
 
@@ -547,8 +579,8 @@ def test_packet_missing_nuls(any_server: RunningServer) -> None:
 # --------------------------------------------------------------------------- worker loss
 
 
-def test_worker_disconnect_requeues_to_another_worker(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_worker_disconnect_requeues_to_another_worker(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w2:
         w1 = worker(port, b"f")
         h = submit(c, b"f", b"job")
@@ -557,7 +589,7 @@ def test_worker_disconnect_requeues_to_another_worker(any_server: RunningServer)
         w1.send(PT.WORK_STATUS, h, b"1", b"2")
         c.expect(PT.WORK_STATUS, h, b"1", b"2")
         w2.send(PT.PRE_SLEEP)
-        w2.quiet(0.1)
+        w2.quiet()
         w1.close()
         w2.expect(PT.NOOP)
         c.send(PT.GET_STATUS, h)
@@ -568,11 +600,11 @@ def test_worker_disconnect_requeues_to_another_worker(any_server: RunningServer)
         w2.expect(PT.JOB_ASSIGN, h, b"f", b"job")
         w2.send(PT.WORK_COMPLETE, h, b"done")
         c.expect(PT.WORK_COMPLETE, h, b"done")  # the client was not told about the loss
-        c.quiet()
+        c.quiet(w2)
 
 
-def test_cant_do_requeues(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_cant_do_requeues(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w, worker(port, b"f") as w2:
         h = submit(c, b"f", b"job")
         w.send(PT.GRAB_JOB)
@@ -586,11 +618,11 @@ def test_cant_do_requeues(any_server: RunningServer) -> None:
         w2.expect(PT.JOB_ASSIGN, h, b"f", b"job")
         w2.send(PT.WORK_COMPLETE, h, b"ok")
         c.expect(PT.WORK_COMPLETE, h, b"ok")
-        c.quiet()
+        c.quiet(w, w2)
 
 
-def test_reset_abilities_requeues(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_reset_abilities_requeues(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f", b"g") as w:
         h = submit(c, b"f", b"job")
         w.send(PT.GRAB_JOB)
@@ -606,8 +638,8 @@ def test_reset_abilities_requeues(any_server: RunningServer) -> None:
 # --------------------------------------------------------------------------- admin
 
 
-def test_admin_status(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_admin_status(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as a:
         assert a.admin("status") == b".\n"
         with connect(port) as c, worker(port, b"beta") as w, worker(port, b"beta"):
@@ -618,7 +650,7 @@ def test_admin_status(any_server: RunningServer) -> None:
             w.recv()
             lines = status_lines(a)
             expected = [b"alpha\t1\t0\t0", b"beta\t2\t1\t2"]
-            if ours(any_server):
+            if ours(server):
                 assert lines == expected  # decisions.md: sorted by name
             else:
                 assert sorted(lines) == expected
@@ -627,8 +659,8 @@ def test_admin_status(any_server: RunningServer) -> None:
         wait_for(lambda: function_status(a, b"beta") == b"beta\t2\t0\t0")
 
 
-def test_admin_workers(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_admin_workers(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as a, worker(port) as w, connect(port) as c:
         w.send(PT.SET_CLIENT_ID, b"worker 1")
         w.send(PT.CAN_DO, b"one")
@@ -645,13 +677,13 @@ def test_admin_workers(any_server: RunningServer) -> None:
             assert re.fullmatch(rb"\d+ 127\.0\.0\.1 .*", line), line
         rest = sorted(line.split(b" ", 2)[2] for line in lines)
         assert rest == [b"- :", b"- :", b"worker 1 : two one"]
-        if ours(any_server):
+        if ours(server):
             ids = [int(line.split(b" ")[0]) for line in lines]
             assert ids == sorted(ids)  # decisions.md: sorted by connection id
 
 
-def test_admin_prioritystatus(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_admin_prioritystatus(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as a:
         assert a.admin("prioritystatus") == b".\n"
     with connect(port) as a, connect(port) as c, worker(port, b"p"):
@@ -661,11 +693,11 @@ def test_admin_prioritystatus(any_server: RunningServer) -> None:
         submit(c, b"q", b"x", b"", PT.SUBMIT_JOB_HIGH)
         lines = status_lines(a, "prioritystatus")
         expected = [b"p\t1\t2\t3\t1", b"q\t1\t0\t0\t0"]
-        assert (lines if ours(any_server) else sorted(lines)) == expected
+        assert (lines if ours(server) else sorted(lines)) == expected
 
 
-def test_admin_show_jobs(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_admin_show_jobs(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as a, connect(port) as c:
         assert a.admin("show jobs") == b".\n"
         hb = submit(c, b"f", b"x", b"ub", PT.SUBMIT_JOB_BG)
@@ -681,19 +713,19 @@ def test_admin_show_jobs(any_server: RunningServer) -> None:
         assert a.admin("show jobs x") == b"ERR UNKNOWN_SHOW_ARGUMENTS\r\n"
 
 
-def test_admin_version_getpid_verbose(any_server: RunningServer) -> None:
-    with connect(any_server.port) as a:
+def test_admin_version_getpid_verbose(server: GearmanServer) -> None:
+    with connect(server.port) as a:
         version = a.admin("version")
-        if ours(any_server):
+        if ours(server):
             assert version == f"OK {__version__}\n".encode()
         else:
             assert version == b"OK 1.1.20+ds\n"
-        assert a.admin("getpid") == f"OK {any_server.proc.pid}\n".encode()
+        assert a.admin("getpid") == f"OK {server.proc.pid}\n".encode()
         assert a.admin("verbose") == b"OK ERROR\n"
 
 
-def test_admin_maxqueue(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_admin_maxqueue(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as a, connect(port) as c:
         assert a.admin("maxqueue") == (b"ERR INVALID_ARGUMENTS An+incomplete+set+of+arguments"
                                        b"+was+sent+to+this+command+maxqueue\r\n")
@@ -716,15 +748,15 @@ def test_admin_maxqueue(any_server: RunningServer) -> None:
         assert function_status(a, b"mq") == b"mq\t4\t0\t0"
 
 
-def test_admin_maxqueue_coalescing_still_allowed(any_server: RunningServer) -> None:
-    with connect(any_server.port) as a, connect(any_server.port) as c:
+def test_admin_maxqueue_coalescing_still_allowed(server: GearmanServer) -> None:
+    with connect(server.port) as a, connect(server.port) as c:
         h = submit(c, b"mq", b"0", b"u", PT.SUBMIT_JOB_BG)
         assert a.admin("maxqueue mq 1") == b"OK\r\n"
         assert submit(c, b"mq", b"0", b"u", PT.SUBMIT_JOB_BG) == h
 
 
-def test_admin_cancel_job(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_admin_cancel_job(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as a, connect(port) as c:
         h = submit(c, b"f", b"x")
         hb = submit(c, b"f", b"y", b"", PT.SUBMIT_JOB_BG)
@@ -733,7 +765,7 @@ def test_admin_cancel_job(any_server: RunningServer) -> None:
         assert a.admin(b"cancel job H:nowhere:1") == b"ERR UNKNOWN_JOB\r\n"
         assert a.admin("cancel job") == b"ERR UNKNOWN_COMMAND Unknown+server+commandcancel\r\n"
         lines = status_lines(a, "show jobs")
-        if ours(any_server):
+        if ours(server):
             # decisions.md: a queued job is removed at once.
             assert lines == [hb + b"\t0\t0\t1"]
             assert function_status(a, b"f") == b"f\t1\t0\t0"
@@ -747,8 +779,8 @@ def test_admin_cancel_job(any_server: RunningServer) -> None:
         c.quiet()
 
 
-def test_admin_cancel_running_job(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_admin_cancel_running_job(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as a, connect(port) as c, worker(port, b"f") as w:
         h = submit(c, b"f", b"x")
         w.send(PT.GRAB_JOB)
@@ -757,7 +789,7 @@ def test_admin_cancel_running_job(any_server: RunningServer) -> None:
         c.expect(PT.WORK_FAIL, h)
         w.send(PT.WORK_COMPLETE, h, b"late")
         w.send(PT.ECHO_REQ, b"sync")
-        if ours(any_server):
+        if ours(server):
             # decisions.md: clients detached; the worker's result is accepted and dropped.
             w.expect(PT.ECHO_RES, b"sync")
             c.quiet()
@@ -768,11 +800,11 @@ def test_admin_cancel_running_job(any_server: RunningServer) -> None:
 
 
 @pytest.mark.parametrize("end", [b"\n", b"\r\n"], ids=["lf", "crlf"])
-def test_admin_create_function(any_server: RunningServer, end: bytes) -> None:
-    with connect(any_server.port) as a:
+def test_admin_create_function(server: GearmanServer, end: bytes) -> None:
+    with connect(server.port) as a:
         assert a.admin("create function newf", end) == b"OK\r\n"
         names = [line.split(b"\t")[0] for line in status_lines(a)]
-        if end == b"\r\n" or ours(any_server):
+        if end == b"\r\n" or ours(server):
             assert names == [b"newf"]
             assert function_status(a, b"newf") == b"newf\t0\t0\t0"
         else:
@@ -782,8 +814,8 @@ def test_admin_create_function(any_server: RunningServer, end: bytes) -> None:
             b"+create\r\n")
 
 
-def test_admin_drop_function(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_admin_drop_function(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as a, connect(port) as c:
         assert a.admin("drop function nosuch") == b"ERR function not found\r\n"
         assert a.admin("create function gone\r") == b"OK\r\n"
@@ -796,7 +828,7 @@ def test_admin_drop_function(any_server: RunningServer) -> None:
                 b"ERR there are still connected workers or executing clients\r\n")
         submit(c, b"queued", b"x", ptype=PT.SUBMIT_JOB_BG)
         reply = a.admin("drop function queued")
-        if ours(any_server):
+        if ours(server):
             assert reply == b"ERR there are still queued jobs\r\n"
             assert function_status(a, b"queued") == b"queued\t1\t0\t0"
         else:
@@ -807,8 +839,8 @@ def test_admin_drop_function(any_server: RunningServer) -> None:
             b"+drop\r\n")
 
 
-def test_admin_unknown_command(any_server: RunningServer) -> None:
-    with connect(any_server.port) as a:
+def test_admin_unknown_command(server: GearmanServer) -> None:
+    with connect(server.port) as a:
         assert a.admin("frobnicate") == b"ERR UNKNOWN_COMMAND Unknown+server+commandfrobnicate\r\n"
         assert a.admin("shutdownx now") == (
             b"ERR UNKNOWN_COMMAND Unknown+server+commandshutdownx\r\n")
@@ -816,10 +848,10 @@ def test_admin_unknown_command(any_server: RunningServer) -> None:
         assert a.admin("version") .startswith(b"OK ")
 
 
-def test_admin_too_many_words(any_server: RunningServer) -> None:
-    with connect(any_server.port) as a:
+def test_admin_too_many_words(server: GearmanServer) -> None:
+    with connect(server.port) as a:
         a.send_raw(b"status a b c d e\n")
-        if ours(any_server):
+        if ours(server):
             reply = a.admin_reply()
             assert reply.startswith(b"ERR ") and reply.endswith(b"\r\n"), reply
             assert a.admin("status") == b".\n"
@@ -827,8 +859,8 @@ def test_admin_too_many_words(any_server: RunningServer) -> None:
             assert a.closed() == b""  # 1.1.20 closes silently
 
 
-def test_text_and_binary_interleaved(any_server: RunningServer) -> None:
-    with connect(any_server.port) as c:
+def test_text_and_binary_interleaved(server: GearmanServer) -> None:
+    with connect(server.port) as c:
         c.send_raw(b"status\n" + raw_packet(PT.ECHO_REQ, b"bin\0ary") + b"version\r\n"
                    + raw_packet(PT.SUBMIT_JOB_BG, b"f\0\0x") + b"status\n")
         assert c.admin_reply() == b".\n"
@@ -838,13 +870,13 @@ def test_text_and_binary_interleaved(any_server: RunningServer) -> None:
         assert c.admin_reply() == b"f\t1\t0\t0\n.\n"
 
 
-def test_pipelined_admin_commands(any_server: RunningServer) -> None:
-    with connect(any_server.port) as c:
+def test_pipelined_admin_commands(server: GearmanServer) -> None:
+    with connect(server.port) as c:
         c.send_raw(b"create function a\r\nstatus\r\nbogus\r\ngetpid\r\n")
         assert c.admin_reply() == b"OK\r\n"
         assert c.admin_reply() == b"a\t0\t0\t0\n.\n"
         assert c.admin_reply() == b"ERR UNKNOWN_COMMAND Unknown+server+commandbogus\r\n"
-        assert c.admin_reply() == f"OK {any_server.proc.pid}\n".encode()
+        assert c.admin_reply() == f"OK {server.proc.pid}\n".encode()
 
 
 def test_waiting_is_bounded() -> None:
@@ -858,17 +890,25 @@ def test_waiting_is_bounded() -> None:
             wire.recv()
 
 
+def test_quiet_sees_what_was_already_sent(server: GearmanServer) -> None:
+    """The helper's ECHO round trip fails on a packet the server sent before it."""
+    with connect(server.port) as c:
+        c.send(PT.ECHO_REQ, b"unread")
+        with pytest.raises(AssertionError, match="unread"):
+            c.quiet()
+
+
 # --------------------------------------------------------------------------- limits
 
 
-def test_unique_length_limits(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_unique_length_limits(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w:
         u64 = bytes(range(65, 65 + 26)) * 2 + b"0123456789AB"
         assert len(u64) == 64
         h = submit(c, b"f", b"x", u64, PT.SUBMIT_JOB_BG)
         w.send(PT.GRAB_JOB_UNIQ)
-        if ours(any_server):
+        if ours(server):
             w.expect(PT.JOB_ASSIGN_UNIQ, h, b"f", u64, b"x")  # decisions.md: kept whole
         else:
             # 1.1.20 keeps 63 bytes and its terminating NUL lands in front of the data.
@@ -879,22 +919,22 @@ def test_unique_length_limits(any_server: RunningServer) -> None:
         c.expect(PT.ECHO_RES, b"open")
 
 
-def test_get_status_overlong_handle(any_server: RunningServer) -> None:
-    with connect(any_server.port) as c:
+def test_get_status_overlong_handle(server: GearmanServer) -> None:
+    with connect(server.port) as c:
         h63 = b"H:" + b"x" * 61
         c.send(PT.GET_STATUS, h63)
         c.expect(PT.STATUS_RES, h63, b"0", b"0", b"0", b"0")
         c.send(PT.GET_STATUS, h63 + b"y")
-        if ours(any_server):
+        if ours(server):
             # decisions.md: an ERROR instead of the reference's silence.
             reply = c.recv()
             assert reply.type is PT.ERROR and reply.args[0] == b"ARGUMENT_TOO_LARGE", reply
         else:
-            c.quiet()
+            c.silent_for()  # an error inside 1.1.20: no ECHO (see test_epoch_overflow)
 
 
-def test_set_client_id_truncated(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_set_client_id_truncated(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as w, connect(port) as a:
         w.send(PT.SET_CLIENT_ID, b"i" * 200)
         w.send(PT.CAN_DO, b"f")
@@ -904,16 +944,16 @@ def test_set_client_id_truncated(any_server: RunningServer) -> None:
         assert any(line.endswith(b" " + b"i" * 127 + b" : f") for line in lines), lines
 
 
-def test_empty_function_name(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_empty_function_name(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"") as w:
         h = submit(c, b"", b"data")
         w.send(PT.GRAB_JOB)
         w.expect(PT.JOB_ASSIGN, h, b"", b"data")
 
 
-def test_foreground_reduce_job(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_foreground_reduce_job(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"map") as w:
         c.send(PT.SUBMIT_REDUCE_JOB, b"map", b"ru", b"reducer", b"", b"input")
         h = c.recv().args[0]
@@ -926,29 +966,30 @@ def test_foreground_reduce_job(any_server: RunningServer) -> None:
 # --------------------------------------------------------------------------- job life
 
 
-def test_foreground_client_leaving_bg_job(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_foreground_client_leaving_bg_job(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w:
         h = submit(c, b"f", b"bg", b"shared", PT.SUBMIT_JOB_BG)
         with connect(port) as fg:
             assert submit(fg, b"f", b"fg", b"shared") == h
-        time.sleep(0.2)
+        with connect(port) as a:
+            wait_connections(a, 3)  # c, w and a: fg's leaving has been handled
         w.send(PT.GRAB_JOB)
-        if ours(any_server):
+        if ours(server):
             w.expect(PT.JOB_ASSIGN, h, b"f", b"bg")  # decisions.md: the bg job survives
         else:
             w.expect(PT.NO_JOB)  # 1.1.20 drops it (spec §2.2 bug a)
 
 
-def test_resubmit_after_all_clients_left(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_resubmit_after_all_clients_left(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, connect(port) as a:
         with connect(port) as gone:
             h = submit(gone, b"f", b"x", b"u")
-        time.sleep(0.2)
+        wait_connections(a, 2)  # c and a: gone's leaving has been handled
         with worker(port, b"f") as w:
             h2 = submit(c, b"f", b"y", b"u")
-            if ours(any_server):
+            if ours(server):
                 # decisions.md: a fresh job, never the dead one.
                 assert h2 != h
                 assert status_lines(a, "show jobs") == [h2 + b"\t0\t0\t0"]
@@ -964,12 +1005,12 @@ def test_resubmit_after_all_clients_left(any_server: RunningServer) -> None:
                 c.quiet()
 
 
-def test_client_leaving_queued_job(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_client_leaving_queued_job(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as a:
         with connect(port) as gone:
             h = submit(gone, b"f", b"x")
-        if ours(any_server):
+        if ours(server):
             wait_for(lambda: a.admin("show jobs") == b".\n")  # dropped at once
         else:
             # Doomed but kept, and counted, until a GRAB reaches it (spec §2.8).
@@ -982,14 +1023,14 @@ def test_client_leaving_queued_job(any_server: RunningServer) -> None:
         wait_for(lambda: function_status(a, b"f") == b"f\t0\t0\t0")
 
 
-def test_client_leaving_running_job(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_client_leaving_running_job(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as a, worker(port, b"f") as w:
         with connect(port) as gone:
             h = submit(gone, b"f", b"x")
             w.send(PT.GRAB_JOB)
             w.expect(PT.JOB_ASSIGN, h, b"f", b"x")
-        time.sleep(0.2)
+        wait_connections(a, 2)  # a and w: gone's leaving has been handled
         # Results of a job nobody waits for are accepted without error (spec §2.8).
         w.send(PT.WORK_DATA, h, b"d")
         w.send(PT.WORK_COMPLETE, h, b"r")
@@ -998,22 +1039,22 @@ def test_client_leaving_running_job(any_server: RunningServer) -> None:
         assert function_status(a, b"f") == b"f\t0\t0\t1"
 
 
-def test_future_epoch_job_does_not_hide_lower_priority(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_future_epoch_job_does_not_hide_lower_priority(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w:
         future = str(int(time.time()) + 3600).encode()
         c.send(PT.SUBMIT_JOB_EPOCH, b"f", b"", future, b"later")
         c.recv()
         h = submit(c, b"f", b"low", b"", PT.SUBMIT_JOB_LOW_BG)
         w.send(PT.GRAB_JOB)
-        if ours(any_server):
+        if ours(server):
             w.expect(PT.JOB_ASSIGN, h, b"f", b"low")  # decisions.md
         else:
             w.expect(PT.NO_JOB)  # 1.1.20: the NORMAL level hides the LOW one
 
 
-def test_epoch_job_falling_due_wakes_sleepers(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_epoch_job_falling_due_wakes_sleepers(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w:
         due = int(time.time()) + 2
         c.send(PT.SUBMIT_JOB_EPOCH, b"f", b"", str(due).encode(), b"soon")
@@ -1022,23 +1063,24 @@ def test_epoch_job_falling_due_wakes_sleepers(any_server: RunningServer) -> None
         w.send(PT.GRAB_JOB)
         w.expect(PT.NO_JOB)
         w.send(PT.PRE_SLEEP)
-        wait = due - time.time() + 1.5
-        if ours(any_server):
-            w.expect(PT.NOOP, timeout=wait)  # decisions.md: HEAD wakes them when due
-            assert time.time() >= due - 0.05
+        w.quiet()  # asleep: not woken before the job is due
+        if ours(server):
+            # decisions.md: HEAD wakes them when due. Not early either: the GRAB right
+            # after the NOOP finds the job due.
+            w.expect(PT.NOOP, timeout=due - time.time() + 1.5)
         else:
-            w.quiet(wait)  # 1.1.20 does not
+            w.silent_for(due - time.time() + 0.5)  # 1.1.20 does not: only a clock shows it
         w.send(PT.GRAB_JOB)
         w.expect(PT.JOB_ASSIGN, h, b"f", b"soon")
 
 
-def test_can_do_twice(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_can_do_twice(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as a, worker(port, b"f", b"f") as w:
         w.send(PT.ECHO_REQ, b"")
         w.recv()
         lines = status_lines(a, "workers")
-        if ours(any_server):
+        if ours(server):
             # docs/differences.md: one registration per function per connection.
             assert function_status(a, b"f") == b"f\t0\t0\t1"
             assert any(x.endswith(b" - : f") for x in lines), lines
@@ -1052,8 +1094,8 @@ def test_can_do_twice(any_server: RunningServer) -> None:
         assert function_status(a, b"f") == b"f\t0\t0\t0"
 
 
-def test_can_do_timeout_requeues(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_can_do_timeout_requeues(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, connect(port) as w, worker(port, b"f") as w2:
         w.send(PT.CAN_DO_TIMEOUT, b"f", b"1")  # raised to 1000 ms
         h = submit(c, b"f", b"slow")
@@ -1061,28 +1103,21 @@ def test_can_do_timeout_requeues(any_server: RunningServer) -> None:
         w.send(PT.GRAB_JOB)
         w.expect(PT.JOB_ASSIGN, h, b"f", b"slow")
         w2.send(PT.PRE_SLEEP)
-        w2.expect(PT.NOOP, timeout=3)
-        assert 0.8 < time.monotonic() - start < 2.5
-        # The reference can wake the sleeper a moment before the job is back in the
-        # queue (its timer runs in another thread): grab the way a real worker does.
-        while True:
-            w2.send(PT.GRAB_JOB)
-            reply = w2.recv()
-            if reply.type is not PT.NO_JOB:
-                break
-            assert time.monotonic() - start < 3
-            w2.send(PT.PRE_SLEEP)
-            w2.expect(PT.NOOP)
+        w2.expect(PT.NOOP, timeout=5)  # the timeout requeued the job: w2 is woken
+        # Raised to 1 s, not 1 ms. (Only a lower bound: a busy machine makes the timer
+        # later, never earlier, so this cannot fail by chance. How late is not asserted.)
+        assert time.monotonic() - start >= 0.9
+        reply = grab_when_woken(w2)
         assert reply.encode() == Packet.res(PT.JOB_ASSIGN, h, b"f", b"slow").encode()
         w.send(PT.WORK_COMPLETE, h, b"late")
         w.expect(PT.ERROR, b"JOB_NOT_FOUND", b"Job given in work result not found")
         w2.send(PT.WORK_COMPLETE, h, b"ok")
         c.expect(PT.WORK_COMPLETE, h, b"ok")
-        c.quiet()
+        c.quiet(w, w2)
 
 
-def test_can_do_timeout_cancelled_on_completion(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_can_do_timeout_cancelled_on_completion(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, connect(port) as w, connect(port) as a:
         w.send(PT.CAN_DO_TIMEOUT, b"f", b"1000")
         h = submit(c, b"f", b"quick")
@@ -1090,8 +1125,20 @@ def test_can_do_timeout_cancelled_on_completion(any_server: RunningServer) -> No
         w.expect(PT.JOB_ASSIGN, h, b"f", b"quick")
         w.send(PT.WORK_COMPLETE, h, b"ok")
         c.expect(PT.WORK_COMPLETE, h, b"ok")
-        time.sleep(1.5)
-        if ours(any_server):
+        # Wait for a later timer instead of the clock: a probe job under the same timeout,
+        # taken after f's job completed, times out after f's (cancelled) timer was due.
+        with connect(port) as pc, connect(port) as pw, worker(port, b"probe") as sleeper:
+            pw.send(PT.CAN_DO_TIMEOUT, b"probe", b"1000")
+            hp = submit(pc, b"probe", b"p")
+            pw.send(PT.GRAB_JOB)
+            pw.expect(PT.JOB_ASSIGN, hp, b"probe", b"p")
+            sleeper.send(PT.PRE_SLEEP)
+            sleeper.expect(PT.NOOP, timeout=5)  # the probe's timer fired
+            reply = grab_when_woken(sleeper)
+            assert reply.encode() == Packet.res(PT.JOB_ASSIGN, hp, b"probe", b"p").encode()
+            sleeper.send(PT.WORK_COMPLETE, hp, b"")
+            pc.expect(PT.WORK_COMPLETE, hp, b"")
+        if ours(server):
             assert function_status(a, b"f") == b"f\t0\t0\t1"
             assert a.admin("show jobs") == b".\n"
         # (1.1.20's stale timer may corrupt its counters here: spec §2.7; not asserted.)
@@ -1100,81 +1147,85 @@ def test_can_do_timeout_cancelled_on_completion(any_server: RunningServer) -> No
 
 
 @pytest.mark.parametrize("retries", ["0", "2"])
-def test_job_retries(start_server: Callable[..., RunningServer], retries: str) -> None:
-    for kind in ("ours", "reference"):
-        server: RunningServer = start_server(kind, "--job-retries", retries)
-        port = server.port
-        with connect(port) as c:
-            h = submit(c, b"f", b"x")
-            failed_after = None
-            for attempt in range(1, 4):
-                with worker(port, b"f") as w:
-                    w.send(PT.GRAB_JOB)
-                    reply = w.recv()
-                if reply.type is PT.NO_JOB:
-                    break
-                assert reply.args[0] == h
-                try:
-                    c.expect(PT.WORK_FAIL, h, timeout=0.3)
-                    failed_after = attempt
-                    break
-                except WireTimeout:
-                    pass
-            if retries == "0":
-                # decisions.md: HEAD, 0 = no retry; 1.1.20: 0 = unlimited.
-                assert failed_after == (1 if kind == "ours" else None), kind
-            else:
-                assert failed_after == 2, kind
+def test_job_retries(start_any: Callable[..., GearmanServer], retries: str) -> None:
+    server = start_any("--job-retries", retries)
+    port = server.port
+    with connect(port) as c, connect(port) as a:
+        h = submit(c, b"f", b"x")
+        failed_after = None
+        for attempt in range(1, 4):
+            with worker(port, b"f") as w:
+                w.send(PT.GRAB_JOB)
+                reply = w.recv()
+            if reply.type is PT.NO_JOB:
+                break
+            assert reply.args[0] == h
+            # The worker's leaving handled: the job is back in the queue, or failed.
+            wait_for(lambda: (function_status(a, b"f") or b"f\t0\t0\t0").split(b"\t")[2:]
+                     == [b"0", b"0"])
+            if function_status(a, b"f") in (None, b"f\t0\t0\t0"):
+                c.expect(PT.WORK_FAIL, h)
+                failed_after = attempt
+                break
+            c.quiet()
+        if retries == "0":
+            # decisions.md: HEAD, 0 = no retry; 1.1.20: 0 = unlimited.
+            assert failed_after == (1 if ours(server) else None), server.kind
+        else:
+            assert failed_after == 2, server.kind
 
 
-def test_worker_wakeup_rotation(start_server: Callable[..., RunningServer]) -> None:
-    for kind in ("ours", "reference"):
-        server: RunningServer = start_server(kind, "--worker-wakeup", "1")
-        port = server.port
-        with connect(port) as c, worker(port, b"f") as w1, worker(port, b"f") as w2, \
-                worker(port, b"f") as w3:
-            for w in (w1, w2, w3):
-                w.send(PT.PRE_SLEEP)
-                w.send(PT.ECHO_REQ, b"")
-                w.recv()
-            woken = []
-            for n in range(3):
-                submit(c, b"f", str(n).encode(), ptype=PT.SUBMIT_JOB_BG)
-                time.sleep(0.1)
-                for i, w in enumerate((w1, w2, w3)):
-                    try:
-                        w.expect(PT.NOOP, timeout=0.05)
-                        woken.append(i)
-                    except WireTimeout:
-                        pass
-            assert sorted(woken) == [0, 1, 2], (kind, woken)
-            submit(c, b"f", b"4", ptype=PT.SUBMIT_JOB_BG)
-            for w in (w1, w2, w3):
-                w.quiet(0.1)
+def test_worker_wakeup_rotation(start_any: Callable[..., GearmanServer]) -> None:
+    server = start_any("--worker-wakeup", "1")
+    port = server.port
+    with connect(port) as c, worker(port, b"f") as w1, worker(port, b"f") as w2, \
+            worker(port, b"f") as w3:
+        sleepers = (w1, w2, w3)
+        for w in sleepers:
+            w.send(PT.PRE_SLEEP)
+            w.quiet()
+        woken = []
+        for n in range(3):
+            submit(c, b"f", str(n).encode(), ptype=PT.SUBMIT_JOB_BG)
+            # Each sleeper's next packet is its NOOP, if it was woken, else our ECHO.
+            for i, w in enumerate(sleepers):
+                w.send(PT.ECHO_REQ, b"woken?")
+                reply = w.recv()
+                if reply.type is PT.NOOP:
+                    woken.append(i)
+                    w.expect(PT.ECHO_RES, b"woken?")
+                else:
+                    assert reply.encode() == Packet.res(PT.ECHO_RES, b"woken?").encode(), reply
+        assert sorted(woken) == [0, 1, 2], (server.kind, woken)
+        submit(c, b"f", b"4", ptype=PT.SUBMIT_JOB_BG)
+        for w in sleepers:
+            w.quiet()
 
 
-def test_admin_shutdown(any_server: RunningServer) -> None:
-    with connect(any_server.port) as a:
+def test_admin_shutdown(server: GearmanServer) -> None:
+    with connect(server.port) as a:
         reply = a.admin("shutdown")
-        if ours(any_server):
+        if ours(server):
             assert reply == b"OK\r\n"
-            any_server.proc.wait(5)
+            server.proc.wait(5)
         else:
             assert reply == b"ERR UNKNOWN_COMMAND Unknown+server+commandshutdown\r\n"
 
 
-def test_epoch_overflow(any_server: RunningServer) -> None:
-    with connect(any_server.port) as c:
+def test_epoch_overflow(server: GearmanServer) -> None:
+    with connect(server.port) as c:
         for garbage in (b"abc", b"", b"0", b"-5"):  # strtoll: garbage = 0 = run now
             c.send(PT.SUBMIT_JOB_EPOCH, b"e", b"", garbage, b"d")
             assert c.recv().type is PT.JOB_CREATED
         c.send(PT.SUBMIT_JOB_EPOCH, b"e", b"", b"99999999999999999999", b"d")
-        if ours(any_server):
+        if ours(server):
             # decisions.md: an ERROR instead of silence.
             c.expect(PT.ERROR, b"INVALID_ARGUMENT", b"Epoch time out of range")
         else:
-            c.quiet()
-    with connect(any_server.port) as w:
+            # 1.1.20 is silent, but an ECHO sent while its worker thread is still failing
+            # that packet may get the connection closed (seen): only the clock can tell.
+            c.silent_for()
+    with connect(server.port) as w:
         w.send(PT.CAN_DO, b"e")
         for _ in range(4):
             w.send(PT.GRAB_JOB)
@@ -1183,8 +1234,8 @@ def test_epoch_overflow(any_server: RunningServer) -> None:
         w.expect(PT.NO_JOB)
 
 
-def test_background_submit_onto_running_foreground_job(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_background_submit_onto_running_foreground_job(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as fg, connect(port) as bg, worker(port, b"k") as w, \
             connect(port) as a:
         h = submit(fg, b"k", b"fg", b"uu")
@@ -1193,12 +1244,12 @@ def test_background_submit_onto_running_foreground_job(any_server: RunningServer
         assert submit(bg, b"k", b"bg", b"uu", PT.SUBMIT_JOB_BG) == h
         # docs/differences.md: the job now has a background submitter, so it must run
         # even if the foreground client leaves; `show jobs` says so (queued=1).
-        flag = b"1" if ours(any_server) else b"0"
+        flag = b"1" if ours(server) else b"0"
         assert a.admin("show jobs") == h + b"\t0\t0\t" + flag + b"\n.\n"
 
 
-def test_worker_holding_two_jobs_disconnects(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_worker_holding_two_jobs_disconnects(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, connect(port) as a:
         h1 = submit(c, b"f", b"one")
         h2 = submit(c, b"f", b"two")
@@ -1221,8 +1272,8 @@ def test_worker_holding_two_jobs_disconnects(any_server: RunningServer) -> None:
             assert results == {(h1, h1), (h2, h2)}
 
 
-def test_many_pipelined_jobs_and_large_payload(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_many_pipelined_jobs_and_large_payload(server: GearmanServer) -> None:
+    port = server.port
     big = bytes(range(256)) * 8192  # 2 MiB with NULs
     with connect(port) as c, worker(port, b"f") as w:
         c.send_raw(b"".join(
@@ -1239,35 +1290,35 @@ def test_many_pipelined_jobs_and_large_payload(any_server: RunningServer) -> Non
         c.expect(PT.WORK_COMPLETE, handles[0], b"")
 
 
-def test_admin_leading_space(any_server: RunningServer) -> None:
-    with connect(any_server.port) as a:
+def test_admin_leading_space(server: GearmanServer) -> None:
+    with connect(server.port) as a:
         reply = a.admin("  status")
-        if ours(any_server):
+        if ours(server):
             # docs/differences.md: spaces before the command word are skipped.
             assert reply.endswith(b".\n")
         else:
             assert reply == b"ERR UNKNOWN_COMMAND Unknown+server+command\r\n"
 
 
-def test_admin_shutdown_graceful(any_server: RunningServer) -> None:
-    port = any_server.port
+def test_admin_shutdown_graceful(server: GearmanServer) -> None:
+    port = server.port
     with connect(port) as c, worker(port, b"f") as w, connect(port) as a:
         h = submit(c, b"f", b"x")
         w.send(PT.GRAB_JOB)
         w.expect(PT.JOB_ASSIGN, h, b"f", b"x")
         reply = a.admin("shutdown graceful")
-        if not ours(any_server):
+        if not ours(server):
             assert reply == b"ERR UNKNOWN_COMMAND Unknown+server+commandshutdown\r\n"
             return
         # decisions.md: stop accepting, let running foreground work finish, exit.
         assert reply == b"OK\r\n"
         wait_for(lambda: _refused(port))
-        assert any_server.proc.poll() is None
+        assert server.proc.poll() is None
         w.send(PT.WORK_STATUS, h, b"1", b"2")
         c.expect(PT.WORK_STATUS, h, b"1", b"2")
         w.send(PT.WORK_COMPLETE, h, b"done")
         c.expect(PT.WORK_COMPLETE, h, b"done")
-        assert any_server.proc.wait(5) == 0
+        assert server.proc.wait(5) == 0
 
 
 def _refused(port: int) -> bool:

@@ -26,8 +26,10 @@ class FakeStore:
         self.fail_all = False
         self.closed = False
         self.jobs: dict[str, StoredJob] = {}
+        self.entered = 0  # commits begun (counted before the gate)
 
     def commit(self, added: Sequence[StoredJob], done: Sequence[str]) -> None:
+        self.entered += 1
         self.gate.wait(10)
         keys = [j.key for j in added]
         if self.fail_all or self.fail_when & set(keys):
@@ -217,9 +219,9 @@ async def test_abandon_gives_up_on_a_store_that_hangs() -> None:
             await nursery.start(writer.run)
             writer.add_nowait(job(1), errors.append)
             writer.add_nowait(job(2), errors.append)
-            await trio.sleep(0.1)  # the first commit is now stuck in its thread
+            await wait_until(lambda: store.entered)  # the first commit is stuck in its thread
             writer.close()
-            await trio.sleep(0.1)
+            await trio.testing.wait_all_tasks_blocked()  # all that close() alone does
             assert not errors  # close() alone waits for the store
             writer.abandon()
         # run() returned long before the stuck commit would have.

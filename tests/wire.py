@@ -15,7 +15,7 @@ from protocol import HEADER_SIZE, NEED_DATA, Packet, PacketType, Parser, encode_
 
 #: Seconds any single expected reply may take.
 DEFAULT_TIMEOUT = 3.0
-#: Seconds of silence that count as "no reply".
+#: Seconds of silence that count as "no reply" where an ECHO round trip cannot prove it.
 QUIET = 0.3
 
 
@@ -36,6 +36,7 @@ class Wire:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
         self.eof = False
+        self._sync_tokens = 0
 
     # ------------------------------------------------------------------ basics
 
@@ -122,8 +123,31 @@ class Wire:
         self.send(ptype, *args)
         return self.recv()
 
-    def quiet(self, wait: float = QUIET) -> None:
-        """Assert that nothing arrives within ``wait`` seconds (and the peer stays open)."""
+    def sync(self, token: bytes = b"sync") -> None:
+        """An ECHO round trip: once it is back, the server has handled every packet sent
+        before on this connection. The echo must be the next packet: anything the server
+        had sent first fails the test."""
+        self._sync_tokens += 1
+        token = b"%s-%d" % (token, self._sync_tokens)
+        self.send(PacketType.ECHO_REQ, token)
+        self.expect(PacketType.ECHO_RES, token)
+
+    def quiet(self, *after: Wire) -> None:
+        """Assert that the server has sent nothing more on this connection, without waiting
+        on a clock: first an ECHO round trip on each of ``after`` (connections whose packets
+        could make the server send here), then one on this connection. Output to one peer
+        keeps its order, so anything already due here would arrive before our echo."""
+        for other in after:
+            other.sync()
+        self.sync(b"quiet")
+        assert not self.buf, f"unexpected bytes from the server: {bytes(self.buf)!r}"
+
+    def silent_for(self, wait: float = QUIET) -> None:
+        """Assert that nothing arrives within ``wait`` seconds (and the peer stays open).
+
+        Only where an ECHO cannot be used: the server must not read anything more on this
+        connection (it is waiting for the rest of a packet), or the point is that a timer
+        does not fire."""
         deadline = time.monotonic() + wait
         while self._fill(deadline):
             pass
