@@ -9,7 +9,7 @@ Section numbers (§) point at the protocol reference summarised in docs/architec
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from protocol import SUBMIT_KINDS, PacketType
@@ -286,3 +286,61 @@ class Manager(JobCore):
         running = b"1" if job.worker is not None else b"0"
         conn.peer.deliver(PT.STATUS_RES_UNIQUE, unique, b"1", running, job.numerator,
                           job.denominator, str(len(job.clients)).encode())
+
+    # ------------------------------------------------------------------ admin
+
+    def drop_function(self, name: bytes) -> str | None:
+        """Remove a function with no workers, running or queued jobs; the error text if not."""
+        lowered = name.lower()
+        for fname, fn in self.functions.items():
+            if fname.lower() == lowered:
+                if fn.workers or fn.running:
+                    return "there are still connected workers or executing clients"
+                if fn.queued:
+                    # decisions.md: the reference orphans queued jobs here.
+                    return "there are still queued jobs"
+                del self.functions[fname]
+                return None
+        return "function not found"
+
+    def cancel(self, handle: bytes) -> bool:
+        """``cancel job``: fail attached clients, drop the stored copy (decisions.md)."""
+        job = self.jobs.get(handle)
+        if job is None:
+            return False
+        job.cancelled = True
+        if job.clients:
+            self._broadcast(job, PT.WORK_FAIL, job.handle)
+        if job.queued:
+            self._abandon(job)
+            self._forget(job)
+        elif job.waiting:
+            job.waiting = False
+            job.function.scheduled -= 1
+            self._forget(job)
+        elif job.worker is not None:
+            # Running: detach everything; the worker's later results are discarded.
+            for client in job.clients:
+                client.attached.discard(job)
+            job.clients = []
+            self._unindex(job)
+            if job.store_key is not None and self.store is not None:
+                self.store.forget(job.store_key)
+            job.store_key = None
+        else:
+            self._forget(job)
+        return True
+
+    def background_jobs(self) -> Iterator[Job]:
+        """Background jobs held now and not cancelled (the shutdown snapshot)."""
+        return (j for j in list(self.jobs.values()) if j.background and not j.cancelled)
+
+    def busy(self) -> bool:
+        """Whether any job runs, or a foreground job waits (graceful shutdown waits)."""
+        return any(j.worker is not None or (j.clients and j.queued)
+                   for j in self.jobs.values())
+
+    def iter_jobs(self) -> Iterator[Job]:
+        """Every job the server holds (queued, waiting, running), in handle order."""
+        return iter(list(self.jobs.values()))
+

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
+import trio.testing
 from pymemcache.client.base import Client as McClient  # type: ignore[import-untyped]
 
 from gearman_cli import AsyncWorker, Job
@@ -605,10 +606,19 @@ async def test_line_of_exactly_the_limit_is_not_refused(ports: Ports) -> None:
     with trio.fail_after(10):
         mc = await Mc.connect(ports.mc)
         await mc.send(b"y" * 2048)
-        await trio.sleep(0.1)  # let the server read it: it must not close at this size
+        # The server (same trio run) has read it all and waits for more: not too long.
+        await trio.testing.wait_all_tasks_blocked()
         await mc.send(b"\r\n")
         await mc.expect(b"CLIENT_ERROR unknown command: " + b"y" * 64 + b"\r\n")
         await mc.works()
+        await mc.aclose()
+
+
+async def test_line_one_byte_over_the_limit_closes(ports: Ports) -> None:
+    with trio.fail_after(10):
+        mc = await Mc.connect(ports.mc)
+        await mc.send(b"z" * 2049)
+        assert await mc.rest_until_eof() == b"CLIENT_ERROR line too long\r\n"
         await mc.aclose()
 
 
