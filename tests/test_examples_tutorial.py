@@ -26,21 +26,25 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def run_example(
-    server: RunningServer,
+    server: RunningServer | None,
     script: str,
     *args: str,
     timeout: float = 30.0,
     env: dict[str, str] | None = None,
     check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``shell_examples/<script>`` against ``server``; fail on timeout (or error)."""
+    """Run ``shell_examples/<script>`` against ``server`` (None: the script starts its own);
+    fail on timeout (or error)."""
     full_env = {
         **os.environ,
-        "GEARMAN_SERVER": f"127.0.0.1:{server.port}",
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         **(env or {}),
     }
     full_env.pop("GEARMAN_SERVERS", None)
+    if server is not None:
+        full_env["GEARMAN_SERVER"] = f"127.0.0.1:{server.port}"
+    else:
+        full_env.pop("GEARMAN_SERVER", None)
     proc = subprocess.Popen(
         [str(EXAMPLES / script), *args],
         stdin=subprocess.DEVNULL,
