@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ def server(start_server: ServerFactory) -> RunningServer:
 
 
 @pytest.fixture
-def work(tmp_path: Path) -> collections.abc.Iterator[Path]:
+def work(tmp_path: Path) -> Iterator[Path]:
     """The example's directory; an Apache left running by a failed run is stopped."""
     work = tmp_path / "apache"
     yield work
