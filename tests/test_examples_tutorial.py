@@ -26,21 +26,25 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def run_example(
-    server: RunningServer,
+    server: RunningServer | None,
     script: str,
     *args: str,
     timeout: float = 30.0,
     env: dict[str, str] | None = None,
     check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``shell_examples/<script>`` against ``server``; fail on timeout (or error)."""
+    """Run ``shell_examples/<script>`` against ``server`` (None: the script starts its own);
+    fail on timeout (or error)."""
     full_env = {
         **os.environ,
-        "GEARMAN_SERVER": f"127.0.0.1:{server.port}",
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         **(env or {}),
     }
     full_env.pop("GEARMAN_SERVERS", None)
+    if server is not None:
+        full_env["GEARMAN_SERVER"] = f"127.0.0.1:{server.port}"
+    else:
+        full_env.pop("GEARMAN_SERVER", None)
     proc = subprocess.Popen(
         [str(EXAMPLES / script), *args],
         stdin=subprocess.DEVNULL,
@@ -283,28 +287,4 @@ def test_async_queue_background_jobs_followed_by_handle(server: RunningServer) -
     ]
 
 
-# -- search engine --
-
-
-def test_search_engine_crawls_indexes_and_searches(server: RunningServer) -> None:
-    out = run_example(
-        server, "search_engine/run.sh", "gearman", "background status", "zeppelin", "priorities"
-    ).stdout
-    part = sections(out)
-    pages = EXAMPLES / "search_engine/pages"
-    start = f"file://{pages}/index.html"
-    assert part[f"crawl from {start}"] == [f"queued {start}"]
-    # Every page reachable from index.html, and not the page nothing links to.
-    assert (
-        "crawled 6 pages: background.html clients.html index.html mapreduce.html "
-        "server.html workers.html" in part
-    ), out
-
-    def urls(query: str) -> set[str]:
-        return set(re.findall(r"<file://[^>]*/([^/>]+)>", "\n".join(part[f"search: {query}"])))
-
-    assert urls("gearman") == {"index.html", "mapreduce.html"}
-    assert urls("background status") == {"background.html", "clients.html"}
-    assert urls("priorities") == {"server.html"}
-    assert part["search: zeppelin"] == ["(nothing found)"]  # only the orphan page says it
-    assert "[Gearman] in a nutshell" in "\n".join(part["search: gearman"])
+# -- search engine: tests/test_examples_narada.py --

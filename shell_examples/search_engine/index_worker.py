@@ -1,25 +1,17 @@
 #!/usr/bin/env python3
-"""The ``index`` worker: adds a fetched page (the URL, a newline, the HTML) to an SQLite FTS5
-full-text index (``SEARCH_DATA/search.db``), replacing an older copy of the same URL."""
+"""The ``index`` worker: adds a fetched page (the URL, a newline, the HTML) to the full-text
+index (``narada_store``: SQLite FTS5, or MariaDB's FULLTEXT with ``SEARCH_DB``), replacing an
+older copy of the same URL, and to the memcached document cache with ``SEARCH_CACHE``."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 from html.parser import HTMLParser
-from pathlib import Path
+
+from narada_store import Cache, Page, open_store
 
 from gearman_cli import Job, Worker
-
-SCHEMA = "CREATE VIRTUAL TABLE IF NOT EXISTS pages USING fts5(url UNINDEXED, title, body)"
-
-
-def open_index() -> sqlite3.Connection:
-    db = sqlite3.connect(Path(os.environ.get("SEARCH_DATA", ".")) / "search.db")
-    db.execute("PRAGMA journal_mode=WAL")  # the search worker reads while we write
-    db.execute(SCHEMA)
-    return db
 
 
 class TextOfPage(HTMLParser):
@@ -47,22 +39,19 @@ class TextOfPage(HTMLParser):
 
 def index(job: Job) -> str:
     url, _, html = job.data.decode("utf-8", "replace").partition("\n")
-    page = TextOfPage()
-    page.feed(html)
-    page.close()
-    body = " ".join(" ".join(page.text).split())
+    parsed = TextOfPage()
+    parsed.feed(html)
+    parsed.close()
+    page = Page(url, parsed.title.strip(), " ".join(" ".join(parsed.text).split()))
     # A connection per job: blocking callbacks run in worker threads.
-    with contextlib.closing(open_index()) as db, db:
-        db.execute("DELETE FROM pages WHERE url = ?", (url,))
-        db.execute(
-            "INSERT INTO pages (url, title, body) VALUES (?, ?, ?)",
-            (url, page.title.strip(), body),
-        )
-    return f"indexed {url} ({len(body.split())} words)"
+    with contextlib.closing(open_store()) as store:
+        store.put_page(page)
+    Cache().put(page)
+    return f"indexed {url} ({len(page.body.split())} words)"
 
 
 def main() -> None:
-    open_index().close()
+    open_store().close()  # creates the tables, or fails early
     worker = Worker(os.environ.get("GEARMAN_SERVER", "localhost:4730"))
     worker.add_function("index", index)
     with contextlib.suppress(KeyboardInterrupt):
