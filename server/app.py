@@ -20,7 +20,7 @@ from .admin import AdminContext
 from .config import ServerConfig
 from .gear import GearFrontEnd
 from .host import Address, FrontEnd
-from .manager import Manager
+from .manager import Limits, Manager
 from .persistence import Persistence
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ class Server:
             job_retries=config.job_retries,
             worker_wakeup=config.worker_wakeup,
             exceptions=config.exceptions,
+            limits=Limits(max_name=config.max_name_length, max_functions=config.max_functions,
+                          max_worker_functions=config.max_worker_functions),
         )
         self._admin = AdminContext(
             manager=self._manager,

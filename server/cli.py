@@ -167,8 +167,8 @@ PARAMS: list[click.Parameter] = [
               "Default is the limit the process was started with."),
     _opt("-h", "--help", "help_", is_flag=True, help="Print this help menu."),
     _opt("-j", "--job-retries", type=_Int(-1), default=-1, metavar="N",
-         help="Number of times a job is retried after its worker was lost or timed out "
-              "before the server fails it; 0 fails it on the first loss. "
+         help="Assignments a job gets in all: when its worker is lost (or times out) "
+              "on the N-th, the job fails; 0 and 1 both fail it on the first loss. "
               "-1 (the default) means no limit."),
     _opt("--job-handle-prefix", metavar="PREFIX",
          help='Prefix used to generate a job handle string. If not provided, the default '
@@ -236,6 +236,26 @@ PARAMS: list[click.Parameter] = [
     _opt("--max-packet-size", section=OURS, type=_Int(1024),
          default=_default("max_packet_size"), metavar="BYTES",
          help="Largest packet a peer may send."),
+    _opt("--max-name-length", section=OURS, type=_Int(1), default=_default("max_name_length"),
+         metavar="BYTES", help="Longest function name or client id a peer may use."),
+    _opt("--max-functions", section=OURS, type=_Int(1), default=_default("max_functions"),
+         metavar="N", help="Functions the server holds at once."),
+    _opt("--max-worker-functions", section=OURS, type=_Int(1),
+         default=_default("max_worker_functions"), metavar="N",
+         help="Functions one worker connection may register."),
+    _opt("--write-timeout", section=OURS, type=float, default=_default("write_timeout"),
+         metavar="SECONDS",
+         help="Drop a peer that takes none of its pending output for this long (0: never)."),
+    _opt("--idle-timeout", section=OURS, type=float, default=_default("idle_timeout"),
+         metavar="SECONDS",
+         help="Close a Gear or memcached connection that sends nothing for this long "
+              "(0, the default: never; workers may sleep for hours)."),
+    _opt("--http-idle-timeout", section=HTTP, type=float,
+         default=_default("http_idle_timeout"), metavar="SECONDS",
+         help="Close an HTTP connection idle between requests for this long (0: never)."),
+    _opt("--http-request-timeout", section=HTTP, type=float,
+         default=_default("http_request_timeout"), metavar="SECONDS",
+         help="Time an HTTP client has to send a whole request once begun (0: no bound)."),
     _opt("--http-port", section=HTTP, type=_Int(0), default=8080,
          metavar="PORT", help="Port to listen on (with -r http)."),
     _opt("--memcached-port", section=MEMCACHED, type=_Int(0), default=11211,
@@ -397,8 +417,12 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
             raise CliError(f"Unknown protocol module : {protocol}")
         if protocol not in protocols:
             protocols.append(protocol)
-    if values["graceful_timeout"] < 0:
-        raise CliError("invalid value for --graceful-timeout: it cannot be negative")
+    for seconds in ("graceful_timeout", "write_timeout", "idle_timeout", "http_idle_timeout",
+                    "http_request_timeout"):
+        if not values[seconds] >= 0 or values[seconds] == float("inf"):  # nan, inf too
+            flag = "--" + seconds.replace("_", "-")
+            raise CliError(f"invalid value for {flag}: it must be a finite number of "
+                           "seconds, not negative")
     for port_option in ("http_port", "memcached_port"):
         if values[port_option] > 65535:
             flag = "--" + port_option.replace("_", "-")
@@ -442,6 +466,13 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         keepalive_interval=values["keepalive_interval"],
         keepalive_count=values["keepalive_count"],
         max_packet_size=values["max_packet_size"],
+        max_name_length=values["max_name_length"],
+        max_functions=values["max_functions"],
+        max_worker_functions=values["max_worker_functions"],
+        write_timeout=values["write_timeout"],
+        idle_timeout=values["idle_timeout"],
+        http_idle_timeout=values["http_idle_timeout"],
+        http_request_timeout=values["http_request_timeout"],
         admin_from_anywhere=values["admin_from_anywhere"],
         queue_type=_queue_type(values["queue_type"]),
         queue_options=_queue_options(values, (o.name for o in QUEUE_OPTIONS

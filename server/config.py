@@ -36,6 +36,21 @@ class ServerConfig:
     max_packet_size: int = 64 * 1024 * 1024
     #: Outgoing bytes buffered for one peer before its reader is paused.
     max_outgoing_buffer: int = 8 * 1024 * 1024
+    #: Seconds a peer may take no byte of its pending output before it is dropped (0 = never).
+    write_timeout: float = 60.0
+    #: Seconds a Gear or memcached connection may send nothing before it is closed
+    #: (0 = never: workers sleep for hours between jobs).
+    idle_timeout: float = 0.0
+    #: Seconds an HTTP connection may stay idle between requests (0 = never).
+    http_idle_timeout: float = 60.0
+    #: Seconds an HTTP client has to send a whole request once it has begun (0 = no bound).
+    http_request_timeout: float = 30.0
+    #: Bytes in a function name or client id.
+    max_name_length: int = 512
+    #: Functions the server holds at once.
+    max_functions: int = 100_000
+    #: Functions one worker connection may register.
+    max_worker_functions: int = 10_000
     #: Mutating admin commands (shutdown, cancel job, ...) from non-loopback peers.
     admin_from_anywhere: bool = False
     #: Persistent queue: "builtin" (memory only) or a store name, with its options.

@@ -25,6 +25,7 @@ import os
 import select
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 import trio
@@ -59,6 +60,8 @@ _RECEIVE_SIZE: Final = 64 * 1024
 _ENCODE: Final = [res_encoder(PacketType(n)) if n in PacketType._value2member_map_ else None
                   for n in range(max(PacketType) + 1)]
 _PT_ERROR: Final = PacketType.ERROR
+#: What a closed peer's parser becomes: its buffers are freed at once.
+_CLOSED_PARSER: Final = Parser(max_packet_size=0)
 
 
 class GearHold:
@@ -84,11 +87,13 @@ class GearPeer:
     """
 
     __slots__ = ("_holds", "_wake", "_write_scope", "broken", "cid", "closed", "closing",
-                 "conn", "dirty", "fd", "hard_limit", "limit", "on_drained", "out", "parser",
-                 "paused", "reader_scope", "resumed", "stream")
+                 "conn", "dirty", "fd", "hard_limit", "last_read", "limit", "on_drained", "out",
+                 "over", "overfull", "parser", "paused", "reader_scope", "resumed", "stream",
+                 "waiters", "write_timeout")
 
     def __init__(self, stream: trio.SocketStream, limit: int, dirty: list[GearPeer],
-                 parser: Parser) -> None:
+                 parser: Parser, overfull: list[GearPeer] | None = None,
+                 write_timeout: float = 0) -> None:
         self.stream = stream
         self.fd = stream.socket.fileno()
         self.out = bytearray()
@@ -114,7 +119,19 @@ class GearPeer:
         self.parser = parser
         #: The front-end's list of peers with unflushed output (shared by all peers).
         self.dirty = dirty
-        self.on_drained: list[GearPeer] | None = None
+        #: Past ``limit`` pending: set, and this peer put on the front-end's ``overfull``
+        #: list, so that whoever sent the batch is paused until this one drains.
+        self.over = False
+        self.overfull = overfull if overfull is not None else []
+        #: Peers paused because their batches filled this one's output.
+        self.waiters: list[GearPeer] = []
+        #: Called once this peer's output is back under ``limit`` (after ``over``/pause).
+        self.on_drained: Callable[[GearPeer], None] | None = None
+        #: Seconds the writer waits for the socket to take any byte before dropping the
+        #: peer (0 = for ever).
+        self.write_timeout = write_timeout
+        #: When a read last brought data (the idle timeout's clock).
+        self.last_read = time.monotonic()
 
     def deliver(self, ptype: PacketType, *args: bytes) -> None:
         self.write(_ENCODE[ptype](*args))  # type: ignore[misc]
@@ -135,11 +152,15 @@ class GearPeer:
         out = self.out
         if not out:
             self.dirty.append(self)
-        elif len(out) > self.hard_limit:
-            log.warning("connection %d: peer does not read (%d bytes pending); dropping",
-                        self.cid, len(out))
-            self.drop()
-            return
+        elif len(out) > self.limit:
+            if len(out) > self.hard_limit:
+                log.warning("connection %d: peer does not read (%d bytes pending); dropping",
+                            self.cid, len(out))
+                self.drop()
+                return
+            if not self.over:
+                self.over = True
+                self.overfull.append(self)
         out += data
 
     def hold(self) -> GearHold:
@@ -194,8 +215,9 @@ class GearPeer:
         self._check_drained()
 
     def _check_drained(self) -> None:
-        if self.paused and len(self.out) <= self.limit and self.on_drained is not None:
-            self.on_drained.append(self)
+        if ((self.paused or self.over) and len(self.out) <= self.limit
+                and self.on_drained is not None):
+            self.on_drained(self)
 
     async def writer(self) -> None:
         """Finish writes the kernel could not take at once; end when closing or broken."""
@@ -205,7 +227,17 @@ class GearPeer:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 while out and not self.broken:
-                    await trio.lowlevel.wait_writable(self.fd)
+                    if self.write_timeout > 0:
+                        with trio.move_on_after(self.write_timeout) as waited:
+                            await trio.lowlevel.wait_writable(self.fd)
+                        if waited.cancelled_caught:
+                            log.warning("connection %d: peer took no data for %.0f s "
+                                        "(%d bytes pending); dropping", self.cid,
+                                        self.write_timeout, len(out))
+                            self.broken = True
+                            break
+                    else:
+                        await trio.lowlevel.wait_writable(self.fd)
                     try:
                         written = os.write(self.fd, out)
                     except BlockingIOError:
@@ -248,8 +280,8 @@ class GearFrontEnd:
         self.addresses: list[Address] = []
         #: Peers with output not yet written; flushed once per batch of events.
         self._dirty: list[GearPeer] = []
-        #: Paused peers whose output drained: resumed at the next flush.
-        self._drained: list[GearPeer] = []
+        #: Peers whose output passed their bound during the current batch.
+        self._overfull: list[GearPeer] = []
         self._epoll = select.epoll() if self.transport == "epoll" else None
         self._readers: dict[int, GearPeer] = {}
         self._reading = trio.CancelScope()
@@ -267,6 +299,8 @@ class GearFrontEnd:
             # In the server's nursery: reading goes on after the accept loop ends (a
             # graceful shutdown lets running work finish) until ``stop_reading``.
             self.host.spawn(self._run_reactor)
+        if self.config.idle_timeout > 0:
+            self.host.spawn(self._close_idle, self.config.idle_timeout)
         task_status.started(list(self.addresses))
         await serve_listeners(self.host, listeners, self._connection)
 
@@ -288,10 +322,6 @@ class GearFrontEnd:
             dirty.clear()
             for peer in batch:
                 peer.flush()
-        if self._drained:
-            drained, self._drained = self._drained, []
-            for peer in drained:
-                self._resume(peer)
 
     # ------------------------------------------------------------------ connections
 
@@ -300,7 +330,8 @@ class GearFrontEnd:
         writes, and the clean-up when either side ends it."""
         config = self.config
         peer = GearPeer(stream, config.max_outgoing_buffer, self._dirty,
-                        Parser(max_packet_size=config.max_packet_size))
+                        Parser(max_packet_size=config.max_packet_size), self._overfull,
+                        config.write_timeout)
         conn = self.manager.connect(peer, address)
         peer.cid = conn.id
         peer.conn = conn
@@ -327,6 +358,12 @@ class GearFrontEnd:
             peer.closed = True
             peer.out.clear()
             self.manager.disconnect(conn, time.time())
+            # Senders paused for this peer's sake go on; and nothing keeps this peer's
+            # buffers alive (no reference cycle waiting for the garbage collector).
+            self._release_waiters(peer)
+            peer.parser = _CLOSED_PARSER
+            peer.conn = None
+            peer.on_drained = None
             self.host.changed()
             with trio.CancelScope(shield=True):
                 await stream.aclose()
@@ -349,9 +386,21 @@ class GearFrontEnd:
             if self._epoll is not None:
                 self._epoll.modify(peer.fd, 0)
 
+    def _drained(self, peer: GearPeer) -> None:
+        """``peer``'s output is back under its bound: read it again (unless another
+        peer it filled is still full), and the senders paused for its sake too."""
+        peer.over = False
+        self._resume(peer)
+        self._release_waiters(peer)
+
+    def _release_waiters(self, peer: GearPeer) -> None:
+        waiters, peer.waiters = peer.waiters, []
+        for waiter in waiters:
+            self._resume(waiter)
+
     def _resume(self, peer: GearPeer) -> None:
-        if not peer.paused:
-            return
+        if not peer.paused or len(peer.out) > peer.limit:
+            return  # still behind with its own output: its own drain resumes it
         peer.paused = False
         peer.resumed.set()
         if self._epoll is not None and self._readers.get(peer.fd) is peer:
@@ -361,6 +410,15 @@ class GearFrontEnd:
         """Stop reading from a peer; its task flushes what is pending and cleans up."""
         self._stop_reading(peer)
         peer.close_when_flushed()
+
+    async def _close_idle(self, timeout: float) -> None:
+        """``--idle-timeout``: close connections that sent nothing for that long."""
+        while True:
+            await trio.sleep(min(timeout / 4, 5.0))
+            cutoff = time.monotonic() - timeout
+            for peer in [p for p in self._readers.values() if p.last_read < cutoff]:
+                log.info("connection %d: idle for %.0f s; closing", peer.cid, timeout)
+                self._end(peer)
 
     # ------------------------------------------------------------------ transports
 
@@ -384,6 +442,7 @@ class GearFrontEnd:
         while True:
             await wait_readable(epfd)
             now = time.time()
+            clock = time.monotonic()
             # Bounded per round, so a flood of ready peers still lets other tasks run.
             for fd, _ in epoll.poll(0, 512):
                 peer = readers.get(fd)
@@ -397,6 +456,7 @@ class GearFrontEnd:
                     log.info("connection %d: read failed: %s", peer.cid, exc)
                     self._end(peer)
                     continue
+                peer.last_read = clock
                 receive(peer, data, now)
             self.flush()
             self.host.deadlines_changed()
@@ -415,6 +475,7 @@ class GearFrontEnd:
                     log.info("connection %d: read failed: %s", peer.cid, exc)
                     self._end(peer)
                     return
+                peer.last_read = time.monotonic()
                 self._receive(peer, data, time.time())
                 self.flush()
                 self.host.deadlines_changed()
@@ -432,6 +493,8 @@ class GearFrontEnd:
             self._stop_reading(peer)
 
     def _events(self, peer: GearPeer, data: bytes, now: float) -> None:
+        # Only what this batch fills counts against this sender.
+        self._overfull.clear()
         parser = peer.parser
         conn = peer.conn
         assert conn is not None
@@ -469,5 +532,17 @@ class GearFrontEnd:
             return
         if peer.closing:
             self._end(peer)
-        elif len(peer.out) > peer.limit:
+            return
+        if len(peer.out) > peer.limit:
             self._pause(peer)
+        overfull = self._overfull
+        if overfull:
+            # This batch filled other peers' output past their bound (a worker streaming
+            # to a slow client): stop reading the sender until they drain, rather than
+            # buffering without end or dropping the slow reader.
+            for full in overfull:
+                if full is not peer and full.over and not full.broken:
+                    self._pause(peer)
+                    if peer not in full.waiters:
+                        full.waiters.append(peer)
+            overfull.clear()

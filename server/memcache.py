@@ -91,6 +91,8 @@ class MemcachedConnection:
     # ------------------------------------------------------------------ reading
 
     async def _fill(self) -> None:
+        if self.eof:
+            raise _Closed("closed by peer")
         data = await self.stream.receive_some(_RECEIVE_SIZE)
         if not data:
             self.eof = True
@@ -188,9 +190,21 @@ class MemcachedConnection:
         if len(key) > MAX_KEY:
             await self._send(b"CLIENT_ERROR key too long\r\n")
             return
+        problem = self._key_problem(key)
+        if problem is not None:
+            if not noreply:
+                await self._send(b"CLIENT_ERROR %s\r\n" % problem)
+            return
         reply = await self._submit_background(key, data)
         if not noreply:
             await self._send(reply)
+
+    def _key_problem(self, function: bytes) -> bytes | None:
+        """Why a key's function name is the client's mistake, or None."""
+        if not function:
+            return b"empty function name"
+        problem = self.manager.name_problem(function)
+        return problem[1] if problem is not None else None
 
     async def _submit_background(self, function: bytes, data: bytes) -> bytes:
         self.manager.submit(self.conn, function, b"", data, int(Priority.NORMAL), True,
@@ -211,6 +225,11 @@ class MemcachedConnection:
         if any(len(k) > MAX_KEY for k in keys):
             await self._send(b"CLIENT_ERROR bad command line format\r\n")
             return
+        for key in keys:
+            problem = self._key_problem(key.partition(b"/")[0])
+            if problem is not None:
+                await self._send(b"CLIENT_ERROR %s\r\n" % problem)
+                return
         results = await self._run_jobs(keys)
         out = bytearray()
         for key, value in zip(keys, results, strict=True):
@@ -234,7 +253,8 @@ class MemcachedConnection:
         created = 0
         waiting = len(keys)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch, nursery.cancel_scope)
+            if not self.eof:
+                nursery.start_soon(self._watch)
             while waiting:
                 ptype, args = await self.peer.next_packet()
                 if ptype is PT.JOB_CREATED or ptype is PT.ERROR:
@@ -260,15 +280,13 @@ class MemcachedConnection:
                     self._miss(keys[index], reason)
                     waiting -= 1
             nursery.cancel_scope.cancel()
-        if self.eof and not self.buf:
-            raise _Closed("client left before its answer")
         return results
 
     def _miss(self, key: bytes, reason: bytes) -> None:
         log.info("connection %d: get %r is a miss: %s", self.cid, key,
                  reason[:256].decode("latin-1"))
 
-    async def _watch(self, scope: trio.CancelScope) -> None:
+    async def _watch(self) -> None:
         """While jobs run, notice the client leaving (and keep what it pipelined)."""
         while len(self.buf) < _PIPELINE_LIMIT:
             try:
@@ -276,11 +294,13 @@ class MemcachedConnection:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:
+                # The client has finished sending: it may still read (a half-close, as
+                # ``nc -N`` does), so it is answered, as memcached answers what it read.
+                # Its jobs stay attached until they end; if it left for good, the
+                # answer's write fails and the connection closes then.
                 self.eof = True
-                log.info("connection %d: memcached client left before its answer", self.cid)
-                # Its jobs lose their client, as when a Gear client leaves.
-                self.peer.scope.cancel()
-                scope.cancel()
+                log.info("connection %d: memcached client closed its side; answering "
+                         "what it sent", self.cid)
                 return
             self.buf += data
 

@@ -220,30 +220,71 @@ async def test_graceful_shutdown_lets_running_job_finish() -> None:
             assert (await client.packet()).args == (handle, b"finished")
 
 
-async def test_client_that_never_reads_is_dropped_and_memory_stays_bounded(
+async def test_worker_streaming_to_a_slow_client_is_paused_not_the_client_dropped(
         server: tuple[Server, int]) -> None:
-    """A foreground client stops reading while its worker streams WORK_DATA: once its
-    backlog passes the hard limit it is dropped, and nothing more is buffered for it."""
+    """Issue 12: a worker streaming WORK_DATA faster than its client reads used to get
+    the client dropped at 4x the output bound. Now the worker is not read while the
+    client is behind, the client's backlog stays bounded, and every byte arrives."""
     srv, port = server
-    with trio.fail_after(20):
+    chunk_size, chunks = 60000, 100  # 6 MB, far past the 1 MiB hard limit
+    with trio.fail_after(30):
         client = await connect(port)
         await client.send(encode_req(PT.SUBMIT_JOB, b"stream", b"", b"go"))
         handle = (await client.packet()).args[0]
         worker = await connect(port)
         await worker.send(encode_req(PT.CAN_DO, b"stream"), encode_req(PT.GRAB_JOB))
         await worker.packet()
-        chunk = encode_req(PT.WORK_DATA, handle, b"d" * 60000)
-        for _ in range(100):  # 6 MB, far past the 1 MiB hard limit of this server
-            await worker.stream.send_all(chunk)
-        admin = await connect(port)
-        for _ in range(100):
+        most_pending = 0
+
+        async def stream() -> None:
+            data = encode_req(PT.WORK_DATA, handle, b"d" * chunk_size)
+            for _ in range(chunks):
+                await worker.stream.send_all(data)
+            await worker.send(encode_req(PT.WORK_COMPLETE, handle, b"end"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream)
+            received = 0
+            while True:
+                for p in srv.gear.peers():
+                    most_pending = max(most_pending, len(p.out))
+                packet = await client.packet()
+                if packet.type is PT.WORK_COMPLETE:
+                    break
+                assert packet.type is PT.WORK_DATA
+                received += len(packet.args[1])
+                await trio.sleep(0.001)  # a slow reader
+        assert received == chunk_size * chunks
+        assert most_pending <= 4 * 256 * 1024
+
+
+async def test_client_that_never_reads_is_dropped_after_the_write_timeout() -> None:
+    """The worker paused for a client that never reads goes on once the client, which
+    took no byte for --write-timeout, is dropped."""
+    config = ServerConfig(listen=("127.0.0.1",), port=0, max_outgoing_buffer=256 * 1024,
+                          write_timeout=0.5)
+    srv = Server(config)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            port = (await nursery.start(srv.serve))[0][1]
+            client = await connect(port)
+            await client.send(encode_req(PT.SUBMIT_JOB, b"stream", b"", b"go"))
+            handle = (await client.packet()).args[0]
+            worker = await connect(port)
+            await worker.send(encode_req(PT.CAN_DO, b"stream"), encode_req(PT.GRAB_JOB))
+            await worker.packet()
+            chunk = encode_req(PT.WORK_DATA, handle, b"d" * 60000)
+            for _ in range(100):  # blocks while the worker is paused, until the drop
+                await worker.stream.send_all(chunk)
+            assert all(len(p.out) <= p.hard_limit for p in srv.gear.peers())
+            await worker.send(encode_req(PT.ECHO_REQ, b"still served"))
+            assert (await worker.packet()).args == (b"still served",)
+            # The client is gone: the admin lists the worker and the admin only.
+            admin = await connect(port)
             await admin.stream.send_all(b"workers\n")
             listing = await admin.line_reply(b".\n")
-            if len(listing.splitlines()) == 3:  # worker, admin, and the dropped client gone
-                break
-            await trio.sleep(0.05)
-        assert len(listing.splitlines()) == 3, listing
-        assert all(len(p.out) <= p.hard_limit for p in srv.gear.peers())
+            assert len(listing.splitlines()) == 3, listing
+            srv.shutdown()
 
 
 async def test_reply_larger_than_the_output_bound_reaches_a_reading_client(

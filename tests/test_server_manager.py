@@ -1454,13 +1454,13 @@ def test_status_by_unique_does_not_scan_every_function(w: World) -> None:
     calls = 0
     real_get = dict.get
 
-    class Counting(dict[bytes, object]):
-        def get(self, key: bytes, default: object = None) -> object:  # type: ignore[override]
+    class Counting(dict[tuple[bytes, ...], Job]):
+        def get(self, key: tuple[bytes, ...], default: object = None) -> object:  # type: ignore[override]
             nonlocal calls
             calls += 1
             return real_get(self, key, default)
 
-    w.m.unique_index = Counting(w.m.unique_index)  # type: ignore[assignment]
+    w.m.unique_index = Counting(w.m.unique_index)
     c.send(PT.GET_STATUS_UNIQUE, b"u")
     assert c.take() == [res(PT.STATUS_RES_UNIQUE, b"u", b"1", b"0", b"0", b"0", b"1")]
     assert calls == 0  # no per-function look-ups
