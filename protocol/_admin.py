@@ -64,13 +64,21 @@ def err_raw(text: bytes | str) -> bytes:
     return b"ERR " + text + b"\r\n"
 
 
+#: The line that ends a list reply.
+END = b".\n"
+
+
+def row(cells: Iterable[bytes | str | int]) -> bytes:
+    """One row of a list reply: TAB-separated cells and ``\\n``."""
+    return b"\t".join(_b(cell) for cell in cells) + b"\n"
+
+
 def table(rows: Iterable[Iterable[bytes | str | int]]) -> bytes:
     """A list reply: TAB-separated rows, each ending ``\\n``, then ``.\\n``."""
     out = bytearray()
-    for row in rows:
-        out += b"\t".join(_b(cell) for cell in row)
-        out += b"\n"
-    out += b".\n"
+    for cells in rows:
+        out += row(cells)
+    out += END
     return bytes(out)
 
 

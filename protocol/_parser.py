@@ -93,6 +93,12 @@ class Parser:
         """Bytes received but not yet turned into events."""
         return len(self._buf) - self._pos
 
+    @property
+    def held(self) -> int:
+        """Bytes the parser holds in memory, consumed ones included (at most one read's
+        worth once every complete event has been taken)."""
+        return len(self._buf)
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes from the peer; ``b""`` means the peer closed its side."""
         if self._eof and data:
@@ -122,6 +128,11 @@ class Parser:
         pos = self._pos
         avail = len(buf) - pos
         if avail == 0:
+            if pos:
+                # Everything was consumed: give the memory back now, not at the next
+                # read (a peer that sent one huge packet and stopped would keep it).
+                buf.clear()
+                self._pos = 0
             return ConnectionClosed() if self._eof else NEED_DATA
         if buf[pos] == 0:
             if avail < HEADER_SIZE:
@@ -180,6 +191,10 @@ class Parser:
         return parse_admin_line(line)
 
     def _need(self, avail: int) -> _Sentinel:
+        if self._pos > 65536:
+            # Keep only the incomplete event, not what was consumed before it.
+            del self._buf[: self._pos]
+            self._pos = 0
         if self._eof:
             raise self._fail(
                 RemoteProtocolError(

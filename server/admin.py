@@ -7,7 +7,7 @@ come from ``protocol.admin`` so they match the reference exactly.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from protocol import AdminCommand
 from protocol import admin as text
@@ -45,53 +45,80 @@ def handle_admin(ctx: AdminContext, conn: Conn, cmd: AdminCommand) -> bytes:
         return text.err("TOO_MANY_ARGUMENTS", "Too many words in the command line")
     name = cmd.name
     handler = _COMMANDS.get(name)
-    if handler is None:
+    listing = _LISTINGS.get(name)
+    if handler is None and listing is None:
         return text.unknown_command(words[0])
     if name in _MUTATING and not (ctx.admin_from_anywhere or _loopback(conn.address)):
         return text.err("PERMISSION_DENIED",
                         "Administrative commands are only accepted from loopback")
+    if listing is not None:
+        return b"".join(listing[0](ctx, conn, words))
+    assert handler is not None
     return handler(ctx, conn, words)
 
 
-def _workers(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
-    out = bytearray()
-    for c in sorted(ctx.manager.conns.values(), key=lambda c: c.id):
-        out += f"{c.id} {c.address} ".encode() + c.client_id + b" :"
-        for fname in reversed(c.abilities):
-            out += b" " + fname
-        out += b"\n"
-    out += b".\n"
-    return bytes(out)
+def _workers(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> Iterator[bytes]:
+    for c in sorted(list(ctx.manager.conns.values()), key=lambda c: c.id):
+        yield (f"{c.id} {c.address} ".encode() + c.client_id + b" :"
+               + b"".join(b" " + fname for fname in reversed(c.abilities)) + b"\n")
+    yield text.END
 
 
-def _status(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
-    fns = ctx.manager.functions
-    return text.table(
-        (name, fn.total, fn.running, len(fn.workers))
-        for name, fn in sorted(fns.items())
-    )
+def _status(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> Iterator[bytes]:
+    for name, fn in sorted(ctx.manager.functions.items()):
+        yield text.row((name, fn.total, fn.running, len(fn.workers)))
+    yield text.END
 
 
-def _prioritystatus(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
-    fns = ctx.manager.functions
-    return text.table(
-        (name, fn.live[0], fn.live[1] + fn.scheduled, fn.live[2], len(fn.workers))
-        for name, fn in sorted(fns.items())
-    )
+def _prioritystatus(ctx: AdminContext, conn: Conn,
+                    words: tuple[bytes, ...]) -> Iterator[bytes]:
+    for name, fn in sorted(ctx.manager.functions.items()):
+        yield text.row((name, fn.live[0], fn.live[1] + fn.scheduled, fn.live[2],
+                        len(fn.workers)))
+    yield text.END
 
 
-def _show(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+def _show(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> Iterator[bytes]:
     if len(words) < 2:
-        return text.unknown_command(words[0])
+        yield text.unknown_command(words[0])
+        return
     what = b" ".join(w.lower() for w in words[1:])
-    jobs = ctx.manager.iter_jobs()
     if what == b"jobs":
-        return text.table(
-            (j.handle, j.retries, int(j.cancelled), int(j.background)) for j in jobs
-        )
-    if what == b"unique jobs":
-        return text.lines(j.unique for j in jobs)
-    return text.err("UNKNOWN_SHOW_ARGUMENTS")
+        for j in ctx.manager.iter_jobs():
+            yield text.row((j.handle, j.retries, int(j.cancelled), int(j.background)))
+    elif what == b"unique jobs":
+        for j in ctx.manager.iter_jobs():
+            yield j.unique + b"\n"
+    else:
+        yield text.err("UNKNOWN_SHOW_ARGUMENTS")
+        return
+    yield text.END
+
+
+#: Commands whose reply is one line per function, connection or job, and what they
+#: count: past ``CHUNKED_ROWS`` such items the Gear front-end builds the reply in a task
+#: that yields to other connections between chunks (``admin_listing``).
+_LISTINGS: dict[str, tuple[Callable[[AdminContext, Conn, tuple[bytes, ...]],
+                                    Iterator[bytes]],
+                           Callable[[Manager], int]]] = {
+    "workers": (_workers, lambda m: len(m.conns)),
+    "status": (_status, lambda m: len(m.functions)),
+    "prioritystatus": (_prioritystatus, lambda m: len(m.functions)),
+    "show": (_show, lambda m: len(m.jobs)),
+}
+CHUNKED_ROWS = 5000
+
+
+def admin_listing(ctx: AdminContext, conn: Conn, cmd: AdminCommand) -> Iterator[bytes] | None:
+    """The reply's lines one by one, for a listing long enough to be built in chunks;
+    None for every other command (answer it with ``handle_admin``)."""
+    listing = _LISTINGS.get(cmd.name)
+    if listing is None or not 1 <= len(cmd.words) <= MAX_WORDS:
+        return None
+    rows, size = listing
+    if size(ctx.manager) < CHUNKED_ROWS:
+        return None
+    return rows(ctx, conn, cmd.words)
 
 
 def _cancel(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
@@ -169,10 +196,6 @@ def _shutdown(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
 
 
 _COMMANDS: dict[str, Callable[[AdminContext, Conn, tuple[bytes, ...]], bytes]] = {
-    "workers": _workers,
-    "status": _status,
-    "prioritystatus": _prioritystatus,
-    "show": _show,
     "cancel": _cancel,
     "create": _create,
     "drop": _drop,

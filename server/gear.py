@@ -25,7 +25,7 @@ import os
 import select
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final
 
 import trio
@@ -43,7 +43,7 @@ from protocol import (
 from protocol import RemoteProtocolError as ProtoError
 from protocol import admin as admin_text
 
-from .admin import handle_admin
+from .admin import admin_listing, handle_admin
 from .host import Address, Host, bind, serve_listeners
 from .manager import Conn
 
@@ -60,6 +60,8 @@ _RECEIVE_SIZE: Final = 64 * 1024
 _ENCODE: Final = [res_encoder(PacketType(n)) if n in PacketType._value2member_map_ else None
                   for n in range(max(PacketType) + 1)]
 _PT_ERROR: Final = PacketType.ERROR
+#: Lines of a long admin listing built between two yields to other connections.
+_LISTING_CHUNK: Final = 1000
 #: What a closed peer's parser becomes: its buffers are freed at once.
 _CLOSED_PARSER: Final = Parser(max_packet_size=0)
 
@@ -169,8 +171,12 @@ class GearPeer:
         return hold
 
     def release(self, hold: object, ptype: PacketType, *args: bytes) -> None:
+        self.release_raw(hold, _ENCODE[ptype](*args))  # type: ignore[misc]
+
+    def release_raw(self, hold: object, data: bytes) -> None:
+        """Fill a reserved place with bytes already encoded (a long admin reply)."""
         assert isinstance(hold, GearHold)
-        hold.reply = _ENCODE[ptype](*args)  # type: ignore[misc]
+        hold.reply = data
         hold.done = True
         holds = self._holds
         while holds and holds[0].done:
@@ -411,6 +417,18 @@ class GearFrontEnd:
         self._stop_reading(peer)
         peer.close_when_flushed()
 
+    async def _send_listing(self, peer: GearPeer, hold: GearHold,
+                            lines: Iterator[bytes]) -> None:
+        out = bytearray()
+        for count, line in enumerate(lines, 1):
+            out += line
+            if count % _LISTING_CHUNK == 0:
+                await trio.sleep(0)
+                if peer.broken:
+                    return
+        peer.release_raw(hold, bytes(out))
+        self.flush()
+
     async def _close_idle(self, timeout: float) -> None:
         """``--idle-timeout``: close connections that sent nothing for that long."""
         while True:
@@ -518,11 +536,20 @@ class GearFrontEnd:
                 elif isinstance(event, AdminCommand):
                     if self._debug:
                         log.debug("connection %d: admin %r", conn.id, event.line)
-                    peer.write(handle_admin(self.host.admin, conn, event))
+                    listing = admin_listing(self.host.admin, conn, event)
+                    if listing is None:
+                        peer.write(handle_admin(self.host.admin, conn, event))
+                    else:
+                        # A long listing is built in a task that lets other connections
+                        # run between chunks; this connection's later replies wait.
+                        self.host.spawn(self._send_listing, peer, peer.hold(), listing)
                 elif isinstance(event, ConnectionClosed):
                     self._end(peer)
                     return
         except ProtoError as exc:
+            # The parser keeps this error; its traceback would hold the parser (and its
+            # buffer) in a reference cycle that only the cyclic GC frees.
+            exc.__traceback__ = None
             log.warning("connection %d: protocol error: %s", conn.id, exc.text)
             if exc.admin:
                 peer.write(admin_text.err(exc.code, exc.text))

@@ -9,6 +9,7 @@ no coalescing unless asked for, streamed WORK_DATA, keep-alive, real status code
 from __future__ import annotations
 
 import logging
+import math
 import time
 import urllib.parse
 from typing import Final
@@ -33,10 +34,12 @@ _ALLOW: Final = b"GET, POST, PUT"
 _PRIORITIES: Final = {b"high": Priority.HIGH, b"normal": Priority.NORMAL, b"low": Priority.LOW}
 _REASONS: Final = {
     200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout",
     413: b"Content Too Large", 500: b"Internal Server Error", 503: b"Service Unavailable",
 }
 #: HTTP status for an ERROR packet answering the submit; any other code is a 500.
-_ERROR_STATUS: Final = {b"QUEUE_ERROR": 503, b"ARGUMENT_TOO_LARGE": 400}
+_ERROR_STATUS: Final = {b"QUEUE_ERROR": 503, b"ARGUMENT_TOO_LARGE": 400,
+                        b"INVALID_ARGUMENT": 400, b"TOO_MANY_FUNCTIONS": 503}
 #: Headers that may come as trailers of a streamed (chunked) answer.
 _TRAILERS: Final = b"X-Gearman-Command, X-Gearman-Work-Status, X-Gearman-Work-Warning"
 #: Printable ASCII except "%": what a warning keeps as is in a header; the rest is %XX.
@@ -130,11 +133,31 @@ class HttpConnection:
     async def _one_request(self) -> bool:
         """Read one request and answer it; False when the connection is to end."""
         h = self.h11
+        config = self.host.config
+        if not h.trailing_data[0]:
+            # Idle between requests: bounded by --http-idle-timeout.
+            with trio.move_on_after(config.http_idle_timeout or math.inf) as idle:
+                data = await self.stream.receive_some(_RECEIVE_SIZE)
+            if idle.cancelled_caught:
+                log.info("connection %d: HTTP connection idle for %.0f s; closing", self.cid,
+                         config.http_idle_timeout)
+                return False
+            h.receive_data(data)
         try:
-            event = await self._next_event()
-            if not isinstance(event, h11.Request):
-                return False  # ConnectionClosed between requests
-            body = await self._read_body(event)
+            # A request begun must be whole within --http-request-timeout (a client that
+            # trickles its head or body cannot hold the connection for ever).
+            with trio.move_on_after(config.http_request_timeout or math.inf) as reading:
+                event = await self._next_event()
+                if not isinstance(event, h11.Request):
+                    return False  # ConnectionClosed between requests
+                body = await self._read_body(event)
+            if reading.cancelled_caught:
+                log.info("connection %d: HTTP request not complete after %.0f s; closing",
+                         self.cid, config.http_request_timeout)
+                if h.our_state is h11.SEND_RESPONSE or h.our_state is h11.IDLE:
+                    await self._simple(408)
+                return False
+            assert isinstance(event, h11.Request)
         except h11.RemoteProtocolError as exc:
             log.info("connection %d: bad HTTP request: %s", self.cid, exc)
             if h.our_state in (h11.IDLE, h11.SEND_RESPONSE):
@@ -319,7 +342,7 @@ class HttpConnection:
         """An empty answer that submits nothing (400, 404, 405, 413)."""
         headers: Headers = [(b"Server", self.server_header), (b"Content-Length", b"0")]
         headers.extend(extra or ())
-        if status in (400, 413):
+        if status in (400, 408, 413):
             headers.append((b"Connection", b"close"))
         await self._send(h11.Response(status_code=status, headers=headers,
                                       reason=_REASONS.get(status, b"")))

@@ -20,6 +20,7 @@ client can queue and run jobs:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from typing import Final
@@ -140,7 +141,12 @@ class MemcachedConnection:
 
     async def _one_command(self) -> bool:
         try:
-            line = await self._line()
+            idle = self.host.config.idle_timeout
+            with trio.move_on_after(idle if idle > 0 and not self.buf else math.inf) as wait:
+                line = await self._line()
+            if wait.cancelled_caught:
+                log.info("connection %d: idle for %.0f s; closing", self.cid, idle)
+                return False
         except _Closed:
             if self.eof and not self.buf:
                 return False  # the client closed between commands

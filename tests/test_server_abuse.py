@@ -1,0 +1,272 @@
+"""A hostile or careless peer can't stall, bloat or wedge the server (issue 12).
+
+Our server in-process on port 0, over real loopback sockets; the fast layer. Each test
+names what it guards against; speed is measured in benchmarks/, never asserted here.
+"""
+
+from __future__ import annotations
+
+import gc
+import socket
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from protocol import NEED_DATA, Packet, PacketType, Parser, encode_req
+from server.app import Server
+from server.config import ServerConfig
+
+PT = PacketType
+
+
+class Peer:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.parser = Parser()
+
+    @classmethod
+    async def connect(cls, port: int) -> Peer:
+        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+
+    async def send(self, *packets: bytes) -> None:
+        await self.stream.send_all(b"".join(packets))
+
+    async def packet(self) -> Packet:
+        while True:
+            ev = self.parser.next_event()
+            if ev is not NEED_DATA:
+                assert isinstance(ev, Packet), ev
+                return ev
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise EOFError
+            self.parser.receive_data(data)
+
+    async def text(self, terminator: bytes) -> bytes:
+        """A text reply up to ``terminator``; what follows it is left for ``packet``."""
+        buf = b""
+        while terminator not in buf:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise EOFError(buf)
+            buf += data
+        end = buf.index(terminator) + len(terminator)
+        self.parser.receive_data(buf[end:])
+        return buf[:end]
+
+    async def closed(self) -> bool:
+        try:
+            while await self.stream.receive_some(65536):
+                pass
+        except trio.BrokenResourceError:
+            pass
+        return True
+
+
+async def start(nursery: trio.Nursery, **options: object) -> tuple[Server, int]:
+    config = ServerConfig(listen=("127.0.0.1",), port=0, **options)  # type: ignore[arg-type]
+    srv = Server(config)
+    addresses = await nursery.start(srv.serve)
+    return srv, addresses[0][1]
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> AsyncIterator[tuple[Server, int]]:
+    srv, port = await start(nursery, max_packet_size=16 << 20)
+    yield srv, port
+    srv.shutdown()
+
+
+async def echo_works(port: int) -> None:
+    peer = await Peer.connect(port)
+    await peer.send(encode_req(PT.ECHO_REQ, b"alive"))
+    assert (await peer.packet()).args == (b"alive",)
+    await peer.stream.aclose()
+
+
+# ---------------------------------------------------------------- stalls
+
+
+async def test_a_long_listing_lets_other_connections_go_first(
+        server: tuple[Server, int]) -> None:
+    """`show jobs` over 200,000 jobs stalled every other connection for 2 s: a long
+    listing is now built in chunks, other connections being served in between."""
+    _, port = server
+    jobs = 30_000
+    with trio.fail_after(60):
+        client = await Peer.connect(port)
+        await client.send(b"".join(encode_req(PT.SUBMIT_JOB_BG, b"deep", b"", b"%d" % i)
+                                   for i in range(jobs)))
+        for _ in range(jobs):
+            assert (await client.packet()).type is PT.JOB_CREATED
+        admin, other = await Peer.connect(port), await Peer.connect(port)
+        order: list[str] = []
+
+        async def listing() -> None:
+            reply = await admin.text(b"\n.\n")
+            assert reply.count(b"\n") == jobs + 1
+            # ...and the same connection's next reply still comes after it.
+            assert (await admin.packet()).args == (b"after",)
+            order.append("listing")
+
+        async def echo() -> None:
+            assert (await other.packet()).args == (b"quick",)
+            order.append("echo")
+
+        await admin.send(b"show jobs\n", encode_req(PT.ECHO_REQ, b"after"))
+        await other.send(encode_req(PT.ECHO_REQ, b"quick"))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(listing)
+            nursery.start_soon(echo)
+        assert order == ["echo", "listing"]
+
+
+async def test_impossible_schedule_is_refused_up_front(server: tuple[Server, int]) -> None:
+    _, port = server
+    with trio.fail_after(10):
+        c = await Peer.connect(port)
+        for mday, month in ((b"31", b"2"), (b"30", b"2"), (b"31", b"4"), (b"31", b"11")):
+            await c.send(encode_req(PT.SUBMIT_JOB_SCHED, b"f", b"", b"0", b"0", mday, month,
+                                    b"", b"x"))
+            reply = await c.packet()
+            assert (reply.type, reply.args[0]) == (PT.ERROR, b"INVALID_ARGUMENT")
+        await c.send(encode_req(PT.SUBMIT_JOB_SCHED, b"f", b"", b"0", b"0", b"29", b"2",
+                                b"", b"x"))
+        assert (await c.packet()).type is PT.JOB_CREATED  # a leap day is possible
+
+
+# ---------------------------------------------------------------- memory
+
+
+async def test_closed_connections_free_their_buffers_without_the_collector(
+        server: tuple[Server, int]) -> None:
+    """Ten connections that sent most of a huge packet and closed used to keep their
+    buffers until Python's cyclic GC happened to run."""
+    _, port = server
+    gc.disable()
+    try:
+        with trio.fail_after(30):
+            for _ in range(4):
+                peer = await Peer.connect(port)
+                header = b"\0REQ" + struct.pack(">II", PT.ECHO_REQ, 15 << 20)
+                await peer.send(header + b"x" * (4 << 20))
+                await peer.stream.aclose()
+            await echo_works(port)
+            for _ in range(100):  # until the server has seen every close
+                big = sum(1 for o in gc.get_objects()
+                          if isinstance(o, Parser) and o.held > (1 << 20))
+                if not big:
+                    break
+                await trio.sleep(0.02)
+            assert big == 0
+    finally:
+        gc.enable()
+
+
+async def test_a_peer_that_never_reads_holds_its_reply_once(
+        server: tuple[Server, int]) -> None:
+    """A 12 MiB ECHO never read: the server holds the reply, not also the request."""
+    srv, port = server
+    with trio.fail_after(30):
+        peer = await Peer.connect(port)
+        peer.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await peer.send(encode_req(PT.ECHO_REQ, b"e" * (12 << 20)))
+        for _ in range(200):
+            held = [p for p in srv.gear.peers() if p.out]
+            if held:
+                break
+            await trio.sleep(0.02)
+        (gear_peer,) = held
+        assert gear_peer.parser.held == 0
+        await echo_works(port)
+
+
+# ---------------------------------------------------------------- timeouts
+
+
+async def test_idle_gear_connection_is_closed(nursery: trio.Nursery) -> None:
+    srv, port = await start(nursery, idle_timeout=0.3)
+    with trio.fail_after(10):
+        idle = await Peer.connect(port)
+        assert await idle.closed()
+        await echo_works(port)
+    srv.shutdown()
+
+
+async def test_gear_connections_have_no_idle_timeout_by_default() -> None:
+    assert ServerConfig().idle_timeout == 0  # workers sleep for hours between jobs
+
+
+async def test_http_idle_and_slow_requests_are_closed(nursery: trio.Nursery) -> None:
+    srv, _ = await start(nursery, protocols=("http",), http_port=0, http_idle_timeout=0.3,
+                         http_request_timeout=0.3)
+    http_port = srv.http_addresses[0][1]
+    with trio.fail_after(10):
+        idle = await Peer.connect(http_port)
+        assert await idle.closed()
+        slow = await Peer.connect(http_port)
+        await slow.stream.send_all(b"POST /f HTTP/1.1\r\nHost: x\r\n")  # never finished
+        reply = await slow.text(b"\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 408 ")
+        assert await slow.closed()
+    srv.shutdown()
+
+
+async def test_memcached_idle_connection_is_closed(nursery: trio.Nursery) -> None:
+    srv, _ = await start(nursery, protocols=("memcached",), memcached_port=0,
+                         idle_timeout=0.3)
+    port = srv.frontend_addresses["memcached"][0][1]
+    with trio.fail_after(10):
+        idle = await Peer.connect(port)
+        assert await idle.closed()
+    srv.shutdown()
+
+
+# ---------------------------------------------------------------- fuzzing
+
+_TYPES = st.sampled_from([int(t) for t in PacketType] + [0, 43, 99, 2**31])
+
+
+@st.composite
+def _packet(draw: st.DrawFn) -> bytes:
+    """A plausible packet (known or unknown type, sizes that lie or not) or garbage."""
+    kind = draw(st.integers(0, 3))
+    if kind == 0:
+        return draw(st.binary(max_size=64))
+    payload = draw(st.binary(max_size=64))
+    size = len(payload) if kind < 3 else draw(st.integers(0, 200))
+    magic = draw(st.sampled_from([b"\0REQ", b"\0RES", b"\0REX"]))
+    return magic + struct.pack(">II", draw(_TYPES), size) + payload
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                 HealthCheck.too_slow])
+@given(st.lists(st.one_of(_packet(), st.sampled_from(
+    [b"status\n", b"workers\n", b"show jobs\n", b"shutdown\n", b"maxqueue x 1\n",
+     encode_req(PT.SUBMIT_JOB, b"f", b"u", b"d"), encode_req(PT.CAN_DO, b"f"),
+     encode_req(PT.GRAB_JOB), encode_req(PT.PRE_SLEEP)])), max_size=12))
+def test_byte_fuzzing_never_takes_the_server_down(chunks: list[bytes]) -> None:
+    """Random packets and bytes over two connections; the server keeps answering, and
+    its admin `shutdown` stays the only way to stop it (the fuzzer may send one)."""
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            srv, port = await start(nursery, max_packet_size=1024)
+            with trio.fail_after(10):
+                a, b = await Peer.connect(port), await Peer.connect(port)
+                for i, chunk in enumerate(chunks):
+                    target = a if i % 2 else b
+                    try:
+                        await target.stream.send_all(chunk)
+                    except trio.BrokenResourceError:
+                        pass
+                if b"shutdown\n" not in chunks:
+                    await echo_works(port)
+            srv.shutdown()
+
+    trio.run(main)
