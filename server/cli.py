@@ -236,6 +236,10 @@ PARAMS: list[click.Parameter] = [
     _opt("--max-packet-size", section=OURS, type=_Int(1024),
          default=_default("max_packet_size"), metavar="BYTES",
          help="Largest packet a peer may send."),
+    _opt("--max-outgoing-buffer", section=OURS, type=_Int(4096),
+         default=_default("max_outgoing_buffer"), metavar="BYTES",
+         help="Output pending for one peer before it is not read (and a peer filling it "
+              "is paused); four times this and the peer is dropped."),
     _opt("--max-name-length", section=OURS, type=_Int(1), default=_default("max_name_length"),
          metavar="BYTES", help="Longest function name or client id a peer may use."),
     _opt("--max-functions", section=OURS, type=_Int(1), default=_default("max_functions"),
@@ -466,6 +470,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         keepalive_interval=values["keepalive_interval"],
         keepalive_count=values["keepalive_count"],
         max_packet_size=values["max_packet_size"],
+        max_outgoing_buffer=values["max_outgoing_buffer"],
         max_name_length=values["max_name_length"],
         max_functions=values["max_functions"],
         max_worker_functions=values["max_worker_functions"],

@@ -702,7 +702,10 @@ def test_every_option_of_the_reference_help_is_accepted() -> None:
 def test_man_page_lists_every_option() -> None:
     text = MAN_PAGE.read_text().replace("\\-", "-")
     for option in [*REFERENCE_OPTIONS, "graceful-timeout", "admin-from-anywhere",
-                   "max-packet-size", "flatfile-file"]:
+                   "max-packet-size", "flatfile-file", "max-outgoing-buffer",
+                   "max-name-length", "max-functions", "max-worker-functions",
+                   "write-timeout", "idle-timeout", "http-idle-timeout",
+                   "http-request-timeout", "memcached-port"]:
         # an item of its own: ".BI --name= ARG", ".B --name" or ".BR -x ", " --name"
         assert re.search(rf'^\.B[IR]? (-\w ", " )?--{option}(?![\w-])', text, re.MULTILINE), \
             option
