@@ -20,6 +20,7 @@ Only loopback traffic; every loop is bounded in count and time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import signal
@@ -196,10 +197,8 @@ def worker_loop(port: int, ledger: Ledger, stop: threading.Event, rng: random.Ra
                 if reply.type is PT.NO_JOB:
                     conn.send(encode_req(PT.PRE_SLEEP))
                     conn.sock.settimeout(0.5)
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         conn.packet()  # NOOP
-                    except TimeoutError:
-                        pass
                     conn.sock.settimeout(10)
                     continue
                 handle, function, data = reply.args
