@@ -116,6 +116,6 @@ class SqliteStore:
 
 
 def open_store(options: Mapping[str, str]) -> SqliteStore:
-    # store-queue-on-shutdown is the server's business (server/app.py): it decides when
-    # jobs are written; the store is the same.
+    # store-queue-on-shutdown is the server's business (server/persistence.py): it
+    # decides when jobs are written; the store is the same.
     return SqliteStore(options["libsqlite3-db"], options["libsqlite3-table"])
