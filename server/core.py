@@ -64,7 +64,7 @@ class JobCore:
         self.unique_index: dict[tuple[bytes, ...], Job] = {}
         #: unique -> the indexed jobs with that unique, in any function (for
         #: GET_STATUS_UNIQUE, which names no function): O(1), not a scan of functions.
-        self.by_unique: dict[bytes, list[Job]] = {}
+        self.by_unique: dict[bytes, Job | list[Job]] = {}
         #: Every open connection, by id.
         self.conns: dict[int, Conn] = {}
         self._handles = itertools.count(1)
@@ -172,13 +172,20 @@ class JobCore:
         if len(unique) > MAX_UNIQUE:
             conn.peer.deliver(PT.ERROR, b"ARGUMENT_TOO_LARGE", b"Unique value too large")
             return None
-        key = _index_key(function, unique, data)
+        # The unique index's key (spec §2.2), inline: this is the submit hot path.
+        key: tuple[bytes, ...] | None
+        if not unique:
+            key = None
+        elif unique == b"-":
+            key = (function, b"-", data) if data else None
+        else:
+            key = (function, unique)
         if key is not None:
             existing = self.unique_index.get(key)
             if existing is not None:
                 self._join(existing, conn, background)
                 return existing
-        fn = self.new_function(conn, function)
+        fn = self.functions.get(function) or self.new_function(conn, function)
         if fn is None:
             return None
         limit = fn.maxqueue[priority]
@@ -191,7 +198,14 @@ class JobCore:
         job.number = number
         self.jobs[handle] = job
         if key is not None:
-            self._index(job, key)
+            job.index_key = key
+            self.unique_index[key] = job
+            if len(key) == 2:  # by unique alone, for GET_STATUS_UNIQUE (see _index)
+                same = self.by_unique.get(unique)
+                if same is None:
+                    self.by_unique[unique] = job
+                else:
+                    self._index_more(job, unique, same)
         if not background:
             job.clients.append(conn)
             conn.attached.add(job)
@@ -225,10 +239,23 @@ class JobCore:
         conn.peer.deliver(PT.JOB_CREATED, job.handle)
 
     def _index(self, job: Job, key: tuple[bytes, ...]) -> None:
+        """Put ``job`` in the unique index, and (unless it is the "-" form, which
+        coalesces by data) in ``by_unique``: the job itself, or a list of the jobs of
+        several functions that share the unique (rare), so one job costs no list."""
         job.index_key = key
         self.unique_index[key] = job
-        if len(key) == 2:  # not the "-" (coalesce by data) form
-            self.by_unique.setdefault(key[1], []).append(job)
+        if len(key) == 2:
+            same = self.by_unique.get(key[1])
+            if same is None:
+                self.by_unique[key[1]] = job
+            else:
+                self._index_more(job, key[1], same)
+
+    def _index_more(self, job: Job, unique: bytes, same: Job | list[Job]) -> None:
+        if isinstance(same, list):
+            same.append(job)
+        else:
+            self.by_unique[unique] = [same, job]
 
     def _unindex(self, job: Job) -> None:
         key = job.index_key
@@ -238,20 +265,22 @@ class JobCore:
         if self.unique_index.get(key) is job:
             del self.unique_index[key]
         if len(key) == 2:
-            same = self.by_unique.get(key[1])
-            if same is not None:
-                if job in same:
-                    same.remove(job)
-                if not same:
-                    del self.by_unique[key[1]]
+            unique = key[1]
+            same = self.by_unique.get(unique)
+            if same is job:
+                del self.by_unique[unique]
+            elif isinstance(same, list) and job in same:
+                same.remove(job)
+                if len(same) == 1:
+                    self.by_unique[unique] = same[0]
 
     def job_by_unique(self, unique: bytes) -> Job | None:
         """The job a submit with this unique would join, in any function; the oldest
         when several functions have one (as the reference's first match)."""
         same = self.by_unique.get(unique)
-        if not same:
-            return None
-        return min(same, key=lambda j: j.number)
+        if isinstance(same, list):
+            return min(same, key=lambda j: j.number)
+        return same
 
     # ------------------------------------------------------------------ persistence
 
