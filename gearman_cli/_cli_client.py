@@ -22,7 +22,8 @@ import trio
 from protocol import Priority
 
 from ._cli_options import ExitCode, GearmanOptions
-from .client import AsyncClient, BackgroundBatch, Task, TaskCallbacks, TaskState
+from ._task import BackgroundBatch, Task, TaskCallbacks, TaskState
+from .client import AsyncClient
 
 #: Bytes read from stdin at a time; lines are submitted as soon as a read returns them.
 READ_SIZE = 64 * 1024

@@ -128,3 +128,39 @@ def encode_res(ptype: int, *args: bytes) -> bytes:
 def encode_req(ptype: int, *args: bytes) -> bytes:
     """Encode a peer-to-server packet (``\\0REQ``)."""
     return encode(ptype, args, b"\0REQ")
+
+
+def req_encoder(ptype: PacketType | int, *, checked: bool = False) -> Callable[..., bytes]:
+    """An encoder of one peer-to-server packet type (``\\0REQ``), header prebuilt.
+
+    The fast form (default) does not check arity or NUL placement: the caller guarantees
+    them, as for ``res_encoder``. ``checked=True`` gives the same bytes with the checks of
+    ``encode_req`` (for input from outside: names, handles, unique keys).
+    """
+    try:
+        number = PacketType(ptype)
+    except ValueError:
+        raise LocalProtocolError(f"unknown packet type {ptype!r}") from None
+    prefix = b"\0REQ" + struct.pack(">I", number)
+    pack = struct.Struct(">I").pack
+    join = b"\0".join
+    if checked:
+        want = ARITY[number]
+        name = number.name
+
+        def encode_checked(*args: bytes) -> bytes:
+            if len(args) != want:
+                raise LocalProtocolError(f"{name} takes {want} argument(s), got {len(args)}")
+            for arg in args[:-1]:
+                if b"\0" in arg:
+                    raise LocalProtocolError(f"{name}: only the last argument may contain NUL")
+            payload = join(args)
+            return prefix + pack(len(payload)) + payload
+
+        return encode_checked
+
+    def encode_fast(*args: bytes) -> bytes:
+        payload = join(args)
+        return prefix + pack(len(payload)) + payload
+
+    return encode_fast

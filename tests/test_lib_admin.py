@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import trio
-from test_lib_support import FakeServer, addr, running_worker, wait_for_workers
+from tests.lib_support import FakeServer, addr, running_worker, wait_for_workers
 
 from gearman_cli import (
     AdminError,

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_lib_support import addr
+from tests.lib_support import addr
 
 from gearman_cli import (
     Admin,

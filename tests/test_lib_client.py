@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import trio
-from test_lib_support import FakePeer, FakeServer, addr, running_worker, wait_until
+from tests.lib_support import FakePeer, FakeServer, addr, running_worker, wait_until
 
 from gearman_cli import (
     AsyncClient,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 from conftest import free_port
-from test_lib_support import (
+from tests.lib_support import (
     FakePeer,
     FakeServer,
     addr,
