@@ -6,8 +6,8 @@ hang a script.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
-import socket
 from typing import Any
 
 from protocol import NEED_DATA, AdminCommand, ConnectionClosed, Parser, RemoteProtocolError
@@ -61,7 +61,7 @@ class Admin:
         )
         self._connect_timeout = connect_timeout
         self._timeout = timeout
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         self._parser = Parser(max_line_length=MAX_LINE)
         self._held = 0
 

@@ -27,16 +27,16 @@ Each call opens its connections and closes them before it returns; server health
 
 from __future__ import annotations
 
-import logging
 import select
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol import Packet, PacketType, Priority, encode_req
 
 from ._client_core import ConnCore, give_up_after
 from ._errors import ConnectionLostError, GearmanError, NoServerError
+from ._log import get_logger
 from ._servers import ServerAddress, ServerPool, ServerSpec, to_addresses, why
 from ._sync import Lost, SyncConnection
 from ._task import (
@@ -49,12 +49,14 @@ from ._task import (
     TaskCallbacks,
     TaskQueue,
     TaskState,
-    When,
     status_from,
     to_bytes,
 )
 
-logger = logging.getLogger("gearman_cli.client")
+logger = get_logger("gearman_cli.client")
+
+if TYPE_CHECKING:
+    from ._task import When
 
 __all__ = ["CONNECT_TIMEOUT", "Client", "IdleTimeout"]
 

@@ -411,5 +411,5 @@ def run_client(opts: GearmanOptions) -> int:
         # trio reports Ctrl-C inside a nursery as a group holding KeyboardInterrupt.
         interrupted, rest = group.split(KeyboardInterrupt)
         if interrupted is not None and rest is None:
-            return int(ExitCode.INTERRUPTED)
+            raise KeyboardInterrupt from None  # the caller dies by the signal
         raise

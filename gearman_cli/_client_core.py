@@ -8,17 +8,17 @@ back in request order, so they are matched FIFO; WORK_* packets are matched by h
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Callable
 
 from protocol import Packet, PacketType, encode_req
 
 from ._errors import ConnectionLostError, ServerError
+from ._log import get_logger
 from ._servers import ServerAddress
 from ._task import BackgroundBatch, BatchSlot, Reply, Task, TaskState, to_int
 
-logger = logging.getLogger("gearman_cli.client")
+logger = get_logger("gearman_cli.client")
 
 Pending = Task | Reply | BatchSlot
 

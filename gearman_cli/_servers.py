@@ -9,14 +9,14 @@ order until its back-off expires (failover with exponential back-off).
 
 from __future__ import annotations
 
-import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Final, NamedTuple
 
-logger = logging.getLogger(__name__)
+from ._log import get_logger
+
+logger = get_logger(__name__)
 
 DEFAULT_PORT: Final = 4730
 DEFAULT_HOST: Final = "localhost"
@@ -87,7 +87,9 @@ ServerSpec = str | ServerAddress | tuple[str, int]
 
 def why(exc: OSError) -> str:
     """A connect failure in a few words that name the problem."""
-    if isinstance(exc, socket.gaierror):
+    import _socket
+
+    if isinstance(exc, _socket.gaierror):
         return f"cannot resolve the host name ({exc.strerror or exc})"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"

@@ -5,15 +5,17 @@ No trio, so these paths start fast and work inside programs that run another eve
 
 from __future__ import annotations
 
+# ``_socket``, not ``socket``: the wrapper module builds its enums at import, which costs
+# a one-off command more than its whole round trip.
+import _socket
 import itertools
-import logging
-import socket
 
 from protocol import ConnectionClosed, Packet, Parser, RemoteProtocolError
 
+from ._log import get_logger
 from ._servers import ServerAddress
 
-logger = logging.getLogger("gearman_cli.connection")
+logger = get_logger("gearman_cli.connection")
 
 #: Bytes asked for per receive (as the trio connection).
 RECEIVE_SIZE = 64 * 1024
@@ -25,13 +27,27 @@ class Lost(Exception):
     """The connection ended; the message says why."""
 
 
-def connect(address: ServerAddress, timeout: float) -> socket.socket:
-    """A connected blocking socket with TCP_NODELAY; ``OSError`` when that fails or times
-    out (``TimeoutError``)."""
-    sock = socket.create_connection((address.host, address.port), timeout=timeout)
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+def connect(address: ServerAddress, timeout: float) -> _socket.socket:
+    """A connected socket (``timeout`` set) with TCP_NODELAY; ``OSError`` when that fails
+    (``_socket.gaierror`` for a name that does not resolve, ``TimeoutError``)."""
+    host: str | bytes = address.host
+    if isinstance(host, str) and host.isascii():
+        host = host.encode()  # no idna codec import for a plain name
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in _socket.getaddrinfo(
+        host, address.port, 0, _socket.SOCK_STREAM
+    ):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        return sock
+    raise error or OSError(f"{address}: no address to connect to")
 
 
 class SyncConnection:

@@ -6,20 +6,23 @@ one-shot ``Reply``. Sans-IO: plain state and transitions, no sockets and no trio
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from protocol import SUBMIT_TYPE_FOR, Packet, PacketType, Priority, encode_req, req_encoder
 
 from ._errors import GearmanError, JobExceptionError, JobFailedError
+from ._log import get_logger
 from ._servers import ServerAddress
 
-logger = logging.getLogger("gearman_cli.client")
+logger = get_logger("gearman_cli.client")
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    When: TypeAlias = float | int | datetime
 
 Bytesish = bytes | bytearray | memoryview | str
-When = float | int | datetime
 
 #: Fast encoders of each (priority, background) submit; Task checks the NUL rule itself.
 _SUBMIT = {key: req_encoder(ptype) for key, ptype in SUBMIT_TYPE_FOR.items()}
@@ -108,10 +111,11 @@ class TaskCallbacks:
         return f"TaskCallbacks({', '.join(given)})"
 
 
-def _epoch(when: When) -> int:
-    if isinstance(when, datetime):
-        return int(when.timestamp())
-    return int(when)
+def _epoch(when: float | int | datetime) -> int:
+    timestamp = getattr(when, "timestamp", None)  # a datetime (not imported: start-up)
+    if timestamp is not None:
+        return int(timestamp())
+    return int(when)  # type: ignore[arg-type]
 
 
 class Task:
