@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 import trio
 from conftest import free_port
+
+from gearman_cli import AsyncAdmin, AsyncClient, AsyncWorker, Job, JobFailedError
+from protocol import Packet, PacketType
 from tests.lib_support import (
     FakePeer,
     FakeServer,
@@ -21,9 +24,6 @@ from tests.lib_support import (
     wait_for_workers,
     wait_until,
 )
-
-from gearman_cli import AsyncAdmin, AsyncClient, AsyncWorker, Job, JobFailedError
-from protocol import Packet, PacketType
 
 ROOT = Path(__file__).resolve().parent.parent
 
