@@ -150,7 +150,7 @@ class Pipeline:
 
     def _on_status(self, task: Task) -> None:
         self._progress()
-        # decisions.md: a denominator of 0 prints safely (the reference divides by it).
+        # docs/differences.md: a denominator of 0 prints safely (the reference divides by it).
         percent = task.numerator * 100 // task.denominator if task.denominator else 0
         self._emit(task.app_data, False, self._prefix(task) + b"%d%% Complete\n" % percent)
 

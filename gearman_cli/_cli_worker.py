@@ -153,7 +153,7 @@ class WorkerRun:
             data = rest + chunk if rest else chunk
             start = 0
             while (i := data.find(b"\n", start)) >= 0:
-                job.send_data(data[start : i + cut])  # each line once (decisions.md)
+                job.send_data(data[start : i + cut])  # each line once (docs/differences.md)
                 start = i + 1
             rest = data[start:]
         if rest:

@@ -204,3 +204,20 @@ def test_blocking_client_needs_no_trio(any_server: RunningServer) -> None:
              "'trio' in sys.modules)")
     done = run([sys.executable, "-c", probe], input=None, env={**ENV, "PYTHONPATH": str(ROOT)})
     assert done.stdout.strip() == b"b'hi' True False", done
+
+
+def test_distributed_grep_usage_message() -> None:
+    done = run(["bash", str(ROOT / "shell_examples/distributed_grep/run.sh")], input=None)
+    assert done.returncode == 2
+    assert done.stderr.startswith(b"usage: run.sh PATTERN [WORKDIR]")
+
+
+def test_readme_and_docs_stand_alone() -> None:
+    """No link outside the clone; gearadmin's help is --help (-h is the host)."""
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text()
+        assert "../shared" not in text and "decisions.md" not in text, path
+    readme = (ROOT / "README.md").read_text()
+    assert "gearadmin --help" in readme and "-l stderr" in readme
+    assert "pip install -e '.[queues]'" in readme
+    assert run(GEARADMIN, "--help", input=None).returncode == 0
