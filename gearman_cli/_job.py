@@ -1,8 +1,11 @@
-"""One assigned job as a worker's callback sees it: its fields and the ``send_*`` methods
-that report back to the server (from a trio task or from a thread alike)."""
+"""The worker's small parts: ``Job`` (one assigned job as a callback sees it, with the
+``send_*`` methods that report back from a trio task or a thread alike), a registered
+function, and one connection's grab state."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -15,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["Job", "Result"]
 
 Result = bytes | bytearray | memoryview | str | None
+JobCallback = Callable[["Job"], Result] | Callable[["Job"], Awaitable[Result]]
 
 _ASSIGN = (PacketType.JOB_ASSIGN, PacketType.JOB_ASSIGN_UNIQ, PacketType.JOB_ASSIGN_ALL)
 
@@ -136,3 +140,61 @@ class Job:
         self._final(encode_req(PacketType.WORK_EXCEPTION, self.handle, _b(data)))
 
 
+class _Function:
+    __slots__ = ("name", "callback", "timeout", "app_data", "is_async", "inline")
+
+    def __init__(
+        self,
+        name: bytes,
+        callback: JobCallback,
+        timeout: float | None,
+        app_data: Any,
+        is_async: bool,
+        inline: bool = False,
+    ) -> None:
+        self.name = name
+        self.callback = callback
+        self.timeout = timeout
+        self.app_data = app_data
+        self.is_async = is_async
+        self.inline = inline
+
+    def register_packet(self) -> bytes:
+        if self.timeout is None:
+            return encode_req(PacketType.CAN_DO, self.name)
+        ms = max(1, math.ceil(self.timeout * 1000))
+        return encode_req(PacketType.CAN_DO_TIMEOUT, self.name, str(ms).encode())
+
+
+class _Session:
+    """One live, registered connection and where its grabs stand.
+
+    ``outstanding`` GRABs were sent and are not answered yet (replies come in order).
+    ``empty``: a GRAB came back NO_JOB since the last wake-up, so no new GRAB is sent until
+    a NOOP; once every outstanding GRAB is answered the session sends PRE_SLEEP and is
+    ``sleeping`` until the server's NOOP. ``paused``: the server refused a GRAB (ERROR), so
+    the session waits a second before grabbing again.
+    """
+
+    __slots__ = ("conn", "outstanding", "sleeping", "empty", "paused", "closed", "changed")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.outstanding = 0
+        self.sleeping = False
+        self.empty = False
+        self.paused = False
+        self.closed = False
+        #: Set when the session's timer (idle poll, pause after ERROR) must look again.
+        self.changed = trio.Event()
+
+    @property
+    def wants_jobs(self) -> bool:
+        return not (self.sleeping or self.empty or self.paused or self.closed)
+
+    def notify(self) -> None:
+        self.changed.set()
+
+
+_GRAB = encode_req(PacketType.GRAB_JOB_UNIQ)
+_PRE_SLEEP = encode_req(PacketType.PRE_SLEEP)

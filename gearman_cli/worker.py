@@ -74,73 +74,12 @@ import trio
 from protocol import Packet, PacketType, encode_req
 
 from ._connection import CONNECT_TIMEOUT, Connection, open_stream
-from ._job import _ASSIGN, Job, Result
+from ._job import _ASSIGN, _GRAB, _PRE_SLEEP, Job, JobCallback, _Function, _Session
 from ._servers import ServerAddress, ServerPool, ServerSpec, to_addresses
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AsyncWorker", "Job", "JobCallback", "Worker"]
-
-JobCallback = Callable[[Job], Result] | Callable[[Job], Awaitable[Result]]
-
-class _Function:
-    __slots__ = ("name", "callback", "timeout", "app_data", "is_async", "inline")
-
-    def __init__(
-        self,
-        name: bytes,
-        callback: JobCallback,
-        timeout: float | None,
-        app_data: Any,
-        is_async: bool,
-        inline: bool = False,
-    ) -> None:
-        self.name = name
-        self.callback = callback
-        self.timeout = timeout
-        self.app_data = app_data
-        self.is_async = is_async
-        self.inline = inline
-
-    def register_packet(self) -> bytes:
-        if self.timeout is None:
-            return encode_req(PacketType.CAN_DO, self.name)
-        ms = max(1, math.ceil(self.timeout * 1000))
-        return encode_req(PacketType.CAN_DO_TIMEOUT, self.name, str(ms).encode())
-
-
-class _Session:
-    """One live, registered connection and where its grabs stand.
-
-    ``outstanding`` GRABs were sent and are not answered yet (replies come in order).
-    ``empty``: a GRAB came back NO_JOB since the last wake-up, so no new GRAB is sent until
-    a NOOP; once every outstanding GRAB is answered the session sends PRE_SLEEP and is
-    ``sleeping`` until the server's NOOP. ``paused``: the server refused a GRAB (ERROR), so
-    the session waits a second before grabbing again.
-    """
-
-    __slots__ = ("conn", "outstanding", "sleeping", "empty", "paused", "closed", "changed")
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.outstanding = 0
-        self.sleeping = False
-        self.empty = False
-        self.paused = False
-        self.closed = False
-        #: Set when the session's timer (idle poll, pause after ERROR) must look again.
-        self.changed = trio.Event()
-
-    @property
-    def wants_jobs(self) -> bool:
-        return not (self.sleeping or self.empty or self.paused or self.closed)
-
-    def notify(self) -> None:
-        self.changed.set()
-
-
-_GRAB = encode_req(PacketType.GRAB_JOB_UNIQ)
-_PRE_SLEEP = encode_req(PacketType.PRE_SLEEP)
 
 
 class AsyncWorker:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,7 +19,16 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from tests.cli_helpers import ENV, GEARADMIN, GEARMAN, TIMEOUT, gearadmin, run, worker
+from tests.cli_helpers import (
+    ENV,
+    GEARADMIN,
+    GEARMAN,
+    TIMEOUT,
+    gearadmin,
+    run,
+    wait_status,
+    worker,
+)
 from tests.conftest import RunningServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -35,13 +45,32 @@ def _wait_gone(child: pexpect.spawn) -> None:
     child.close()
 
 
+class Silent:
+    """A listening port that never answers; ``wait_client`` returns once a client is
+    connected (and so waiting for a reply)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        self.clients: list[socket.socket] = []
+
+    def wait_client(self) -> None:
+        self.sock.settimeout(TIMEOUT)
+        conn, _ = self.sock.accept()
+        self.clients.append(conn)
+
+
 @contextmanager
-def silent_server() -> Iterator[int]:
-    """A port that accepts connections (the kernel's backlog) and never answers."""
+def silent_server() -> Iterator[Silent]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen(8)
-        yield sock.getsockname()[1]
+        silent = Silent(sock)
+        try:
+            yield silent
+        finally:
+            for conn in silent.clients:
+                conn.close()
 
 
 def _wait_for(path: Path, pattern: str) -> None:
@@ -55,7 +84,8 @@ def _wait_for(path: Path, pattern: str) -> None:
 def test_ctrl_c_stops_a_bash_loop(tool: str, tmp_path: Path) -> None:
     """Old code exited 130, so bash carried on with the next iteration."""
     marks = tmp_path / "marks"
-    with silent_server() as port:
+    with silent_server() as silent:
+        port = silent.port
         if tool == "gearman":
             cmd = _cmd([*GEARMAN, "-h", "127.0.0.1", "-p", str(port), "-f", "f", "x"])
         else:
@@ -64,7 +94,7 @@ def test_ctrl_c_stops_a_bash_loop(tool: str, tmp_path: Path) -> None:
         child = pexpect.spawn("bash", ["-c", script], env=ENV, timeout=TIMEOUT)
         try:
             _wait_for(marks, "start 1")
-            time.sleep(0.3)  # let the tool reach its wait for the server
+            silent.wait_client()  # the tool is waiting for the server's reply
             child.sendintr()
             _wait_gone(child)
         finally:
@@ -76,13 +106,14 @@ def test_ctrl_c_stops_a_bash_loop(tool: str, tmp_path: Path) -> None:
 
 def test_sigterm_kills_by_signal_and_removes_the_pid_file(tmp_path: Path) -> None:
     pid_file = tmp_path / "c.pid"
-    with silent_server() as port:
+    with silent_server() as silent:
         child = pexpect.spawn(sys.executable, [*GEARMAN[1:], "-h", "127.0.0.1", "-p",
-                                               str(port), "-i", str(pid_file), "-f", "f", "x"],
+                                               str(silent.port), "-i", str(pid_file), "-f",
+                                               "f", "x"],
                               env=ENV, timeout=TIMEOUT)
         try:
             _wait_for(pid_file, "\n")
-            time.sleep(0.2)
+            silent.wait_client()
             child.kill(signal.SIGTERM)
             _wait_gone(child)
         finally:
@@ -106,7 +137,7 @@ def test_blocking_worker_ctrl_c_is_a_plain_keyboard_interrupt() -> None:
     child = pexpect.spawn(sys.executable, ["-c", script], env=ENV, timeout=TIMEOUT, cwd=ROOT)
     try:
         child.expect("ready")
-        time.sleep(0.5)
+        child.expect("cannot connect")  # inside work_forever's trio.run, retrying
         child.sendintr()
         child.expect(pexpect.EOF)
         text = child.before.decode()
@@ -118,9 +149,10 @@ def test_blocking_worker_ctrl_c_is_a_plain_keyboard_interrupt() -> None:
 
 def test_gearadmin_read_timeout() -> None:
     """Issue 12 item 7: a server that never answers no longer hangs gearadmin."""
-    with silent_server() as port:
+    with silent_server() as silent:
         start = time.monotonic()
-        done = run(GEARADMIN, "-h", "127.0.0.1", "-p", str(port), "-t", "300", "--status",
+        done = run(GEARADMIN, "-h", "127.0.0.1", "-p", str(silent.port), "-t", "300",
+                   "--status",
                    input=None)
         elapsed = time.monotonic() - start
     assert done.returncode == 4, done
@@ -221,3 +253,46 @@ def test_readme_and_docs_stand_alone() -> None:
     assert "gearadmin --help" in readme and "-l stderr" in readme
     assert "pip install -e '.[queues]'" in readme
     assert run(GEARADMIN, "--help", input=None).returncode == 0
+
+
+def test_long_lines_run_shows_progress_on_a_terminal_only(start_server: object) -> None:
+    server: RunningServer = start_server("ours")  # type: ignore[operator]
+    hp = f"-h 127.0.0.1 -p {server.port}"
+    feed = "for i in $(seq 30); do echo $i; sleep 0.1; done"
+    child = pexpect.spawn("bash", ["-c", f"{feed} | {_cmd(GEARMAN)} {hp} -n -b -f prog"],
+                          env=ENV, timeout=TIMEOUT)
+    try:
+        child.expect(r"gearman: \d+ lines sent, \d+ done, 0 failed, \d+/s")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    # Not a terminal: not a byte on stderr.
+    done = run(["bash", "-c", f"{feed} | {_cmd(GEARMAN)} {hp} -n -b -f prog"], input=None)
+    assert (done.returncode, done.stderr) == (0, b"")
+
+
+def test_command_line_worker_says_when_it_reconnected(tmp_path: Path) -> None:
+    port = free_port()
+    cmd = [sys.executable, "-m", "server", "-p", str(port), "-L", "127.0.0.1", "-l", "none"]
+    server = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        from tests.conftest import wait_for_port
+
+        wait_for_port(port)
+        child = pexpect.spawn(sys.executable, [*GEARMAN[1:], "-h", "127.0.0.1", "-p",
+                                               str(port), "-w", "-f", "rc"],
+                              env=ENV, timeout=TIMEOUT, cwd=ROOT)
+        try:
+            wait_status(RunningServer("ours", port, server, tmp_path / "none"),
+                        b"rc", (0, 0, 1))
+            server.terminate()
+            server.wait(TIMEOUT)
+            child.expect("lost")
+            server = subprocess.Popen(cmd, cwd=ROOT)
+            child.expect(f"reconnected to 127.0.0.1:{port}")
+        finally:
+            child.close(force=True)
+    finally:
+        server.terminate()
+        server.wait(TIMEOUT)
