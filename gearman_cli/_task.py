@@ -357,7 +357,6 @@ class BackgroundBatch:
         "errors",
         "answered",
         "on_created",
-        "_submit",
         "_hooks",
         "_attempts",
     )
@@ -382,7 +381,6 @@ class BackgroundBatch:
         #: How many payloads got their answer (JOB_CREATED or an error).
         self.answered = 0
         self.on_created = on_created
-        self._submit = _SUBMIT[(self.priority, True)]
         self._hooks: list[Callable[[], None]] = []
         self._attempts = 0
 
@@ -415,8 +413,9 @@ class BackgroundBatch:
         return self
 
     def _encode(self, start: int, end: int) -> bytes:
-        submit, function, unique = self._submit, self.function, self.unique
-        return b"".join([submit(function, unique, p) for p in self.payloads[start:end]])
+        ptype = SUBMIT_TYPE_FOR[(self.priority, True)]
+        submit = req_encoder(ptype, fixed=(self.function, self.unique))
+        return b"".join([submit(p) for p in self.payloads[start:end]])
 
     def _answer(self, index: int, handle: bytes | None, error: GearmanError | None) -> None:
         if error is not None:
