@@ -111,8 +111,10 @@ class Pipeline:
         self.batches: deque[BackgroundBatch] = deque()
         self.last_progress = 0.0
         self._track = opts.timeout_ms is not None
-        #: A long -n run shows progress when stderr is a terminal, and nothing otherwise.
-        self.show_progress = opts.lines and _isatty(output.streams[1])
+        #: A long -n run shows progress when stderr is a terminal, and nothing otherwise
+        #: (nor when results stream to the same terminal: -n without -b, stdout a tty).
+        self.show_progress = (opts.lines and _isatty(output.streams[1])
+                              and (opts.background or not _isatty(output.streams[0])))
         self.callbacks = TaskCallbacks(
             on_created=self._on_created,
             on_data=self._on_data,
