@@ -110,6 +110,9 @@ class OneShot:
                     break
         finally:
             self.flush()
+        if self.broken:
+            # The reader went away (`gearman ... | head`): no second error at exit.
+            raise BrokenPipeError
         if self.error is not None:
             sys.stderr.write(f"gearman: {self.error}\n")
         return int(self.status)
