@@ -1,42 +1,54 @@
 """The Gearman client/worker library and the ``gearman`` and ``gearadmin`` commands.
 
-The library is trio-native (``AsyncClient``, ``AsyncWorker``, ``AsyncAdmin``) with blocking
-facades for plain scripts (``Client``, ``Worker``, ``Admin``: each call runs ``trio.run``).
-See the ``client``, ``worker`` and ``admin`` module docstrings for examples.
+Blocking classes for plain scripts (``Client``, ``Admin``: plain sockets, no trio;
+``Worker``: runs ``trio.run``) and trio-native ones (``AsyncClient``, ``AsyncWorker``,
+``AsyncAdmin``). See the module docstrings of ``_blocking``, ``client``, ``worker`` and
+``admin`` for examples.
+
+Names are imported on first use (PEP 562), so ``import gearman_cli`` costs nothing and a
+blocking client never loads trio.
 """
 
 from __future__ import annotations
 
-from ._errors import (
-    AdminError,
-    ConnectionLostError,
-    GearmanError,
-    JobExceptionError,
-    JobFailedError,
-    NoServerError,
-    ServerError,
-)
-from ._servers import DEFAULT_PORT, ServerAddress, default_servers, parse_servers
-from .admin import (
-    Admin,
-    AdminReply,
-    AsyncAdmin,
-    FunctionStatus,
-    JobInfo,
-    PriorityStatus,
-    WorkerInfo,
-)
-from .client import (
-    AsyncClient,
-    BackgroundBatch,
-    Client,
-    JobStatus,
-    Task,
-    TaskCallback,
-    TaskCallbacks,
-    TaskState,
-)
-from .worker import AsyncWorker, Job, JobCallback, Worker
+import importlib
+
+#: Not ``typing.TYPE_CHECKING``: importing typing costs start-up time (mypy knows the name).
+TYPE_CHECKING = False
+
+#: Public name -> the module that defines it.
+_WHERE = {
+    "AdminError": "._errors",
+    "ConnectionLostError": "._errors",
+    "GearmanError": "._errors",
+    "JobExceptionError": "._errors",
+    "JobFailedError": "._errors",
+    "NoServerError": "._errors",
+    "ServerError": "._errors",
+    "DEFAULT_PORT": "._servers",
+    "ServerAddress": "._servers",
+    "default_servers": "._servers",
+    "parse_servers": "._servers",
+    "Admin": "._admin_sync",
+    "AdminReply": "._admin_core",
+    "FunctionStatus": "._admin_core",
+    "JobInfo": "._admin_core",
+    "PriorityStatus": "._admin_core",
+    "WorkerInfo": "._admin_core",
+    "AsyncAdmin": ".admin",
+    "AsyncClient": ".client",
+    "Client": "._blocking",
+    "BackgroundBatch": "._task",
+    "JobStatus": "._task",
+    "Task": "._task",
+    "TaskCallback": "._task",
+    "TaskCallbacks": "._task",
+    "TaskState": "._task",
+    "AsyncWorker": ".worker",
+    "Job": ".worker",
+    "JobCallback": ".worker",
+    "Worker": ".worker",
+}
 
 __all__ = [
     "DEFAULT_PORT",
@@ -70,3 +82,38 @@ __all__ = [
     "default_servers",
     "parse_servers",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gearman_cli' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._admin_core import AdminReply, FunctionStatus, JobInfo, PriorityStatus, WorkerInfo
+    from ._admin_sync import Admin
+    from ._blocking import Client
+    from ._errors import (
+        AdminError,
+        ConnectionLostError,
+        GearmanError,
+        JobExceptionError,
+        JobFailedError,
+        NoServerError,
+        ServerError,
+    )
+    from ._servers import DEFAULT_PORT, ServerAddress, default_servers, parse_servers
+    from ._task import BackgroundBatch, JobStatus, Task, TaskCallback, TaskCallbacks, TaskState
+    from .admin import AsyncAdmin
+    from .client import AsyncClient
+    from .worker import AsyncWorker, Job, JobCallback, Worker

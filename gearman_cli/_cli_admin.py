@@ -1,30 +1,33 @@
 """Running ``gearadmin``: send each command, read its reply to its terminator, print it.
 
-Rule: printing follows the reference byte for byte where a script reads it (spec §7):
-``OK`` -> ``OK``; ``OK x`` -> ``x``; a list verbatim with its ``.`` line; ``ERR rest`` ->
-``Error: rest\\r\\n`` on stderr. A rich table only for a person (stdout is a terminal), and
-``--json`` for programs.
+Rule: printing follows the reference byte for byte where a script reads it: ``OK`` ->
+``OK``; ``OK x`` -> ``x``; a list verbatim with its ``.`` line; ``ERR rest`` ->
+``Error: rest\\r\\n`` on stderr. A table only for a person (stdout is a terminal; rich is
+imported only then), and ``--json`` for programs.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
-import trio
-
+from ._admin_core import AdminReply
+from ._admin_sync import Admin, AdminTimeout
 from ._cli_options import AdminCommand, AdminOptions, ExitCode
 from ._errors import ConnectionLostError
-from .admin import AdminReply, AsyncAdmin
 
-#: Columns of the list replies that have a table form (tab-separated fields).
-TABLES: dict[str, tuple[str, ...]] = {
-    "status": ("Function", "Total", "Running", "Workers"),
-    "prioritystatus": ("Function", "High", "Normal", "Low", "Workers"),
-    "workers": ("FD", "Address", "Client ID", "Functions"),
-    "show jobs": ("Handle", "Retries", "Ignore", "Queued"),
+#: Title and columns of the list replies that have a table form (tab-separated fields).
+TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "status": ("Functions", ("Function", "Total", "Running", "Workers")),
+    "prioritystatus": ("Queued jobs by priority",
+                       ("Function", "High", "Normal", "Low", "Workers")),
+    "workers": ("Workers (every connection)", ("FD", "Address", "Client ID", "Functions")),
+    "show jobs": ("Jobs", ("Handle", "Retries", "Ignore", "Queued")),
+    "show unique jobs": ("Unique keys of jobs", ("Unique key",)),
 }
+
+#: Shown for a job without a unique key (the reply has a blank line for it).
+NO_UNIQUE = "(job without a unique key)"
 
 
 def _text(value: bytes) -> str:
@@ -37,6 +40,8 @@ def _fields(line: str, command: str) -> list[str]:
         address, _, rest = rest.partition(" ")
         client_id, _, functions = rest.partition(" :")
         return [fd, address, client_id, " ".join(functions.split())]
+    if command == "show unique jobs":
+        return [line or NO_UNIQUE]
     return line.split("\t")
 
 
@@ -48,7 +53,7 @@ def _number(text: str) -> int | str:
 
 
 def as_json(command: AdminCommand, reply: AdminReply) -> dict[str, Any]:
-    """One reply as a JSON-ready object."""
+    """One reply as a JSON-ready object; numbers are JSON numbers."""
     out: dict[str, Any] = {"command": command.line, "ok": reply.ok}
     if reply.kind == "err":
         out["error"] = _text(reply.lines[0][4:] if reply.lines[0][:4] == b"ERR " else b"")
@@ -58,19 +63,22 @@ def as_json(command: AdminCommand, reply: AdminReply) -> dict[str, Any]:
         out["reply"] = _number(value) if command.line == "getpid" else value
         return out
     lines = [_text(line) for line in reply.lines]
-    columns = TABLES.get(command.line)
-    if columns is None:
+    if command.line == "show unique jobs":
+        out["reply"] = [line or None for line in lines]  # null: a job without a key
+        return out
+    table = TABLES.get(command.line)
+    if table is None:
         out["reply"] = lines
         return out
-    keys = [c.lower().replace(" ", "_") for c in columns]
+    keys = [c.lower().replace(" ", "_") for c in table[1]]
     rows = []
     for line in lines:
         fields = _fields(line, command.line)
-        values: list[Any] = fields[:1] + [
-            f.split() if command.line == "workers" and i == 3
-            else f if command.line == "workers" else _number(f)
-            for i, f in enumerate(fields[1:], 1)
-        ]
+        if command.line == "workers":
+            values: list[Any] = [_number(fields[0]), *fields[1:3],
+                                 fields[3].split() if len(fields) > 3 else []]
+        else:
+            values = fields[:1] + [_number(f) for f in fields[1:]]
         rows.append(dict(zip(keys, values, strict=False)))
     out["reply"] = rows
     return out
@@ -82,11 +90,15 @@ def print_table(command: AdminCommand, reply: AdminReply) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    columns = TABLES[command.line]
-    table = Table(*columns, title=command.line)
-    for line in reply.lines:
-        fields = _fields(_text(line), command.line)
-        table.add_row(*(Text(f) for f in fields[: len(columns)]))
+    title, columns = TABLES[command.line]
+    rows = [_fields(_text(line), command.line)[: len(columns)] for line in reply.lines]
+    table = Table(title=title)
+    for i, name in enumerate(columns):
+        numeric = bool(rows) and all(
+            i < len(row) and row[i].lstrip("-").isdigit() for row in rows)
+        table.add_column(name, justify="right" if numeric else "left")
+    for row in rows:
+        table.add_row(*(Text(f) for f in row))
     Console(markup=False, highlight=False).print(table)
 
 
@@ -119,36 +131,49 @@ class AdminRun:
         else:
             self.out.write(b"".join(line + b"\n" for line in reply.lines) + b".\n")
 
-    async def main(self) -> int:
+    def main(self) -> int:
         opts = self.opts
+        admin = Admin(opts.server, timeout=opts.timeout)
         try:
-            async with AsyncAdmin(opts.server) as admin:
+            with admin:
                 for command in opts.commands:
                     shutdown = command.line.startswith("shutdown")
                     try:
-                        reply = await admin.raw(command.line)
+                        reply = admin.raw(command.line)
+                    except AdminTimeout:
+                        raise
                     except ConnectionLostError:
                         if shutdown:  # the server may close instead of answering OK
                             reply = AdminReply("ok", (b"OK",))
                         else:
                             raise
                     self.show(command, reply)
-        except OSError as exc:
-            return self.fail(f"cannot connect to {opts.server}: {exc.strerror or exc}")
+        except AdminTimeout as exc:
+            return self.fail(str(exc), ExitCode.TIMEOUT)
         except ConnectionLostError as exc:
             return self.fail(f"{opts.server}: {exc}")
-        finally:
-            if self.opts.json:
-                self.out.write(json.dumps(self.results, indent=2).encode() + b"\n")
-            self.out.flush()
+        except OSError as exc:
+            from ._servers import why
+
+            return self.fail(f"cannot connect to {opts.server}: {why(exc)}")
+        if self.opts.json:
+            self.out.write(_dumps(self.results) + b"\n")
+        self.out.flush()
         return int(self.status)
 
-    def fail(self, message: str) -> int:
+    def fail(self, message: str, code: ExitCode = ExitCode.NO_SERVER) -> int:
+        # Replies already printed stay; with --json nothing goes to stdout on an error.
         self.out.flush()
         self.err.write(f"gearadmin: {message}\n".encode())
         self.err.flush()
-        return int(ExitCode.NO_SERVER)
+        return int(code)
+
+
+def _dumps(value: object) -> bytes:
+    import json
+
+    return json.dumps(value, indent=2).encode()
 
 
 def run_admin(opts: AdminOptions) -> int:
-    return trio.run(AdminRun(opts).main)
+    return AdminRun(opts).main()

@@ -10,6 +10,7 @@ each read's lines as pre-encoded batches (``AsyncClient.submit_background_batch`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -22,7 +23,8 @@ import trio
 from protocol import Priority
 
 from ._cli_options import ExitCode, GearmanOptions
-from .client import AsyncClient, BackgroundBatch, Task, TaskCallbacks, TaskState
+from ._task import BackgroundBatch, Task, TaskCallbacks, TaskState
+from .client import AsyncClient
 
 #: Bytes read from stdin at a time; lines are submitted as soon as a read returns them.
 READ_SIZE = 64 * 1024
@@ -94,6 +96,10 @@ class Pipeline:
         self.window = opts.window if opts.lines and not coalescing else 1
         self.entries: deque[_Entry] = deque()
         self.status = ExitCode.OK
+        #: Progress counters: workloads (lines) sent, finished, and jobs that failed.
+        self.sent = 0
+        self.finished = 0
+        self.failed = 0
         self.error: str | None = None
         self._space: trio.Event | None = None
         self._empty: trio.Event | None = None
@@ -105,6 +111,10 @@ class Pipeline:
         self.batches: deque[BackgroundBatch] = deque()
         self.last_progress = 0.0
         self._track = opts.timeout_ms is not None
+        #: A long -n run shows progress when stderr is a terminal, and nothing otherwise
+        #: (nor when results stream to the same terminal: -n without -b, stdout a tty).
+        self.show_progress = (opts.lines and _isatty(output.streams[1])
+                              and (opts.background or not _isatty(output.streams[0])))
         self.callbacks = TaskCallbacks(
             on_created=self._on_created,
             on_data=self._on_data,
@@ -149,7 +159,7 @@ class Pipeline:
 
     def _on_status(self, task: Task) -> None:
         self._progress()
-        # decisions.md: a denominator of 0 prints safely (the reference divides by it).
+        # docs/differences.md: a denominator of 0 prints safely (the reference divides by it).
         percent = task.numerator * 100 // task.denominator if task.denominator else 0
         self._emit(task.app_data, False, self._prefix(task) + b"%d%% Complete\n" % percent)
 
@@ -160,12 +170,14 @@ class Pipeline:
     def _on_exception(self, task: Task) -> None:
         self._emit(task.app_data, True, self._prefix(task) + (task.exception or b""))
         self.status = max(self.status, ExitCode.JOB_FAILED)
+        self.failed += 1
         self._done(task)
 
     def _on_fail(self, task: Task) -> None:
         if task.state is TaskState.FAILED:
             self._emit(task.app_data, True, b"Job failed\n")
             self.status = max(self.status, ExitCode.JOB_FAILED)
+            self.failed += 1
         else:
             self.fatal(ExitCode.NO_SERVER, str(task.error or "the job could not be submitted"))
         self._done(task)
@@ -184,6 +196,8 @@ class Pipeline:
         self._progress()
         entry: _Entry = task.app_data
         entry.left -= 1
+        if not entry.left:
+            self.finished += 1
         if entry.left or not self.entries or self.entries[0] is not entry:
             return
         entries = self.entries
@@ -210,6 +224,7 @@ class Pipeline:
             await self._space.wait()
         if not self.entries:
             self._progress()
+        self.sent += 1
         entry = _Entry(len(self._functions))
         self.entries.append(entry)
         for function, _ in self._functions:
@@ -235,6 +250,8 @@ class Pipeline:
             self._scope = scope
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.output.flusher)
+                if self.show_progress:
+                    nursery.start_soon(self._progress_line)
                 if self.opts.timeout_ms is not None:
                     nursery.start_soon(self._watchdog, self.opts.timeout_ms / 1000)
                 n = 0
@@ -264,6 +281,8 @@ class Pipeline:
         await batch.wait()
         self.batches.popleft()
         self._progress()
+        self.finished += len(batch)
+        self.failed += len(batch.errors)
         if batch.errors:
             self.fatal(ExitCode.NO_SERVER, str(batch.errors[0][1]))
         return len(batch)
@@ -279,6 +298,8 @@ class Pipeline:
             self._scope = scope
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.output.flusher)
+                if self.show_progress:
+                    nursery.start_soon(self._progress_line)
                 if self.opts.timeout_ms is not None:
                     nursery.start_soon(self._watchdog, self.opts.timeout_ms / 1000)
                 async for lines in batches:
@@ -298,6 +319,7 @@ class Pipeline:
                         )
                         self.batches.append(batch)
                         inflight += k
+                        self.sent += k
                         i += k
                     await trio.lowlevel.checkpoint()
                     if self.output.broken:
@@ -305,6 +327,24 @@ class Pipeline:
                 while self.batches:
                     await self._oldest_batch()
                 nursery.cancel_scope.cancel()
+
+    async def _progress_line(self) -> None:
+        """Once a second, on a terminal's stderr: lines sent, done, failed, and the rate.
+        The line is rewritten in place and wiped at the end."""
+        err = self.output.streams[1]
+        start = trio.current_time()
+        try:
+            while True:
+                await trio.sleep(1)
+                elapsed = trio.current_time() - start
+                line = (f"\r\x1b[Kgearman: {self.sent} lines sent, {self.finished} done, "
+                        f"{self.failed} failed, {self.finished / elapsed:.0f}/s")
+                err.write(line.encode())
+                err.flush()
+        finally:
+            with contextlib.suppress(OSError):
+                err.write(b"\r\x1b[K")
+                err.flush()
 
     async def _watchdog(self, timeout: float) -> None:
         # libgearman's -t is an I/O timeout: give up when nothing happened for `timeout`
@@ -316,6 +356,13 @@ class Pipeline:
                 self.fatal(ExitCode.TIMEOUT, f"timed out after {timeout * 1000:.0f} ms")
                 return
             await trio.sleep_until(max(deadline, trio.current_time() + timeout / 10))
+
+
+def _isatty(stream: BinaryIO) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError):
+        return False
 
 
 async def _read(fd: int) -> bytes:
@@ -410,5 +457,5 @@ def run_client(opts: GearmanOptions) -> int:
         # trio reports Ctrl-C inside a nursery as a group holding KeyboardInterrupt.
         interrupted, rest = group.split(KeyboardInterrupt)
         if interrupted is not None and rest is None:
-            return int(ExitCode.INTERRUPTED)
+            raise KeyboardInterrupt from None  # the caller dies by the signal
         raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._servers import DEFAULT_HOST, DEFAULT_PORT, ServerAddress, parse_servers
 
@@ -28,12 +28,11 @@ class ExitCode(enum.IntEnum):
     NO_SERVER = 3
     #: The -t timeout elapsed with no progress.
     TIMEOUT = 4
-    #: Interrupted by SIGINT.
+    #: Interrupted by SIGINT, when dying by the signal itself did not work.
     INTERRUPTED = 130
 
 
-@dataclass(frozen=True, slots=True)
-class GearmanOptions:
+class GearmanOptions(NamedTuple):
     """Every option of ``gearman`` (reference §6), plus our additions."""
 
     servers: tuple[ServerAddress, ...]
@@ -46,7 +45,7 @@ class GearmanOptions:
     strip_newline: bool = False  # -N
     no_stdin: bool = False  # -s
     unique: str | None = None
-    count: int = 0  # -c, 0 = forever
+    count: int = 0  # type: ignore[assignment]  # -c, 0 = forever (shadows tuple.count)
     pid_file: str | None = None
     timeout_ms: int | None = None  # -t
     prefix: bool = False  # -P
@@ -57,22 +56,21 @@ class GearmanOptions:
     job_timeout: float | None = None  # --job-timeout, seconds
 
 
-@dataclass(frozen=True, slots=True)
-class AdminCommand:
+class AdminCommand(NamedTuple):
     """One admin command in the order given: the flag's name and the line to send."""
 
     flag: str
     line: str
 
 
-@dataclass(frozen=True, slots=True)
-class AdminOptions:
+class AdminOptions(NamedTuple):
     """Every option of ``gearadmin`` (reference §7), plus ``--json`` and ``--shutdown``."""
 
     server: ServerAddress
     commands: tuple[AdminCommand, ...]
     json: bool = False
     table: bool | None = None  # None = when stdout is a terminal
+    timeout: float | None = None  # -t, seconds; None = wait for ever
 
 
 def resolve_servers(host: str | None, port: int | None) -> tuple[ServerAddress, ...]:

@@ -18,6 +18,7 @@ import sys
 
 import trio
 
+from . import _signals
 from ._cli_options import ExitCode, GearmanOptions
 from .worker import AsyncWorker, Job
 
@@ -152,7 +153,7 @@ class WorkerRun:
             data = rest + chunk if rest else chunk
             start = 0
             while (i := data.find(b"\n", start)) >= 0:
-                job.send_data(data[start : i + cut])  # each line once (decisions.md)
+                job.send_data(data[start : i + cut])  # each line once (docs/differences.md)
                 start = i + 1
             rest = data[start:]
         if rest:
@@ -178,8 +179,9 @@ class WorkerRun:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
                                        signal.SIGHUP) as signals:
             async for signum in signals:
-                if signum == signal.SIGINT:
-                    self.status = ExitCode.INTERRUPTED
+                if signum != signal.SIGHUP:
+                    # Drain (or stop), then die by this signal (see _signals).
+                    _signals.note(signum)
                 if signum == signal.SIGHUP:
                     # The terminal went away: stop now. The commands run in their own
                     # sessions, so nothing else would stop them; cancelling kills their

@@ -9,15 +9,14 @@ order until its back-off expires (failover with exponential back-off).
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
-logger = logging.getLogger(__name__)
+from ._log import get_logger
+
+logger = get_logger(__name__)
 
 DEFAULT_PORT: Final = 4730
 DEFAULT_HOST: Final = "localhost"
@@ -28,8 +27,7 @@ BACKOFF_MIN: Final = 0.5
 BACKOFF_MAX: Final = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class ServerAddress:
+class ServerAddress(NamedTuple):
     """One server: a host name or address and a TCP port."""
 
     host: str
@@ -87,6 +85,19 @@ def default_servers() -> list[ServerAddress]:
 ServerSpec = str | ServerAddress | tuple[str, int]
 
 
+def why(exc: OSError) -> str:
+    """A connect failure in a few words that name the problem."""
+    import _socket
+
+    if isinstance(exc, _socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror or exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "connect timed out"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 def to_addresses(servers: ServerSpec | Iterable[ServerSpec]) -> list[ServerAddress]:
     """Accept a comma list, one address, a (host, port) pair, or an iterable of those."""
     if isinstance(servers, str):
@@ -101,30 +112,44 @@ def to_addresses(servers: ServerSpec | Iterable[ServerSpec]) -> list[ServerAddre
     return out
 
 
-@dataclass(slots=True)
 class _Health:
-    failures: int = 0
-    retry_at: float = 0.0
+    __slots__ = ("failures", "retry_at")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.retry_at = 0.0
 
 
 def _weight(server: ServerAddress, key: bytes) -> bytes:
+    import hashlib  # only with several servers and a unique key
+
     return hashlib.blake2b(
         f"{server.host}:{server.port}".encode() + b"\0" + key, digest_size=8
     ).digest()
 
 
-@dataclass
 class ServerPool:
     """The server list of a client plus each server's health (back-off state).
 
-    Health uses ``clock`` (``time.monotonic``) so it survives across ``trio.run`` calls of the
-    blocking facade.
+    Health uses ``clock`` (``time.monotonic``) so it survives across calls of the blocking
+    client. Without explicit servers, ``GEARMAN_SERVERS`` is read once, at first use.
     """
 
-    explicit: list[ServerAddress] = field(default_factory=list)
-    clock: Callable[[], float] = time.monotonic
-    _health: dict[ServerAddress, _Health] = field(default_factory=dict)
-    _rr: int = 0
+    def __init__(
+        self,
+        explicit: list[ServerAddress] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.explicit: list[ServerAddress] = explicit if explicit is not None else []
+        self.clock = clock
+        self._health: dict[ServerAddress, _Health] = {}
+        self._rr = 0
+        self._default: list[ServerAddress] | None = None
+
+    def _defaults(self) -> list[ServerAddress]:
+        if self._default is None:
+            self._default = default_servers()
+        return self._default
 
     def add(self, address: ServerAddress) -> None:
         if address not in self.explicit:
@@ -133,7 +158,7 @@ class ServerPool:
     @property
     def servers(self) -> list[ServerAddress]:
         """The explicit list, or the ``GEARMAN_SERVERS`` default when none was added."""
-        return self.explicit or default_servers()
+        return self.explicit or self._defaults()
 
     def is_down(self, server: ServerAddress, now: float | None = None) -> bool:
         health = self._health.get(server)
@@ -142,7 +167,9 @@ class ServerPool:
         return (self.clock() if now is None else now) < health.retry_at
 
     def mark_down(self, server: ServerAddress) -> None:
-        health = self._health.setdefault(server, _Health())
+        health = self._health.get(server)
+        if health is None:
+            health = self._health[server] = _Health()
         delay = min(BACKOFF_MAX, BACKOFF_MIN * 2**health.failures)
         health.failures += 1
         health.retry_at = self.clock() + delay
@@ -162,7 +189,7 @@ class ServerPool:
         hashing); an empty one rotates round-robin. With one server the list itself is
         returned (the caller must not change it): no ordering work per job.
         """
-        servers = self.explicit or default_servers()
+        servers = self.explicit or self._defaults()
         if len(servers) == 1:
             return servers
         if unique:

@@ -1,28 +1,33 @@
-"""The ``gearadmin`` command: the admin text protocol from the shell (spec §7).
+"""The ``gearadmin`` command: the admin text protocol from the shell.
 
-Parse-only click layer: each command option, in the order given, becomes one
-``AdminCommand`` of a frozen ``AdminOptions``; ``_cli_admin`` sends them in ``trio.run``.
+Parse-only layer: each command option, in the order given, becomes one ``AdminCommand``
+of a frozen ``AdminOptions``; ``_cli_admin`` sends them on a plain blocking socket.
 """
 
 from __future__ import annotations
 
-import socket
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
 
-import click
+from . import _signals
+from ._argv import ArgParser, Option, UsageError, int_range
 
-from ._cli_options import AdminCommand, AdminOptions, ExitCode
-from ._servers import DEFAULT_HOST, ServerAddress
+TYPE_CHECKING = False  # not typing's: start-up time
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-EPILOG = """\b
+    from ._cli_options import AdminCommand, AdminOptions
+
+DEFAULT_HOST = "localhost"
+_OK, _USAGE = 0, 2
+
+EPILOG = """\
 Commands run in the order given, on one connection; each reply is read to its end.
 Exit status: 0 success; 1 the server answered a command with ERR; 2 usage error (no
-command, unknown option, -S); 3 the server cannot be reached or closed the connection.
+command, unknown option, -S); 3 the server cannot be reached or closed the connection;
+4 no reply within -t. On SIGINT or SIGTERM it dies by that signal.
 """
 
-#: Option name -> admin line (a value option appends its argument).
+#: Option dest -> admin line (a value option appends its argument).
 COMMANDS = {
     "server_version": "version",
     "server_verbose": "verbose",
@@ -40,120 +45,127 @@ COMMANDS = {
 }
 
 
-def _record(ctx: click.Context, param: click.Parameter, value: object) -> object:
-    # click processes parameters in the order they appear on the command line, so the
-    # commands are recorded in the order given (decisions.md).
-    name = param.name or ""
-    line = COMMANDS[name]
-    flag = param.opts[0]
-    commands: list[AdminCommand] = ctx.meta.setdefault("gearadmin.commands", [])
-    if isinstance(value, tuple):
-        for arg in value:
-            if not arg or any(c.isspace() for c in arg):
-                raise click.BadParameter("must be one word", ctx=ctx, param=param)
-            commands.append(AdminCommand(flag, f"{line} {arg}"))
-    elif value:
-        commands.append(AdminCommand(flag, line))
-    return value
-
-
 def _port(value: str) -> int:
     try:
         port = int(value)
     except ValueError:
+        import socket
+
         try:
             return socket.getservbyname(value, "tcp")
         except OSError:
-            raise click.BadParameter(f"unknown port or service {value!r}") from None
+            raise ValueError(f"unknown port or service {value!r}") from None
     if not 0 < port < 65536:
-        raise click.BadParameter(f"port {port} out of range")
+        raise ValueError(f"port {port} out of range")
     return port
 
 
-Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+def _flag(name: str, help: str) -> Option:
+    return Option(name, dest=name[2:].replace("-", "_"), help=help)
 
 
-def _flag(*decls: str, help: str) -> Decorator:
-    return click.option(*decls, is_flag=True, callback=_record, expose_value=False, help=help)
+def _value(name: str, metavar: str, help: str) -> Option:
+    return Option(name, dest=name[2:].replace("-", "_"), multiple=True, metavar=metavar,
+                  help=help)
 
 
-def _value(*decls: str, help: str, metavar: str) -> Decorator:
-    return click.option(*decls, multiple=True, callback=_record, expose_value=False,
-                        metavar=metavar, help=help)
-
-
-OPTIONS: list[Decorator] = [
-    click.option("-h", "--host", default=DEFAULT_HOST, show_default=True,
-                 help="Connect to the host."),
-    click.option("-p", "--port", default="4730", show_default=True,
-                 help="Port number or service to use for connection."),
-    _flag("--server-version", help="Fetch the version number for the server."),
-    _flag("--server-verbose", help="Fetch the verbose setting for the server."),
-    _value("--create-function", metavar="FUNCTION", help="Create the function from the server."),
-    _value("--cancel-job", metavar="HANDLE", help="Remove a given job from the server's queue."),
-    _value("--drop-function", metavar="FUNCTION", help="Drop the function from the server."),
-    _flag("--show-unique-jobs", help="Show unique IDs of jobs on the server."),
-    _flag("--show-jobs", help="Show all jobs on the server."),
-    _flag("--getpid", help="Get Process ID for the server."),
-    _flag("--status", help="Status for the server."),
-    _flag("--priority-status", help="Queued jobs status by priority."),
-    _flag("--workers", help="Workers for the server."),
-    _flag("--shutdown", help="Shut the server down (our gearmand)."),
+OPTIONS = [
+    Option("-h", "--host", dest="host", takes_value=True, metavar="TEXT",
+           default=DEFAULT_HOST, show_default=True, help="Connect to the host."),
+    Option("-p", "--port", dest="port", takes_value=True, metavar="TEXT", default="4730",
+           show_default=True, help="Port number or service to use for connection."),
+    Option("-t", "--timeout", dest="timeout_ms", takes_value=True, metavar="MS",
+           convert=int_range(1),
+           help="Give up (exit 4) when the server sends nothing for MS milliseconds "
+                "(default: wait for ever, as the reference)."),
+    _flag("--server-version", "Fetch the version number for the server."),
+    _flag("--server-verbose", "Fetch the verbose setting for the server."),
+    _value("--create-function", "FUNCTION", "Create the function from the server."),
+    _value("--cancel-job", "HANDLE", "Remove a given job from the server's queue."),
+    _value("--drop-function", "FUNCTION", "Drop the function from the server."),
+    _flag("--show-unique-jobs", "Show unique IDs of jobs on the server."),
+    _flag("--show-jobs", "Show all jobs on the server."),
+    _flag("--getpid", "Get Process ID for the server."),
+    _flag("--status", "Status for the server."),
+    _flag("--priority-status", "Queued jobs status by priority."),
+    _flag("--workers", "Workers for the server."),
+    _flag("--shutdown", "Shut the server down (our gearmand)."),
     _flag("--shutdown-graceful",
-          help="Stop accepting, finish running work, then shut down (our gearmand)."),
-    click.option("--json", "as_json", is_flag=True,
-                 help="Print every reply as one JSON array on stdout."),
-    click.option("-S", "--ssl", is_flag=True, help="Enable SSL connections (not supported yet)."),
+          "Stop accepting, finish running work, then shut down (our gearmand)."),
+    Option("--json", dest="json", help="Print every reply as one JSON array on stdout."),
+    Option("-S", "--ssl", dest="ssl", help="Enable SSL connections (not supported yet)."),
 ]
 
-
-def _options(f: Callable[..., Any]) -> Callable[..., Any]:
-    for decorate in reversed(OPTIONS):
-        f = decorate(f)
-    return f
-
-
-@click.command(
-    name="gearadmin",
-    context_settings={"help_option_names": ["--help"], "max_content_width": 100},
-    epilog=EPILOG,
+PARSER = ArgParser(
+    "gearadmin",
+    "[OPTIONS]",
+    "Send admin commands to a Gearman job server and print the replies.",
+    EPILOG,
+    OPTIONS,
+    help_names=("--help",),
 )
-@_options
-@click.pass_context
-def command(ctx: click.Context, host: str, port: str, as_json: bool, ssl: bool) -> int:
-    """Send admin commands to a Gearman job server and print the replies."""
-    if ssl:
-        raise click.UsageError("-S: TLS is not supported yet")
-    commands: list[AdminCommand] = ctx.meta.get("gearadmin.commands", [])
-    if not commands:
-        raise click.UsageError("No option execution operation given.")
-    opts = AdminOptions(
-        server=ServerAddress(host, _port(port)),
-        commands=tuple(commands),
-        json=as_json,
-        table=None,
-    )
-    from ._cli_admin import run_admin
 
-    return run_admin(opts)
+
+def parse(argv: Sequence[str]) -> AdminOptions | None:
+    """The options of a command line (None: help was printed); ``UsageError`` if bad."""
+    parsed = PARSER.parse(argv)
+    if parsed.help:
+        sys.stdout.write(PARSER.help_text())
+        return None
+    from ._cli_options import AdminCommand, AdminOptions
+    from ._servers import ServerAddress
+
+    if parsed.args:
+        raise UsageError(f"Got unexpected extra argument ({' '.join(parsed.args)})")
+    v = parsed.values
+    if v["ssl"]:
+        raise UsageError("-S: TLS is not supported yet")
+    # Commands in the order given (the reference runs them in a fixed order).
+    commands: list[AdminCommand] = []
+    for opt, value in parsed.order:
+        line = COMMANDS.get(opt.dest)
+        if line is None:
+            continue
+        flag = opt.names[0]
+        if opt.multiple:
+            if not value or any(c.isspace() for c in value):
+                raise UsageError(f"Invalid value for '{flag}': must be one word")
+            commands.append(AdminCommand(flag, f"{line} {value}"))
+        else:
+            commands.append(AdminCommand(flag, line))
+    if not commands:
+        raise UsageError("No option execution operation given.")
+    try:
+        port = _port(v["port"])
+    except ValueError as exc:
+        raise UsageError(f"Invalid value: {exc}") from None
+    timeout_ms = v["timeout_ms"]
+    return AdminOptions(
+        server=ServerAddress(v["host"], port),
+        commands=tuple(commands),
+        json=bool(v["json"]),
+        table=None,
+        timeout=timeout_ms / 1000 if timeout_ms else None,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``gearadmin`` console script; returns the exit status."""
+    """Entry point of the ``gearadmin`` console script; returns the exit status (or dies
+    by SIGINT/SIGTERM)."""
+    _signals.install()
     try:
-        rc = command.main(
-            args=list(argv) if argv is not None else None,
-            prog_name="gearadmin",
-            standalone_mode=False,
-        )
-    except click.ClickException as exc:
-        exc.show()
-        return ExitCode.USAGE if isinstance(exc, click.UsageError) else exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except (click.Abort, KeyboardInterrupt):
-        return ExitCode.INTERRUPTED
-    return int(rc) if isinstance(rc, int) else ExitCode.OK
+        try:
+            opts = parse(sys.argv[1:] if argv is None else argv)
+        except UsageError as exc:
+            PARSER.error(str(exc))
+            return _USAGE
+        if opts is None:
+            return _OK
+        from ._cli_admin import run_admin
+
+        return run_admin(opts)
+    except KeyboardInterrupt:
+        return _signals.die()
 
 
 if __name__ == "__main__":

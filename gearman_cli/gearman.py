@@ -1,8 +1,9 @@
 """The ``gearman`` command: run jobs (client mode) or serve them (worker mode, ``-w``).
 
-Parse-only click layer: the flags of the reference tool (spec §6, fixes in decisions.md)
-become a frozen ``GearmanOptions``; ``_cli_client`` / ``_cli_worker`` do the work in
-``trio.run``. ``-h`` is the host, so help is ``-H``/``--help``.
+Parse-only layer: the flags of the reference tool (see docs/differences.md for ours)
+become a frozen ``GearmanOptions``. A one-off client (jobs from arguments or all of
+stdin) runs on the blocking, trio-free ``Client``; ``-n``/``-N`` and ``-w`` run on trio
+(``_cli_client`` / ``_cli_worker``). ``-h`` is the host, so help is ``-H``/``--help``.
 """
 
 from __future__ import annotations
@@ -10,154 +11,151 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
 
-import click
+from . import _signals
+from ._argv import ArgParser, Option, UsageError, int_range, positive_float
 
-from ._cli_options import ExitCode, GearmanOptions, resolve_servers
+TYPE_CHECKING = False  # not typing's: `gearman --help` imports nothing it does not need
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-EPILOG = """\b
+    from ._cli_options import GearmanOptions
+
+#: Exit statuses (``_cli_options.ExitCode``, not imported for --help).
+_OK, _USAGE, _NO_SERVER = 0, 2, 3
+
+DESCRIPTION = """\
+Client mode: gearman [options] [<data> ...]
+
+Worker mode: gearman -w [options] [--] [<command> [<args> ...]]
+
+A client sends each argument (or all of stdin, or with -n each line) as a job to every
+-f function and writes the results to stdout. A worker runs <command> for each job, with
+the workload on its stdin, and returns its stdout; without a command it writes each
+workload to stdout.
+"""
+
+EPILOG = """\
 Environment: GEARMAN_SERVER, then GEARMAN_SERVERS (comma lists of host[:port]) name the
 servers when -h and -p are not given.
-\b
+
 Exit status: 0 success; 1 a job failed or raised; 2 usage error; 3 no server reachable or
-connection lost; 4 timeout (-t); 130 interrupted.
-\b
+connection lost; 4 timeout (-t). On SIGINT (Ctrl-C) or SIGTERM it cleans up (pid file,
+output), then dies by that signal, so a shell loop around it stops too.
+
 Examples:
   gearman -w -f reverse -- rev          # worker: each job runs `rev`
   gearman -f reverse "Hello World!"     # client: prints !dlroW olleH
   seq 1000 | gearman -n -b -f log       # one background job per line
 """
 
+OPTIONS = [
+    Option("-f", "--function", dest="functions", multiple=True, metavar="FUNCTION",
+           help="Function name to use for jobs (can give many)."),
+    Option("-h", "--host", dest="host", takes_value=True, metavar="HOST",
+           help="Job server host (default localhost)."),
+    Option("-p", "--port", dest="port", takes_value=True, metavar="PORT",
+           convert=int_range(1, 65535), help="Job server port (default 4730)."),
+    Option("-t", "--timeout", dest="timeout_ms", takes_value=True, metavar="MS",
+           convert=int_range(1),
+           help="Timeout in milliseconds: client gives up (exit 4) after MS without "
+                "progress; worker exits after MS without a job."),
+    Option("-i", "--pid-file", dest="pid_file", takes_value=True, metavar="FILE",
+           help="Create a pidfile for the process (removed on exit)."),
+    Option("-d", "--daemon", dest="daemon",
+           help="Detach: fork, new session, stdio to /dev/null (a worker first checks "
+                "that a server answers, and exits 3 if none does)."),
+    Option("-S", "--ssl", dest="ssl", help="Enable SSL connections (not supported yet)."),
+    Option("-v", "--verbose", dest="verbose",
+           help="Print 'Task created: HANDLE' to stdout for each job created."),
+    Option("-b", "--background", dest="background", help="Run jobs in the background."),
+    Option("-I", "--high", dest="high", help="Run jobs as high priority."),
+    Option("-L", "--low", dest="low", help="Run jobs as low priority."),
+    Option("-n", "--lines", dest="lines",
+           help="Client: one job per line of stdin (pipelined). "
+                "Worker: send each output line as data."),
+    Option("-N", "--lines-strip", dest="lines_strip",
+           help="Same as -n, but strip off the newline."),
+    Option("-P", "--prefix", dest="prefix", help="Prefix all output with the function name."),
+    Option("-s", "--no-stdin", dest="no_stdin",
+           help="Send job without reading from standard input."),
+    Option("-u", "--unique", dest="unique", takes_value=True, metavar="UNIQUE",
+           help="Unique key to use for jobs."),
+    Option("-c", "--count", dest="count", takes_value=True, metavar="COUNT",
+           convert=int_range(0), default=0,
+           help="Worker: number of jobs to run before exiting (0 = forever)."),
+    Option("-w", "--worker", dest="worker", help="Run in worker mode."),
+    Option("--window", dest="window", takes_value=True, metavar="INTEGER",
+           convert=int_range(1), default=512, show_default=True,
+           help="Client with -n/-N: jobs in flight at once."),
+    Option("--concurrency", dest="concurrency", takes_value=True, metavar="INTEGER",
+           convert=int_range(1),
+           help="Worker: jobs run at once (default 1, as the C tool, so several "
+                "workers share the load)."),
+    Option("--job-timeout", dest="job_timeout", takes_value=True, metavar="SECONDS",
+           convert=positive_float,
+           help="Worker: kill the command's process group and fail the job after SECONDS."),
+]
 
-def _record_priority(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
-    # -I and -L: the last one given wins (getopt order, as the reference).
-    if value:
-        ctx.meta.setdefault("gearman.priority", []).append(param.name)
-    return value
-
-
-@click.command(
-    name="gearman",
-    context_settings={
-        "help_option_names": ["-H", "--help"],
-        # Options end at the first non-option (POSIX getopt), so a worker command's own
-        # options are never taken for ours; `--` also works.
-        "allow_interspersed_args": False,
-        "max_content_width": 100,
-    },
-    epilog=EPILOG,
+PARSER = ArgParser(
+    "gearman",
+    "[OPTIONS] [ARGS]...",
+    DESCRIPTION,
+    EPILOG,
+    OPTIONS,
+    help_names=("-H", "--help"),
+    # Options end at the first non-option (POSIX getopt), so a worker command's own
+    # options are never taken for ours; `--` also works.
+    interspersed=False,
 )
-@click.option("-f", "--function", "functions", multiple=True, metavar="FUNCTION",
-              help="Function name to use for jobs (can give many).")
-@click.option("-h", "--host", metavar="HOST", help="Job server host (default localhost).")
-@click.option("-p", "--port", type=click.IntRange(1, 65535), metavar="PORT",
-              help="Job server port (default 4730).")
-@click.option("-t", "--timeout", "timeout_ms", type=click.IntRange(min=1), metavar="MS",
-              help="Timeout in milliseconds: client gives up (exit 4) after MS without "
-                   "progress; worker exits after MS without a job.")
-@click.option("-i", "--pid-file", metavar="FILE",
-              help="Create a pidfile for the process (removed on exit).")
-@click.option("-d", "--daemon", is_flag=True,
-              help="Detach: fork, new session, stdio to /dev/null.")
-@click.option("-S", "--ssl", is_flag=True, help="Enable SSL connections (not supported yet).")
-@click.option("-v", "--verbose", is_flag=True,
-              help="Print 'Task created: HANDLE' to stdout for each job created.")
-@click.option("-b", "--background", is_flag=True, help="Run jobs in the background.")
-@click.option("-I", "--high", is_flag=True, callback=_record_priority,
-              help="Run jobs as high priority.")
-@click.option("-L", "--low", is_flag=True, callback=_record_priority,
-              help="Run jobs as low priority.")
-@click.option("-n", "--lines", is_flag=True,
-              help="Client: one job per line of stdin (pipelined). "
-                   "Worker: send each output line as data.")
-@click.option("-N", "--lines-strip", is_flag=True,
-              help="Same as -n, but strip off the newline.")
-@click.option("-P", "--prefix", is_flag=True,
-              help="Prefix all output with the function name.")
-@click.option("-s", "--no-stdin", is_flag=True,
-              help="Send job without reading from standard input.")
-@click.option("-u", "--unique", metavar="UNIQUE", help="Unique key to use for jobs.")
-@click.option("-c", "--count", type=click.IntRange(min=0), default=0, metavar="COUNT",
-              help="Worker: number of jobs to run before exiting (0 = forever).")
-@click.option("-w", "--worker", is_flag=True, help="Run in worker mode.")
-@click.option("--window", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Client with -n/-N: jobs in flight at once.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=None,
-              help="Worker: jobs run at once (default 1, as the C tool, so several "
-                   "workers share the load).")
-@click.option("--job-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Worker: kill the command's process group and fail the job after SECONDS.")
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@click.pass_context
-def command(
-    ctx: click.Context,
-    functions: tuple[str, ...],
-    host: str | None,
-    port: int | None,
-    timeout_ms: int | None,
-    pid_file: str | None,
-    daemon: bool,
-    ssl: bool,
-    verbose: bool,
-    background: bool,
-    high: bool,
-    low: bool,
-    lines: bool,
-    lines_strip: bool,
-    prefix: bool,
-    no_stdin: bool,
-    unique: str | None,
-    count: int,
-    worker: bool,
-    window: int,
-    concurrency: int | None,
-    job_timeout: float | None,
-    args: tuple[str, ...],
-) -> int:
-    """Client mode: gearman [options] [<data> ...]
 
-    Worker mode: gearman -w [options] [--] [<command> [<args> ...]]
 
-    A client sends each argument (or all of stdin, or with -n each line) as a job to every
-    -f function and writes the results to stdout. A worker runs <command> for each job,
-    with the workload on its stdin, and returns its stdout; without a command it writes
-    each workload to stdout.
-    """
-    if ssl:
-        raise click.UsageError("-S: TLS is not supported yet")
-    if not functions:
-        raise click.UsageError("no function given (use -f FUNCTION)")
+def parse(argv: Sequence[str]) -> GearmanOptions | None:
+    """The options of a command line (None: help was printed); ``UsageError`` if bad."""
+    parsed = PARSER.parse(argv)
+    if parsed.help:
+        sys.stdout.write(PARSER.help_text())
+        return None
+    from ._cli_options import GearmanOptions, resolve_servers
+
+    v = parsed.values
+    if v["ssl"]:
+        raise UsageError("-S: TLS is not supported yet")
+    if not v["functions"]:
+        raise UsageError("no function given (use -f FUNCTION)")
     try:
-        servers = resolve_servers(host, port)
+        servers = resolve_servers(v["host"], v["port"])
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise UsageError(str(exc)) from None
+    unique = v["unique"]
     if unique is not None and (b"\0" in unique.encode() or len(unique.encode()) > 64):
-        raise click.BadParameter("at most 64 bytes, no NUL", param_hint="-u")
-    order: list[str] = ctx.meta.get("gearman.priority", [])
-    priority = order[-1] if order else "normal"
-    opts = GearmanOptions(
+        raise UsageError("Invalid value for -u: at most 64 bytes, no NUL")
+    # -I and -L: the last one given wins (getopt order, as the reference).
+    priority = "normal"
+    for opt, _ in parsed.order:
+        if opt.dest in ("high", "low"):
+            priority = opt.dest
+    return GearmanOptions(
         servers=servers,
-        functions=functions,
-        args=args,
-        worker=worker,
-        background=background,
+        functions=tuple(v["functions"]),
+        args=tuple(parsed.args),
+        worker=bool(v["worker"]),
+        background=bool(v["background"]),
         priority=priority,
-        lines=lines or lines_strip,
-        strip_newline=lines_strip,
-        no_stdin=no_stdin,
+        lines=bool(v["lines"] or v["lines_strip"]),
+        strip_newline=bool(v["lines_strip"]),
+        no_stdin=bool(v["no_stdin"]),
         unique=unique,
-        count=count,
-        pid_file=pid_file,
-        timeout_ms=timeout_ms,
-        prefix=prefix,
-        verbose=verbose,
-        daemon=daemon,
-        window=window,
-        concurrency=concurrency if concurrency is not None else 1,
-        job_timeout=job_timeout,
+        count=v["count"],
+        pid_file=v["pid_file"],
+        timeout_ms=v["timeout_ms"],
+        prefix=bool(v["prefix"]),
+        verbose=bool(v["verbose"]),
+        daemon=bool(v["daemon"]),
+        window=v["window"],
+        concurrency=v["concurrency"] if v["concurrency"] is not None else 1,
+        job_timeout=v["job_timeout"],
     )
-    return run(opts)
 
 
 def _daemonize() -> None:
@@ -174,22 +172,66 @@ def _daemonize() -> None:
         os.close(null)
 
 
+def _check_command(opts: GearmanOptions) -> str | None:
+    """Why the worker's command cannot run (not found, not executable), else None."""
+    import shutil
+
+    command = opts.args[0]
+    if os.sep in command:
+        if not os.path.exists(command):
+            return f"cannot run {command}: no such file"
+        if os.path.isdir(command) or not os.access(command, os.X_OK):
+            return f"cannot run {command}: not an executable file"
+        return None
+    if shutil.which(command) is None:
+        return f"cannot run {command}: command not found in PATH"
+    return None
+
+
+def _reachable(opts: GearmanOptions) -> str | None:
+    """None when a server of the list accepts a connection, else why none does."""
+    from ._servers import why
+    from ._sync import connect
+
+    timeout = opts.timeout_ms / 1000 if opts.timeout_ms else 5.0
+    reasons = []
+    for server in opts.servers:
+        try:
+            connect(server, timeout).close()
+            return None
+        except OSError as exc:
+            reasons.append(f"{server}: {why(exc)}")
+    return f"no server reachable ({'; '.join(reasons)})"
+
+
 def run(opts: GearmanOptions) -> int:
     """Run a parsed command line; returns the exit status."""
+    if opts.worker and opts.args and (problem := _check_command(opts)):
+        sys.stderr.write(f"gearman: {problem}\n")
+        return _USAGE
     if opts.daemon:
+        # A daemon's stderr goes nowhere: say what is wrong before detaching.
+        if problem := _reachable(opts):
+            sys.stderr.write(f"gearman: {problem}\n")
+            return _NO_SERVER
         _daemonize()
     if opts.pid_file:
         try:
             with open(opts.pid_file, "w") as f:
                 f.write(f"{os.getpid()}\n")
         except OSError as exc:
-            click.echo(f"gearman: cannot write pid file: {exc}", err=True)
-            return ExitCode.USAGE
+            sys.stderr.write(f"gearman: cannot write pid file {opts.pid_file}: "
+                             f"{exc.strerror or exc}\n")
+            return _USAGE
     try:
         if opts.worker:
             from ._cli_worker import run_worker
 
             return run_worker(opts)
+        if not opts.lines:
+            from ._cli_oneshot import run_oneshot
+
+            return run_oneshot(opts)
         from ._cli_client import run_client
 
         return run_client(opts)
@@ -200,24 +242,26 @@ def run(opts: GearmanOptions) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``gearman`` console script; returns the exit status."""
+    """Entry point of the ``gearman`` console script; returns the exit status (or dies
+    by SIGINT/SIGTERM after cleaning up)."""
+    _signals.install()
     try:
-        rc = command.main(
-            args=list(argv) if argv is not None else None,
-            prog_name="gearman",
-            standalone_mode=False,
-        )
-    except click.ClickException as exc:
-        exc.show()
-        return ExitCode.USAGE if isinstance(exc, click.UsageError) else exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except (click.Abort, KeyboardInterrupt):
-        return ExitCode.INTERRUPTED
+        try:
+            opts = parse(sys.argv[1:] if argv is None else argv)
+        except UsageError as exc:
+            PARSER.error(str(exc))
+            return _USAGE
+        if opts is None:
+            return _OK
+        rc = run(opts)
+        if _signals.received is not None:  # a worker drained after a signal
+            return _signals.die()
+        return rc
+    except KeyboardInterrupt:
+        return _signals.die()
     except BrokenPipeError:
         _quiet_broken_pipe()
-        return ExitCode.OK
-    return int(rc) if isinstance(rc, int) else ExitCode.OK
+        return _OK
 
 
 def _quiet_broken_pipe() -> None:

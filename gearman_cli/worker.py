@@ -66,195 +66,20 @@ import inspect
 import logging
 import math
 import random
-import struct
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import trio
 
 from protocol import Packet, PacketType, encode_req
 
 from ._connection import CONNECT_TIMEOUT, Connection, open_stream
+from ._job import _ASSIGN, _GRAB, _PRE_SLEEP, Job, JobCallback, _Function, _Session
 from ._servers import ServerAddress, ServerPool, ServerSpec, to_addresses
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AsyncWorker", "Job", "JobCallback", "Worker"]
-
-Result = bytes | bytearray | memoryview | str | None
-JobCallback = Callable[["Job"], Result] | Callable[["Job"], Awaitable[Result]]
-
-_ASSIGN = (PacketType.JOB_ASSIGN, PacketType.JOB_ASSIGN_UNIQ, PacketType.JOB_ASSIGN_ALL)
-
-
-_pack_size = struct.Struct(">I").pack
-_WORK_COMPLETE = b"\0REQ" + _pack_size(PacketType.WORK_COMPLETE)
-
-
-def _b(value: Result) -> bytes:
-    if value is None:
-        return b""
-    if isinstance(value, str):
-        return value.encode()
-    return bytes(value)
-
-
-class Job:
-    """One assigned job, given to the function's callback.
-
-    ``data`` (also ``workload``), ``function``, ``unique``, ``handle``, ``reducer`` are the
-    assignment's fields; ``app_data`` is what ``add_function`` was given; ``sequence`` is
-    the job's place in the order of assignment. The ``send_*``
-    methods never block and work from async callbacks and from threads alike.
-    """
-
-    __slots__ = (
-        "handle",
-        "function",
-        "unique",
-        "data",
-        "reducer",
-        "app_data",
-        "sequence",
-        "_conn",
-        "_in_thread",
-        "_finished",
-    )
-
-    def __init__(
-        self,
-        conn: Connection,
-        handle: bytes,
-        function: bytes,
-        unique: bytes,
-        data: bytes,
-        reducer: bytes = b"",
-        app_data: Any = None,
-        sequence: int = 0,
-    ) -> None:
-        self.handle = handle
-        self.function = function
-        self.unique = unique
-        self.data = data
-        self.reducer = reducer
-        self.app_data = app_data
-        #: The order the server assigned the job in: 0, 1, 2, ... over the worker's life
-        #: (all servers). Callbacks of concurrent jobs may start in any order; this does not.
-        self.sequence = sequence
-        self._conn = conn
-        self._in_thread = False
-        self._finished = False
-
-    def __repr__(self) -> str:
-        return f"<Job {self.handle.decode('latin-1')} {self.function.decode('latin-1')}>"
-
-    @property
-    def workload(self) -> bytes:
-        return self.data
-
-    @property
-    def finished(self) -> bool:
-        """True once a final packet (complete, fail or exception) was sent."""
-        return self._finished
-
-    def _send(self, data: bytes) -> None:
-        if self._in_thread:
-            trio.from_thread.run_sync(self._conn.send, data)
-        else:
-            self._conn.send(data)
-
-    def _final(self, data: bytes) -> None:
-        if self._finished:
-            raise RuntimeError(f"{self!r} already finished")
-        self._finished = True
-        self._send(data)
-
-    def send_data(self, data: Result) -> None:
-        """WORK_DATA: a chunk of output for the waiting clients."""
-        self._send(encode_req(PacketType.WORK_DATA, self.handle, _b(data)))
-
-    def send_warning(self, data: Result) -> None:
-        """WORK_WARNING: a warning for the waiting clients."""
-        self._send(encode_req(PacketType.WORK_WARNING, self.handle, _b(data)))
-
-    def send_status(self, numerator: int, denominator: int) -> None:
-        """WORK_STATUS: progress ``numerator``/``denominator`` (also seen by GET_STATUS)."""
-        self._send(
-            encode_req(
-                PacketType.WORK_STATUS,
-                self.handle,
-                str(int(numerator)).encode(),
-                str(int(denominator)).encode(),
-            )
-        )
-
-    def send_complete(self, result: Result = b"") -> None:
-        """WORK_COMPLETE now; the callback's return value is then ignored."""
-        handle = self.handle
-        if b"\0" in handle:  # only a hand-made Job; let the checked encoder refuse it
-            self._final(encode_req(PacketType.WORK_COMPLETE, handle, _b(result)))
-            return
-        payload = handle + b"\0" + (result if type(result) is bytes else _b(result))
-        self._final(_WORK_COMPLETE + _pack_size(len(payload)) + payload)
-
-    def send_fail(self) -> None:
-        """WORK_FAIL: the job failed; the callback's return value is then ignored."""
-        self._final(encode_req(PacketType.WORK_FAIL, self.handle))
-
-    def send_exception(self, data: Result) -> None:
-        """WORK_EXCEPTION: ends the job (the server deletes it; nothing may follow)."""
-        self._final(encode_req(PacketType.WORK_EXCEPTION, self.handle, _b(data)))
-
-
-@dataclass(slots=True)
-class _Function:
-    name: bytes
-    callback: JobCallback
-    timeout: float | None
-    app_data: Any
-    is_async: bool
-    inline: bool = False
-
-    def register_packet(self) -> bytes:
-        if self.timeout is None:
-            return encode_req(PacketType.CAN_DO, self.name)
-        ms = max(1, math.ceil(self.timeout * 1000))
-        return encode_req(PacketType.CAN_DO_TIMEOUT, self.name, str(ms).encode())
-
-
-class _Session:
-    """One live, registered connection and where its grabs stand.
-
-    ``outstanding`` GRABs were sent and are not answered yet (replies come in order).
-    ``empty``: a GRAB came back NO_JOB since the last wake-up, so no new GRAB is sent until
-    a NOOP; once every outstanding GRAB is answered the session sends PRE_SLEEP and is
-    ``sleeping`` until the server's NOOP. ``paused``: the server refused a GRAB (ERROR), so
-    the session waits a second before grabbing again.
-    """
-
-    __slots__ = ("conn", "outstanding", "sleeping", "empty", "paused", "closed", "changed")
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.outstanding = 0
-        self.sleeping = False
-        self.empty = False
-        self.paused = False
-        self.closed = False
-        #: Set when the session's timer (idle poll, pause after ERROR) must look again.
-        self.changed = trio.Event()
-
-    @property
-    def wants_jobs(self) -> bool:
-        return not (self.sleeping or self.empty or self.paused or self.closed)
-
-    def notify(self) -> None:
-        self.changed.set()
-
-
-_GRAB = encode_req(PacketType.GRAB_JOB_UNIQ)
-_PRE_SLEEP = encode_req(PacketType.PRE_SLEEP)
 
 
 class AsyncWorker:
@@ -276,8 +101,8 @@ class AsyncWorker:
         client_id: str | bytes | None = None,
         concurrency: int = 1,
         connect_timeout: float = CONNECT_TIMEOUT,
-        reconnect_delay: float = 0.25,
-        reconnect_max: float = 10.0,
+        reconnect_delay: float = 0.05,
+        reconnect_max: float = 5.0,
         exception_packet: Literal["exception", "fail"] = "exception",
         idle_poll: float | None = None,
     ) -> None:
@@ -440,6 +265,7 @@ class AsyncWorker:
     async def _serve(self, server: ServerAddress) -> None:
         delay = self._reconnect_delay
         last_warning = -math.inf
+        lost = False
         while True:
             try:
                 stream = await open_stream(server, self._connect_timeout)
@@ -454,7 +280,11 @@ class AsyncWorker:
                 )
             else:
                 conn = Connection(stream, server)
-                logger.info("conn %d: worker connected to %s", conn.id, server)
+                if lost:
+                    logger.warning("conn %d: reconnected to %s", conn.id, server)
+                else:
+                    logger.info("conn %d: worker connected to %s", conn.id, server)
+                lost = True
                 started = trio.current_time()
                 reason = await self._session(conn)
                 logger.warning("conn %d to %s lost: %s", conn.id, server, reason)
@@ -633,7 +463,8 @@ class AsyncWorker:
         self._dispatch()
 
     def _job_raised(self, job: Job, exc: Exception) -> None:
-        logger.info("%r raised %r", job, exc, exc_info=True)
+        # The client hears WORK_EXCEPTION (or WORK_FAIL); the traceback is only here.
+        logger.error("%r raised %r", job, exc, exc_info=exc)
         if not job.finished:
             if self._exception_packet == "fail":
                 job.send_fail()
@@ -684,15 +515,33 @@ class Worker:
 
     ``work``/``work_forever`` each run their own ``trio.run`` (do not call them from inside
     a trio loop); callbacks may be plain functions (run in threads) or async functions.
-    ``stop`` may be called from any thread or from a callback.
+    ``stop`` may be called from any thread or from a callback. Ctrl-C raises a plain
+    ``KeyboardInterrupt`` (running jobs are abandoned; the server gives them to another
+    worker).
     """
 
     def __init__(
         self,
         servers: ServerSpec | Iterable[ServerSpec] | None = None,
-        **options: Any,
+        *,
+        client_id: str | bytes | None = None,
+        concurrency: int = 1,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        reconnect_delay: float = 0.05,
+        reconnect_max: float = 5.0,
+        exception_packet: Literal["exception", "fail"] = "exception",
+        idle_poll: float | None = None,
     ) -> None:
-        self._worker = AsyncWorker(servers, **options)
+        self._worker = AsyncWorker(
+            servers,
+            client_id=client_id,
+            concurrency=concurrency,
+            connect_timeout=connect_timeout,
+            reconnect_delay=reconnect_delay,
+            reconnect_max=reconnect_max,
+            exception_packet=exception_packet,
+            idle_poll=idle_poll,
+        )
 
     def add_server(self, host: str, port: int = 4730) -> None:
         self._worker.add_server(host, port)
@@ -716,11 +565,26 @@ class Worker:
 
     def work(self, count: int = 1) -> int:
         """Run ``count`` jobs, then return how many finished."""
-        return trio.run(self._worker.work, count)
+        return run_plain(self._worker.work, count)
 
     def work_forever(self) -> None:
         """Run jobs until ``stop`` is called (from another thread or a callback)."""
-        trio.run(self._worker._work, None)
+        run_plain(self._worker._work, None)
 
     def stop(self) -> None:
         self._worker.stop()
+
+
+T = TypeVar("T")
+
+
+def run_plain(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``trio.run``, but Ctrl-C comes out as a plain ``KeyboardInterrupt`` (trio wraps it
+    in a ``BaseExceptionGroup`` when it arrives while several tasks run)."""
+    try:
+        return trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        interrupted, rest = group.split(KeyboardInterrupt)
+        if interrupted is not None and rest is None:
+            raise KeyboardInterrupt from None
+        raise

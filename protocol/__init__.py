@@ -1,6 +1,7 @@
 """The Gearman wire format, sans-IO: bytes to events and events to bytes.
 
-No sockets, no trio, no clock, no logging. See ``../shared/spec`` §1 and §3.
+No sockets, no trio, no clock, no logging. See docs/differences.md for where the wire
+behaviour differs from the reference.
 """
 
 from __future__ import annotations
@@ -8,7 +9,15 @@ from __future__ import annotations
 from . import _admin as admin
 from ._admin import AdminCommand, parse_admin_line
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from ._packet import HEADER_SIZE, Packet, encode, encode_req, encode_res, res_encoder
+from ._packet import (
+    HEADER_SIZE,
+    Packet,
+    encode,
+    encode_req,
+    encode_res,
+    req_encoder,
+    res_encoder,
+)
 from ._parser import (
     DEFAULT_MAX_LINE_LENGTH,
     DEFAULT_MAX_PACKET_SIZE,
@@ -56,6 +65,7 @@ __all__ = [
     "encode_req",
     "encode_res",
     "parse_admin_line",
+    "req_encoder",
     "res_encoder",
 ]
 

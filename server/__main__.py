@@ -100,7 +100,10 @@ def run(invocation: cli.Invocation, factory: ServerFactory = _default_factory,
         log_parent: logging.Logger | None = None) -> int:
     """Set up the process as ``invocation`` says and serve; the exit status."""
     log_setup = logs.configure(invocation.log, log_parent)
-    readiness = daemon.Readiness()
+    # Fatal errors are logged; print them on stderr too unless the log goes there already.
+    logs_to_stderr = invocation.log.destination == "stderr" or (
+        invocation.log.destination != "none" and log_setup.file_handler is None)
+    readiness = daemon.Readiness(echo=not logs_to_stderr)
     pid_file: daemon.PidFile | None = None
     try:
         _enable_crash_tracebacks(invocation, log_setup)
@@ -115,25 +118,37 @@ def run(invocation: cli.Invocation, factory: ServerFactory = _default_factory,
             readiness.fail(str(exc))
             return 1
         if invocation.daemon:
+            if invocation.log.destination not in ("stderr", "none") \
+                    and log_setup.file_handler is None:
+                # Detached, stderr is /dev/null: a log that cannot be written is fatal.
+                message = f"cannot write the log file {invocation.log.destination}"
+                logger.critical("%s", message)
+                return 1
             readiness = daemon.daemonize()
-        if invocation.pid_file is not None:
-            pid_file = daemon.PidFile(invocation.pid_file)
-            try:
-                pid_file.write()
-            except daemon.StartupError as exc:
-                pid_file = None
-                if invocation.pid_file_explicit:
-                    logger.critical("%s", exc)
-                    readiness.fail(str(exc))
-                    return 1
-                logger.debug("%s (default pid file, ignored)", exc)
         config = invocation.config
+
+        def write_pid_file() -> None:
+            # Only once the ports are bound: a start that fails (port in use) never
+            # touches the pid file of the server that runs.
+            nonlocal pid_file
+            if invocation.pid_file is None:
+                return
+            candidate = daemon.PidFile(invocation.pid_file)
+            try:
+                candidate.write()
+            except daemon.StartupError as exc:
+                if invocation.pid_file_explicit:
+                    raise
+                logger.debug("%s (default pid file, ignored)", exc)
+                return
+            pid_file = candidate
         logger.info("gearmand %s starting up with pid %d, verbose is set to %s",
                     config.version, os.getpid(), config.verbose)
         for note in invocation.notes:
             logger.info("%s", note)
 
         def on_started(addresses: list[Address]) -> None:
+            write_pid_file()
             if account is not None:
                 daemon.switch_user(account)
                 logger.info("Switched to user %s", account.pw_name)
@@ -154,7 +169,7 @@ def run(invocation: cli.Invocation, factory: ServerFactory = _default_factory,
             if isinstance(failure, KeyboardInterrupt):
                 logger.log(logs.NOTICE, "Interrupted, shutting down")
             elif isinstance(failure, daemon.StartupError | StoreError | OSError):
-                message = f"Could not start: {failure}" if isinstance(failure, OSError) \
+                message = _listen_failure(config, failure) if isinstance(failure, OSError) \
                     else str(failure)
                 logger.critical("%s", message)
                 readiness.fail(message)
@@ -169,6 +184,13 @@ def run(invocation: cli.Invocation, factory: ServerFactory = _default_factory,
         if not invocation.coredump:
             faulthandler.disable()
         log_setup.close()
+
+
+def _listen_failure(config: ServerConfig, failure: OSError) -> str:
+    """``Could not start``, naming the addresses and port that could not be bound."""
+    where = ", ".join(format_address((host, config.port)) for host in config.listen) \
+        or f"port {config.port} (all addresses)"
+    return f"Could not start: cannot listen on {where}: {failure.strerror or failure}"
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -69,7 +69,12 @@ class PidFile:
         self.pid: int | None = None
 
     def write(self) -> None:
+        """Write our pid; refuse (StartupError) a file whose process is alive."""
         pid = os.getpid()
+        other = _live_pid(self.path)
+        if other is not None and other != pid:
+            raise StartupError(f"pid file {self.path} belongs to running process {other}; "
+                               "not overwriting it")
         try:
             self.path.write_text(f"{pid}\n", encoding="ascii")
         except OSError as exc:
@@ -86,14 +91,32 @@ class PidFile:
         self.pid = None
 
 
+def _live_pid(path: Path) -> int | None:
+    """The pid in ``path`` when that process is alive, else None."""
+    try:
+        pid = int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid  # alive, someone else's
+    return pid
+
+
 class Readiness:
     """How a detached server tells the waiting command line that it is up (or why not).
 
     Without ``-d`` this does nothing but report failures on stderr.
     """
 
-    def __init__(self, fd: int | None = None) -> None:
+    def __init__(self, fd: int | None = None, *, echo: bool = True) -> None:
         self._fd = fd
+        self._echo = echo  # False: the log already shows failures on stderr
 
     @property
     def detached(self) -> bool:
@@ -105,7 +128,7 @@ class Readiness:
     def fail(self, message: str) -> None:
         """Report a start-up failure: on our stderr, and to the parent if detached."""
         line = f"gearmand: {message}"
-        if self._fd is None:
+        if self._fd is None and self._echo:
             print(line, file=sys.stderr, flush=True)
         self._send(b"E" + line.encode("utf-8", "backslashreplace"))
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import trio
-from test_lib_support import FakeServer, addr, running_worker, wait_for_workers
 
 from gearman_cli import (
     AdminError,
@@ -16,6 +15,7 @@ from gearman_cli import (
     Job,
     ServerError,
 )
+from tests.lib_support import FakeServer, addr, running_worker, wait_for_workers
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_lib_support import addr
 
 from gearman_cli import (
     Admin,
@@ -24,6 +23,7 @@ from gearman_cli import (
     parse_servers,
 )
 from gearman_cli._servers import ServerPool
+from tests.lib_support import addr
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import trio
-from test_lib_support import FakePeer, FakeServer, addr, running_worker, wait_until
 
 from gearman_cli import (
     AsyncClient,
@@ -23,6 +22,7 @@ from gearman_cli import (
     TaskState,
 )
 from protocol import Packet, PacketType, Priority
+from tests.lib_support import FakePeer, FakeServer, addr, running_worker, wait_until
 
 
 @pytest.fixture

@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 import trio
 from conftest import free_port
-from test_lib_support import (
+
+from gearman_cli import AsyncAdmin, AsyncClient, AsyncWorker, Job, JobFailedError
+from protocol import Packet, PacketType
+from tests.lib_support import (
     FakePeer,
     FakeServer,
     addr,
@@ -21,9 +24,6 @@ from test_lib_support import (
     wait_for_workers,
     wait_until,
 )
-
-from gearman_cli import AsyncAdmin, AsyncClient, AsyncWorker, Job, JobFailedError
-from protocol import Packet, PacketType
 
 ROOT = Path(__file__).resolve().parent.parent
 

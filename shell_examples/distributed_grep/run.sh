@@ -4,7 +4,11 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=../common.sh
 source "$here/../common.sh"
-pattern="${1:?usage: run.sh PATTERN [WORKDIR]}"
+if [[ $# -lt 1 || -z "$1" ]]; then
+    echo "usage: run.sh PATTERN [WORKDIR]: grep the collected logs for PATTERN" >&2
+    exit 2
+fi
+pattern="$1"
 
 pids=()
 tmp=""
