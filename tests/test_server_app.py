@@ -162,6 +162,7 @@ async def test_peer_that_vanishes_mid_job_loses_no_job(server: tuple[Server, int
         assert (await client.packet()).args == (handle, b"done")
 
 
+@pytest.mark.slow  # two seconds of flooding
 async def test_slow_reader_is_paused_not_buffered(server: tuple[Server, int]) -> None:
     """A peer that floods ECHO_REQ without reading: the server stops reading from it
     once its outgoing buffer passes the bound, so its memory stays bounded."""
