@@ -176,8 +176,10 @@ class WorkerRun:
     # -- running --
 
     async def _signals(self, cancel: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
-                                       signal.SIGHUP) as signals:
+        wanted = _signals.handled(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        if not wanted:  # all ignored when we started (nohup): nothing to watch
+            await trio.sleep_forever()
+        with trio.open_signal_receiver(*wanted) as signals:
             async for signum in signals:
                 if signum != signal.SIGHUP:
                     # Drain (or stop), then die by this signal (see _signals).

@@ -29,8 +29,16 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def install() -> None:
-    """SIGTERM raises KeyboardInterrupt too (remembered as SIGTERM)."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    """SIGTERM raises KeyboardInterrupt too (remembered as SIGTERM). A signal ignored
+    when we started stays ignored (the ``nohup`` convention): Apache's piped-logger
+    wrappers ignore SIGTERM so that ``gearman -n`` reads its input to the end."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def handled(*signums: int) -> tuple[int, ...]:
+    """Those of ``signums`` not ignored when we started (the ones to handle)."""
+    return tuple(s for s in signums if signal.getsignal(s) is not signal.SIG_IGN)
 
 
 def note(signum: int) -> None:
