@@ -75,11 +75,19 @@ async def _serve_then_stop(server: Serving, scope: trio.CancelScope, *,
     scope.cancel()  # the server is done: stop watching for signals
 
 
+#: SIGTERM or SIGINT, once one asked the server to stop: after a clean stop, ``main``
+#: dies by it (the convention of Unix tools: a shell loop or a supervisor sees why).
+stopped_by: int | None = None
+
+
 async def _watch_signals(signals: Any, server: Serving, on_reopen: Callable[[], None],
                          scope: trio.CancelScope) -> None:
+    global stopped_by
     stopping = False
     async for signum in signals:
         name = signal.Signals(signum).name
+        if signum in (signal.SIGTERM, signal.SIGINT) and stopped_by is None:
+            stopped_by = signum
         if signum == signal.SIGHUP:
             on_reopen()
         elif signum == signal.SIGUSR1:
@@ -99,6 +107,7 @@ async def _watch_signals(signals: Any, server: Serving, on_reopen: Callable[[], 
 def run(invocation: cli.Invocation, factory: ServerFactory = _default_factory,
         log_parent: logging.Logger | None = None) -> int:
     """Set up the process as ``invocation`` says and serve; the exit status."""
+    global stopped_by
     log_setup = logs.configure(invocation.log, log_parent)
     # Fatal errors are logged; print them on stderr too unless the log goes there already.
     logs_to_stderr = invocation.log.destination == "stderr" or (
@@ -167,6 +176,7 @@ def run(invocation: cli.Invocation, factory: ServerFactory = _default_factory,
         except BaseException as raised:
             failure = _unwrap(raised)
             if isinstance(failure, KeyboardInterrupt):
+                stopped_by = stopped_by or signal.SIGINT
                 logger.log(logs.NOTICE, "Interrupted, shutting down")
             elif isinstance(failure, daemon.StartupError | StoreError | OSError):
                 message = _listen_failure(config, failure) if isinstance(failure, OSError) \
@@ -228,7 +238,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     if invocation.check_args:
         return 0
-    return run(invocation)
+    status = run(invocation)
+    if status == 0 and stopped_by is not None:
+        # Cleaned up (store flushed, pid file removed, log closed): now die by the signal.
+        sys.stdout.flush()
+        signal.signal(stopped_by, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {stopped_by})
+        os.kill(os.getpid(), stopped_by)
+    return status
 
 
 if __name__ == "__main__":

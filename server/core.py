@@ -15,13 +15,12 @@ import heapq
 import itertools
 import logging
 import os
-import re
 import time
 from typing import Final
 
 from protocol import PacketType
 
-from .jobs import MAX_UNIQUE, Conn, Function, Job, JobStore, Limits, Peer
+from .jobs import MAX_UNIQUE, Conn, Function, Job, JobStore, Limits, Peer, log_job, name_problem
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +29,6 @@ PT = PacketType
 PRIORITIES: Final = (0, 1, 2)
 #: Compact a queue once this many cancelled/abandoned jobs sit in it (and they are the majority).
 _COMPACT_MIN: Final = 64
-#: Bytes a function name or client id may not hold (they would forge admin reply lines).
-_CONTROL: Final = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 def _index_key(function: bytes, unique: bytes, data: bytes) -> tuple[bytes, ...] | None:
@@ -54,6 +51,10 @@ class JobCore:
         limits: Limits | None = None,
     ) -> None:
         self.limits = limits or Limits()
+        #: Job life-cycle lines are logged (INFO), with payload previews (DEBUG). Read
+        #: once: the checks sit on hot paths.
+        self.log_jobs = log.isEnabledFor(logging.INFO)
+        self.log_payloads = log.isEnabledFor(logging.DEBUG)
         self.handle_prefix = handle_prefix.encode() + b":"
         # HEAD semantics: None (or any negative value) = unlimited.
         self.job_retries = job_retries if job_retries is None or job_retries >= 0 else None
@@ -81,9 +82,9 @@ class JobCore:
 
     # ------------------------------------------------------------------ connections
 
-    def connect(self, peer: Peer, address: str = "-") -> Conn:
+    def connect(self, peer: Peer, address: str = "-", port: int = 0) -> Conn:
         """Register a new connection."""
-        conn = Conn(next(self._conn_ids), peer, address, self.exceptions)
+        conn = Conn(next(self._conn_ids), peer, address, self.exceptions, port)
         self.conns[conn.id] = conn
         return conn
 
@@ -142,13 +143,8 @@ class JobCore:
     def name_problem(self, name: bytes,
                      what: bytes = b"Function name") -> tuple[bytes, bytes] | None:
         """Why a function name (or client id) from a peer is refused, as an ERROR's code
-        and text; None when it is fine. Control characters are refused because names
-        appear in the admin protocol's line-based replies, where they could forge lines."""
-        if len(name) > self.limits.max_name:
-            return b"ARGUMENT_TOO_LARGE", what + b" too long"
-        if _CONTROL.search(name) is not None:
-            return b"INVALID_ARGUMENT", what + b" contains control characters"
-        return None
+        and text; None when it is fine."""
+        return name_problem(name, self.limits.max_name, what)
 
     def _release(self, name: bytes) -> None:
         """Free a function's record once nothing refers to it: no worker, no job, no
@@ -206,6 +202,10 @@ class JobCore:
                     self.by_unique[unique] = job
                 else:
                     self._index_more(job, unique, same)
+        if self.log_jobs:
+            kind = ", background" if background else ""
+            self.job_log(job, f"submitted: function {function!r}, unique {unique!r}, "
+                         f"priority {priority}{kind}", conn, data)
         if not background:
             job.clients.append(conn)
             conn.attached.add(job)
@@ -221,6 +221,9 @@ class JobCore:
 
     def _join(self, job: Job, conn: Conn, background: bool) -> None:
         """A submit coalesces onto ``job``: attach, acknowledge (now or with the commit)."""
+        if self.log_jobs:
+            self.job_log(job, "joined by a %s submit" % (
+                "background" if background else "foreground"), conn)
         if not background:
             job.clients.append(conn)
             conn.attached.add(job)
@@ -237,6 +240,11 @@ class JobCore:
                 self._persist(job)
                 return
         conn.peer.deliver(PT.JOB_CREATED, job.handle)
+
+    def job_log(self, job: Job, event: str, conn: Conn | None = None,
+                data: bytes | None = None) -> None:
+        """One INFO line of a job's life (callers check ``log_jobs`` first)."""
+        log_job(log, job, event, conn, data, self.log_payloads)
 
     def _index(self, job: Job, key: tuple[bytes, ...]) -> None:
         """Put ``job`` in the unique index, and (unless it is the "-" form, which
@@ -502,6 +510,8 @@ class JobCore:
         return None
 
     def _assign(self, job: Job, conn: Conn, now: float) -> None:
+        if self.log_jobs:
+            self.job_log(job, "assigned", conn)
         job.worker = conn
         job.assignment += 1
         conn.assigned[job.handle] = job
@@ -541,6 +551,8 @@ class JobCore:
 
     def _lost(self, job: Job, worker: Conn, now: float) -> None:
         """The worker running ``job`` is gone or gave up: requeue, or fail after retries."""
+        if self.log_jobs:
+            self.job_log(job, "lost its worker", worker)
         worker.assigned.pop(job.handle, None)
         job.worker = None
         job.function.running -= 1
@@ -571,6 +583,8 @@ class JobCore:
     def _unwanted(self, job: Job) -> None:
         """Nobody can still want ``job``: out of the unique index at once, so a later
         submit gets a fresh job; out of its queue now, or discarded when its worker ends."""
+        if self.log_jobs:
+            self.job_log(job, "dropped: no client waits for it any more")
         self._unindex(job)
         if job.queued:
             self._abandon(job)

@@ -331,18 +331,18 @@ class GearFrontEnd:
 
     # ------------------------------------------------------------------ connections
 
-    async def _connection(self, stream: trio.SocketStream, address: str) -> None:
+    async def _connection(self, stream: trio.SocketStream, address: str, port: int) -> None:
         """One connection's life: read by the transport, its writer task finishing slow
         writes, and the clean-up when either side ends it."""
         config = self.config
         peer = GearPeer(stream, config.max_outgoing_buffer, self._dirty,
                         Parser(max_packet_size=config.max_packet_size), self._overfull,
                         config.write_timeout)
-        conn = self.manager.connect(peer, address)
+        conn = self.manager.connect(peer, address, port)
         peer.cid = conn.id
         peer.conn = conn
         peer.on_drained = self._drained
-        log.info("connection %d: accepted from %s", conn.id, address)
+        log.info("connection %d: accepted from %s", conn.id, conn.remote)
         try:
             if self._stopped:
                 return

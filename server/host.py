@@ -26,7 +26,9 @@ from .manager import Manager
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
-Handler = Callable[[trio.SocketStream, str], Awaitable[None]]
+#: A connection's handler: the stream, and the peer's address and port as accept(2) gave
+#: them ("-" and 0 when there were none).
+Handler = Callable[[trio.SocketStream, str, int], Awaitable[None]]
 
 #: Accept errors that mean "out of resources": wait and retry instead of dying.
 _ACCEPT_RETRY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -109,6 +111,13 @@ def peer_host(peer: object) -> str:
     return "-"
 
 
+def peer_port(peer: object) -> int:
+    """The port of an address accept(2) returned; 0 when there is none."""
+    if isinstance(peer, tuple) and len(peer) > 1 and isinstance(peer[1], int):
+        return peer[1]
+    return 0
+
+
 def configure(config: ServerConfig, sock: trio.socket.SocketType) -> None:
     """TCP_NODELAY, and keep-alive as configured."""
     try:
@@ -125,7 +134,7 @@ def configure(config: ServerConfig, sock: trio.socket.SocketType) -> None:
 
 
 async def accept_loop(host: Host, listener: trio.SocketListener, handler: Handler) -> None:
-    """Accept until cancelled; each connection runs ``handler(stream, address)`` through
+    """Accept until cancelled; each connection runs ``handler(stream, address, port)`` via
     ``host.spawn``. The address is the one accept(2) returned: asking later
     (getpeername) fails once the peer has reset, and an unknown address is never trusted.
     Running out of descriptors is logged once per 10 s with a count, and retried."""
@@ -150,7 +159,7 @@ async def accept_loop(host: Host, listener: trio.SocketListener, handler: Handle
             await trio.sleep(0.1)
             continue
         configure(host.config, raw)
-        host.spawn(handler, trio.SocketStream(raw), peer_host(peer))
+        host.spawn(handler, trio.SocketStream(raw), peer_host(peer), peer_port(peer))
 
 
 async def serve_listeners(host: Host, listeners: list[trio.SocketListener],

@@ -86,7 +86,8 @@ class _Answer:
 class HttpConnection:
     """One HTTP client: requests read with h11, each answered from the manager's packets."""
 
-    def __init__(self, host: Host, stream: trio.SocketStream, address: str) -> None:
+    def __init__(self, host: Host, stream: trio.SocketStream, address: str,
+                 port: int = 0) -> None:
         config = host.config
         self.host = host
         self.manager = host.manager
@@ -95,7 +96,7 @@ class HttpConnection:
         #: Bytes of answer held for this client (pending packets or a collected body).
         self.limit = config.max_packet_size + 4 * config.max_outgoing_buffer
         self.peer = PacketPeer(self.limit)
-        self.conn = self.manager.connect(self.peer, address)
+        self.conn = self.manager.connect(self.peer, address, port)
         # decisions.md: an HTTP client hears of exceptions (500 with the text), not WORK_FAIL.
         self.conn.exceptions = True
         self.cid = self.peer.cid = self.conn.id
@@ -387,9 +388,10 @@ class HttpFrontEnd:
         for connection in list(self._connections):
             connection.peer.scope.cancel()
 
-    async def _connection(self, stream: trio.SocketStream, address: str) -> None:
-        connection = HttpConnection(self.host, stream, address)
-        log.info("connection %d: HTTP accepted from %s", connection.cid, address)
+    async def _connection(self, stream: trio.SocketStream, address: str, port: int) -> None:
+        connection = HttpConnection(self.host, stream, address, port)
+        log.info("connection %d: HTTP accepted from %s", connection.cid,
+                 connection.conn.remote)
         if self._stopped:
             connection.peer.scope.cancel()
         self._connections.add(connection)

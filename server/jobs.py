@@ -7,6 +7,8 @@ Section numbers (§) point at the protocol reference summarised in ``docs/archit
 from __future__ import annotations
 
 import datetime
+import logging
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -68,15 +70,17 @@ class Conn:
     """One connection's state as the core sees it (it may be client, worker and admin)."""
 
     __slots__ = (
-        "id", "peer", "address", "client_id", "exceptions", "abilities", "rotation",
+        "id", "peer", "address", "port", "client_id", "exceptions", "abilities", "rotation",
         "sleeping", "noop_sent", "assigned", "attached", "closed",
     )
 
-    def __init__(self, conn_id: int, peer: Peer, address: str = "-", exceptions: bool = False):
+    def __init__(self, conn_id: int, peer: Peer, address: str = "-", exceptions: bool = False,
+                 port: int = 0):
         self.id = conn_id
         self.peer = peer
         #: The peer's address as accept(2) gave it ("-" when unknown: never trusted).
         self.address = address
+        self.port = port
         self.client_id = b"-"
         self.exceptions = exceptions
         #: function name -> timeout in seconds (None = no timeout), most recent last.
@@ -91,8 +95,14 @@ class Conn:
         self.attached: set[Job] = set()
         self.closed = False
 
+    @property
+    def remote(self) -> str:
+        """``address:port`` (``[address]:port`` for IPv6), for logs."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}" if self.port else host
+
     def __repr__(self) -> str:
-        return f"<Conn {self.id} {self.address}>"
+        return f"<Conn {self.id} {self.remote}>"
 
 
 class Function:
@@ -178,6 +188,35 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<Job {self.handle!r} {self.function.name!r}>"
+
+
+#: Bytes a function name or client id may not hold (they would forge admin reply lines).
+_CONTROL: Final = re.compile(rb"[\x00-\x1f\x7f]")
+
+
+def name_problem(name: bytes, limit: int,
+                 what: bytes = b"Function name") -> tuple[bytes, bytes] | None:
+    """Why a function name (or client id) from a peer is refused, as an ERROR's code and
+    text; None when it is fine. Control characters are refused because names appear in
+    the admin protocol's line-based replies, where they could forge lines."""
+    if len(name) > limit:
+        return b"ARGUMENT_TOO_LARGE", what + b" too long"
+    if _CONTROL.search(name) is not None:
+        return b"INVALID_ARGUMENT", what + b" contains control characters"
+    return None
+
+
+def log_job(log: logging.Logger, job: Job, event: str, conn: Conn | None,
+            data: bytes | None, payloads: bool) -> None:
+    """One INFO line of a job's life: the handle, what happened, the connection and its
+    peer (address:port); with ``payloads``, a DEBUG line with the first 256 bytes of
+    ``data`` (never a whole payload) and its size."""
+    who = f" (connection {conn.id}, {conn.remote})" if conn is not None else ""
+    size = f", {len(data)} bytes" if data is not None else ""
+    log.info("job %s %s%s%s", job.handle.decode("latin-1"), event, who, size)
+    if data and payloads:
+        more = f" ... ({len(data)} bytes in all)" if len(data) > 256 else ""
+        log.debug("job %s data: %r%s", job.handle.decode("latin-1"), data[:256], more)
 
 
 def parse_int(raw: bytes) -> int | None:

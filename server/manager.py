@@ -228,6 +228,8 @@ class Manager(JobCore):
             return
         if job.clients:
             self._broadcast(job, PT.WORK_COMPLETE, *args)
+        if self.log_jobs:
+            self.job_log(job, "complete", conn, args[1])
         self._finish(job)
 
     def _work_fail(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
@@ -236,6 +238,8 @@ class Manager(JobCore):
             return
         if job.clients:
             self._broadcast(job, PT.WORK_FAIL, job.handle)
+        if self.log_jobs:
+            self.job_log(job, "failed (WORK_FAIL)", conn)
         self._finish(job)
 
     def _work_exception(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
@@ -248,6 +252,9 @@ class Manager(JobCore):
             else:
                 # The bare handle: the reference's trailing NUL hangs libgearman.
                 client.peer.deliver(PT.WORK_FAIL, job.handle)
+        if self.log_jobs:
+            text = args[1][:256].decode("utf-8", "replace")
+            self.job_log(job, f"raised an exception: {text!r}", conn, args[1])
         self._finish(job)
 
     # ------------------------------------------------------------------ status
@@ -308,6 +315,8 @@ class Manager(JobCore):
         job = self.jobs.get(handle)
         if job is None:
             return False
+        if self.log_jobs:
+            self.job_log(job, "cancelled by the admin")
         job.cancelled = True
         if job.clients:
             self._broadcast(job, PT.WORK_FAIL, job.handle)

@@ -51,7 +51,7 @@ class _Closed(Exception):
 class MemcachedConnection:
     """One memcached client: commands read from its stream, answered in order."""
 
-    def __init__(self, host: Host, stream: trio.SocketStream, address: str,
+    def __init__(self, host: Host, stream: trio.SocketStream, address: str, port: int,
                  started: float) -> None:
         config = host.config
         self.host = host
@@ -59,7 +59,7 @@ class MemcachedConnection:
         self.stream = stream
         self.max_value = config.max_packet_size
         self.peer = PacketPeer(config.max_packet_size + 4 * config.max_outgoing_buffer)
-        self.conn = self.manager.connect(self.peer, address)
+        self.conn = self.manager.connect(self.peer, address, port)
         # A failed job's reason (WORK_EXCEPTION text) is logged with the miss.
         self.conn.exceptions = True
         self.cid = self.peer.cid = self.conn.id
@@ -363,9 +363,10 @@ class MemcachedFrontEnd:
         for connection in list(self._connections):
             connection.peer.scope.cancel()
 
-    async def _connection(self, stream: trio.SocketStream, address: str) -> None:
-        connection = MemcachedConnection(self.host, stream, address, self.started)
-        log.info("connection %d: memcached accepted from %s", connection.cid, address)
+    async def _connection(self, stream: trio.SocketStream, address: str, port: int) -> None:
+        connection = MemcachedConnection(self.host, stream, address, port, self.started)
+        log.info("connection %d: memcached accepted from %s", connection.cid,
+                 connection.conn.remote)
         if self._stopped:
             connection.peer.scope.cancel()
         self._connections.add(connection)

@@ -4,6 +4,7 @@ output ordering, shutdown. Our server runs in-process on port 0."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -365,3 +366,34 @@ async def test_submit_joining_a_job_whose_commit_fails_is_never_acknowledged(
             await c.send(encode_req(PT.GET_STATUS_UNIQUE, b"U"))
             assert (await c.packet()).args[1] == b"0"  # no such job any more
             srv.shutdown()
+
+
+async def test_job_life_is_logged_with_peer_and_port_but_never_a_whole_payload(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """gearmand -vvv logged connections without ports and no job events (issue 13)."""
+    caplog.set_level(logging.DEBUG, logger="server")
+    config = ServerConfig(listen=("127.0.0.1",), port=0)
+    srv = Server(config)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = (await nursery.start(srv.serve))[0][1]
+            client, worker = await connect(port), await connect(port)
+            client_port = client.stream.socket.getsockname()[1]
+            payload = b"p" * 5000
+            await client.send(encode_req(PT.SUBMIT_JOB, b"logged", b"u1", payload))
+            handle = (await client.packet()).args[0]
+            await worker.send(encode_req(PT.CAN_DO, b"logged"), encode_req(PT.GRAB_JOB))
+            await worker.packet()
+            await worker.send(encode_req(PT.WORK_COMPLETE, handle, b"done"))
+            await client.packet()
+            srv.shutdown()
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("server"))
+    name = handle.decode()
+    assert f"job {name} submitted: function b'logged', unique b'u1', priority 1" in text
+    assert f"127.0.0.1:{client_port}), 5000 bytes" in text
+    assert f"job {name} assigned (connection" in text
+    assert f"job {name} complete (connection" in text
+    assert f"accepted from 127.0.0.1:{client_port}" in text
+    previews = [r.getMessage() for r in caplog.records if "data:" in r.getMessage()]
+    assert previews and all(len(m) < 400 for m in previews)
+    assert "(5000 bytes in all)" in previews[0]
