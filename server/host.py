@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
@@ -150,7 +149,7 @@ async def accept_loop(host: Host, listener: trio.SocketListener, handler: Handle
             if exc.errno not in _ACCEPT_RETRY_ERRNOS:
                 raise
             failures += 1
-            now = time.monotonic()
+            now = trio.current_time()
             if now >= quiet_until:
                 log.error("accept failed (%s); retrying every 100 ms "
                           "(%d failures since the last report)", exc, failures)

@@ -269,3 +269,54 @@ def test_byte_fuzzing_never_takes_the_server_down(chunks: list[bytes]) -> None:
             srv.shutdown()
 
     trio.run(main)
+
+
+# ---------------------------------------------------------------- small ones (item 9)
+
+
+async def test_running_out_of_descriptors_is_logged_once_per_ten_seconds(
+        autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture) -> None:
+    """The accept loop logged an fd-exhaustion error ten times a second."""
+    import errno
+
+    from server import host as host_module
+
+    failures = 0
+
+    class Sock:
+        async def accept(self) -> tuple[object, object]:
+            nonlocal failures
+            if failures < 300:  # 30 s of EMFILE at one retry per 100 ms
+                failures += 1
+                raise OSError(errno.EMFILE, "Too many open files")
+            await trio.sleep_forever()
+            raise AssertionError
+
+    class Listener:
+        socket = Sock()
+
+    class FakeHost:
+        config = ServerConfig()
+
+        def spawn(self, *args: object) -> None:
+            raise AssertionError("nothing was accepted")
+
+    async def handler(stream: trio.SocketStream, address: str, port: int) -> None:
+        raise AssertionError
+
+    with trio.move_on_after(31):
+        await host_module.accept_loop(FakeHost(), Listener(), handler)  # type: ignore[arg-type]
+    errors = [r for r in caplog.records if r.levelname == "ERROR"
+              and "accept failed" in r.getMessage()]
+    assert failures == 300
+    assert 3 <= len(errors) <= 4  # once per 10 s, not 300 times
+    assert "failures since the last report" in errors[-1].getMessage()
+
+
+def test_job_retries_help_says_what_n_counts() -> None:
+    """`-j N` help said "retried N times" but N counts assignments in all."""
+    from server import cli
+
+    text = " ".join(cli.help_text().split())
+    assert "Assignments a job gets in all" in text
+    assert "retried N times" not in text
