@@ -190,8 +190,11 @@ class Job:
         return f"<Job {self.handle!r} {self.function.name!r}>"
 
 
-#: Bytes a function name or client id may not hold (they would forge admin reply lines).
-_CONTROL: Final = re.compile(rb"[\x00-\x1f\x7f]")
+#: Bytes a function name or client id may not hold: line ends and the other control
+#: characters would forge lines of admin replies. TAB is allowed: Perl's Gearman::Worker
+#: joins its ``prefix`` to function names with one (as in the reference, it shifts the
+#: columns of ``status``, but it cannot make a line).
+_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def name_problem(name: bytes, limit: int,

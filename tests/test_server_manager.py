@@ -1528,8 +1528,8 @@ def test_names_are_bounded(ptype: PacketType) -> None:
     assert long not in w.m.functions
 
 
-@pytest.mark.parametrize("name", [b"a\nb", b"fn\n.\nforged\t9\t9\t9", b"tab\there", b"\x7f",
-                                  b"\x1b[31m"])
+@pytest.mark.parametrize("name", [b"a\nb", b"fn\n.\nforged\t9\t9\t9", b"cr\rhere", b"\x7f",
+                                  b"\x1b[31m", b"nul\x00"])
 def test_names_with_control_characters_are_refused(w: World, name: bytes) -> None:
     """A name holding "\\n.\\n" forged or cut short the admin replies (status, workers)."""
     wk, c = w.end(), w.end()
@@ -1543,4 +1543,5 @@ def test_names_with_control_characters_are_refused(w: World, name: bytes) -> Non
                             b"Client id contains control characters")]
     assert w.m.functions == {} and c.conn.client_id == b"-"
     wk.send(PT.CAN_DO, b"spaces and \xff bytes are fine")
+    wk.send(PT.CAN_DO, b"prefix\tfunction")  # Perl Gearman::Worker's prefix form
     assert wk.take() == []
