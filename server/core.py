@@ -316,6 +316,8 @@ class JobCore:
         if ok:
             if fresh and job.handle in self.jobs and not job.cancelled:
                 self._enqueue(job, now)
+            elif fresh:
+                self._release(job.function.name)  # cancelled meanwhile: nothing holds fn
             for conn, hold, _ in acks:
                 conn.peer.release(hold, PT.JOB_CREATED, job.handle)
             return

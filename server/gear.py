@@ -91,7 +91,7 @@ class GearPeer:
     __slots__ = ("_holds", "_wake", "_write_scope", "broken", "cid", "closed", "closing",
                  "conn", "dirty", "fd", "hard_limit", "last_read", "limit", "on_drained", "out",
                  "over", "overfull", "parser", "paused", "reader_scope", "resumed", "stream",
-                 "waiters", "write_timeout")
+                 "waiters", "waiting_on", "write_timeout", "held")
 
     def __init__(self, stream: trio.SocketStream, limit: int, dirty: list[GearPeer],
                  parser: Parser, overfull: list[GearPeer] | None = None,
@@ -107,6 +107,8 @@ class GearPeer:
         self._wake = trio.Event()
         self._write_scope: trio.CancelScope | None = None
         self._holds: deque[GearHold] = deque()
+        #: Bytes delivered behind holds, not yet in ``out``.
+        self.held = 0
         self.closing = False
         self.broken = False
         #: The connection task has finished with this peer.
@@ -127,6 +129,8 @@ class GearPeer:
         self.overfull = overfull if overfull is not None else []
         #: Peers paused because their batches filled this one's output.
         self.waiters: list[GearPeer] = []
+        #: How many peers this one waits for (it is read again when none is left).
+        self.waiting_on = 0
         #: Called once this peer's output is back under ``limit`` (after ``over``/pause).
         self.on_drained: Callable[[GearPeer], None] | None = None
         #: Seconds the writer waits for the socket to take any byte before dropping the
@@ -136,33 +140,49 @@ class GearPeer:
         self.last_read = time.monotonic()
 
     def deliver(self, ptype: PacketType, *args: bytes) -> None:
-        self.write(_ENCODE[ptype](*args))  # type: ignore[misc]
+        data = _ENCODE[ptype](*args)  # type: ignore[misc]
+        # ``write``'s common case inline: this runs for every reply.
+        out = self.out
+        if self.broken or self._holds or len(out) > self.limit:
+            self._write_slow(data)
+            return
+        if not out:
+            self.dirty.append(self)
+        out += data
 
     def write(self, data: bytes) -> None:
         """Queue bytes already encoded (admin replies, errors)."""
+        out = self.out
+        if self.broken or self._holds or len(out) > self.limit:
+            self._write_slow(data)
+            return
+        if not out:
+            self.dirty.append(self)
+        out += data
+
+    def _write_slow(self, data: bytes) -> None:
+        """Broken, behind a hold, or past the bound."""
         if self.broken:
             return
         if self._holds:
-            held = self._holds[-1].buffered
-            if len(held) > self.hard_limit:
+            self.held += len(data)
+            if self.held > self.hard_limit:
                 log.warning("connection %d: %d bytes held behind a store commit; dropping",
-                            self.cid, len(held))
+                            self.cid, self.held)
                 self.drop()
                 return
-            held += data
+            self._holds[-1].buffered += data
             return
         out = self.out
-        if not out:
-            self.dirty.append(self)
-        elif len(out) > self.limit:
-            if len(out) > self.hard_limit:
-                log.warning("connection %d: peer does not read (%d bytes pending); dropping",
-                            self.cid, len(out))
-                self.drop()
-                return
-            if not self.over:
-                self.over = True
-                self.overfull.append(self)
+        if len(out) > self.hard_limit:
+            log.warning("connection %d: peer does not read (%d bytes pending); dropping",
+                        self.cid, len(out))
+            self.drop()
+            return
+        # Past the bound: whoever sent this batch is paused until this peer drains.
+        self.over = True
+        if self not in self.overfull:
+            self.overfull.append(self)
         out += data
 
     def hold(self) -> GearHold:
@@ -181,12 +201,15 @@ class GearPeer:
         holds = self._holds
         while holds and holds[0].done:
             first = holds.popleft()
+            self.held -= len(first.buffered)
             if self.broken:
                 continue
             if not self.out:
                 self.dirty.append(self)
             self.out += first.reply
             self.out += first.buffered
+        if not holds:
+            self._wake.set()  # a closing peer's writer waits for its held replies
 
     def drop(self) -> None:
         """Give up on this peer now: discard its output, end its writer (even one blocked
@@ -254,7 +277,7 @@ class GearPeer:
                         break
                     del out[:written]
                     self._check_drained()
-                if self.broken or self.closing:
+                if self.broken or (self.closing and not self._holds):
                     return
 
     def close_when_flushed(self) -> None:
@@ -393,8 +416,8 @@ class GearFrontEnd:
                 self._epoll.modify(peer.fd, 0)
 
     def _drained(self, peer: GearPeer) -> None:
-        """``peer``'s output is back under its bound: read it again (unless another
-        peer it filled is still full), and the senders paused for its sake too."""
+        """``peer``'s output is back under its bound: read it again (unless a peer it
+        filled is still full), and the senders paused for its sake too."""
         peer.over = False
         self._resume(peer)
         self._release_waiters(peer)
@@ -402,12 +425,14 @@ class GearFrontEnd:
     def _release_waiters(self, peer: GearPeer) -> None:
         waiters, peer.waiters = peer.waiters, []
         for waiter in waiters:
+            waiter.waiting_on -= 1
             self._resume(waiter)
 
     def _resume(self, peer: GearPeer) -> None:
-        if not peer.paused or len(peer.out) > peer.limit:
-            return  # still behind with its own output: its own drain resumes it
+        if not peer.paused or peer.waiting_on > 0 or len(peer.out) + peer.held > peer.limit:
+            return  # still behind with its own output, or waiting for a full peer
         peer.paused = False
+        peer.last_read = time.monotonic()  # the idle clock starts again
         peer.resumed.set()
         if self._epoll is not None and self._readers.get(peer.fd) is peer:
             self._epoll.modify(peer.fd, select.EPOLLIN)
@@ -434,7 +459,9 @@ class GearFrontEnd:
         while True:
             await trio.sleep(min(timeout / 4, 5.0))
             cutoff = time.monotonic() - timeout
-            for peer in [p for p in self._readers.values() if p.last_read < cutoff]:
+            # A paused peer is not idle: it is not read (back-pressure).
+            for peer in [p for p in self._readers.values()
+                         if p.last_read < cutoff and not p.paused]:
                 log.info("connection %d: idle for %.0f s; closing", peer.cid, timeout)
                 self._end(peer)
 
@@ -560,7 +587,7 @@ class GearFrontEnd:
         if peer.closing:
             self._end(peer)
             return
-        if len(peer.out) > peer.limit:
+        if len(peer.out) + peer.held > peer.limit:
             self._pause(peer)
         overfull = self._overfull
         if overfull:
@@ -572,4 +599,5 @@ class GearFrontEnd:
                     self._pause(peer)
                     if peer not in full.waiters:
                         full.waiters.append(peer)
+                        peer.waiting_on += 1
             overfull.clear()

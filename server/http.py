@@ -352,7 +352,13 @@ class HttpConnection:
     async def _send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
         if data:
-            await self.stream.send_all(data)
+            # Bounded like a Gear peer's output: a client that takes none of it for
+            # --write-timeout seconds is dropped.
+            timeout = self.host.config.write_timeout or math.inf
+            with trio.move_on_after(timeout) as scope:
+                await self.stream.send_all(data)
+            if scope.cancelled_caught:
+                raise _Dropped(f"took no data for {timeout:.0f} s")
 
 
 # ---------------------------------------------------------------------- listening

@@ -135,7 +135,12 @@ class MemcachedConnection:
             left -= taken
 
     async def _send(self, data: bytes) -> None:
-        await self.stream.send_all(data)
+        # Bounded like a Gear peer's output (--write-timeout).
+        timeout = self.host.config.write_timeout or math.inf
+        with trio.move_on_after(timeout) as scope:
+            await self.stream.send_all(data)
+        if scope.cancelled_caught:
+            raise _Closed(f"took no data for {timeout:.0f} s; dropped")
 
     # ------------------------------------------------------------------ commands
 
@@ -259,8 +264,7 @@ class MemcachedConnection:
         created = 0
         waiting = len(keys)
         async with trio.open_nursery() as nursery:
-            if not self.eof:
-                nursery.start_soon(self._watch)
+            nursery.start_soon(self._give_up_later if self.eof else self._watch)
             while waiting:
                 ptype, args = await self.peer.next_packet()
                 if ptype is PT.JOB_CREATED or ptype is PT.ERROR:
@@ -292,6 +296,16 @@ class MemcachedConnection:
         log.info("connection %d: get %r is a miss: %s", self.cid, key,
                  reason[:256].decode("latin-1"))
 
+    async def _give_up_later(self) -> None:
+        """After the client's close, answers still wanted after --write-timeout are not
+        waited for: the client counts as gone and its jobs lose it."""
+        timeout = self.host.config.write_timeout
+        if timeout > 0:
+            await trio.sleep(timeout)
+            log.info("connection %d: no answer within %.0f s of the client's close; "
+                     "dropped", self.cid, timeout)
+            self.peer.scope.cancel()
+
     async def _watch(self) -> None:
         """While jobs run, notice the client leaving (and keep what it pipelined)."""
         while len(self.buf) < _PIPELINE_LIMIT:
@@ -301,12 +315,14 @@ class MemcachedConnection:
                 data = b""
             if not data:
                 # The client has finished sending: it may still read (a half-close, as
-                # ``nc -N`` does), so it is answered, as memcached answers what it read.
-                # Its jobs stay attached until they end; if it left for good, the
-                # answer's write fails and the connection closes then.
+                # ``nc -N`` does), so it is answered, as memcached answers what it read,
+                # if the answer comes within --write-timeout; past that it counts as
+                # gone (a client that left for good must not hold its jobs, a task and
+                # a descriptor for ever).
                 self.eof = True
                 log.info("connection %d: memcached client closed its side; answering "
                          "what it sent", self.cid)
+                await self._give_up_later()
                 return
             self.buf += data
 

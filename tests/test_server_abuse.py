@@ -11,6 +11,7 @@ import gc
 import socket
 import struct
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -320,3 +321,145 @@ def test_job_retries_help_says_what_n_counts() -> None:
     text = " ".join(cli.help_text().split())
     assert "Assignments a job gets in all" in text
     assert "retried N times" not in text
+
+
+# ---------------------------------------------------------------- found by review
+
+
+async def test_every_worker_filling_a_slow_client_is_paused(nursery: trio.Nursery) -> None:
+    """Back-pressure paused only the first worker that filled a slow client: a second
+    one went on streaming until the client was dropped at the hard bound."""
+    srv, port = await start(nursery, max_outgoing_buffer=64 * 1024)
+    with trio.fail_after(30):
+        client = await Peer.connect(port)
+        await client.send(*(encode_req(PT.SUBMIT_JOB, b"fn", b"u%d" % i, b"x")
+                            for i in range(3)))
+        handles = [(await client.packet()).args[0] for _ in range(3)]
+        workers = []
+        for _ in range(3):
+            w = await Peer.connect(port)
+            await w.send(encode_req(PT.CAN_DO, b"fn"), encode_req(PT.GRAB_JOB))
+            workers.append((w, (await w.packet()).args[0]))
+        chunks = 40  # 3 x 40 x 32 KiB = 3.75 MiB, far past the 256 KiB hard bound
+
+        async def stream(w: Peer, handle: bytes) -> None:
+            data = encode_req(PT.WORK_DATA, handle, b"d" * 32768)
+            for _ in range(chunks):
+                await w.stream.send_all(data)
+            await w.send(encode_req(PT.WORK_COMPLETE, handle, b""))
+
+        async with trio.open_nursery() as inner:
+            for w, handle in workers:
+                inner.start_soon(stream, w, handle)
+            await trio.sleep(0.5)  # let the workers run ahead of the (not yet reading) client
+            assert all(len(p.out) <= p.hard_limit for p in srv.gear.peers())
+            received, done = 0, 0
+            while done < 3:
+                packet = await client.packet()  # the client was not dropped
+                if packet.type is PT.WORK_DATA:
+                    received += len(packet.args[1])
+                else:
+                    assert packet.type is PT.WORK_COMPLETE
+                    done += 1
+        assert received == 3 * chunks * 32768 and sorted(handles) == sorted(
+            h for _, h in workers)
+    srv.shutdown()
+
+
+async def test_a_client_that_closes_its_side_still_gets_its_held_replies(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    """`printf ... | nc -N`: the JOB_CREATED held for the store's commit, or a long
+    listing built in chunks, was lost when the client closed its writing side."""
+    srv, port = await start(nursery, queue_type="libsqlite3",
+                            queue_options=(("libsqlite3-db", str(tmp_path / "q.db")),))
+    with trio.fail_after(10):
+        peer = await Peer.connect(port)
+        await peer.send(encode_req(PT.SUBMIT_JOB_BG, b"fn", b"", b"x"))
+        await peer.stream.send_eof()
+        assert (await peer.packet()).type is PT.JOB_CREATED
+    srv.shutdown()
+
+
+async def test_replies_held_behind_commits_are_bounded(
+        nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client alternating background submits (held for the commit) with big ECHOs
+    grew the held replies without bound while the store was slow: it is paused."""
+    import threading
+
+    from server.store import sqlite
+
+    gate = threading.Event()
+    real_commit = sqlite.SqliteStore.commit
+
+    def slow_commit(self: sqlite.SqliteStore, added: object, done: object) -> None:
+        gate.wait(20)
+        real_commit(self, added, done)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite.SqliteStore, "commit", slow_commit)
+    srv, port = await start(nursery, max_outgoing_buffer=64 * 1024, queue_type="libsqlite3",
+                            queue_options=(("libsqlite3-db", str(tmp_path / "q.db")),))
+    with trio.fail_after(30):
+        peer = await Peer.connect(port)
+        big = b"E" * 200_000
+        rounds = 20
+
+        async def send_all() -> None:
+            for _ in range(rounds):
+                await peer.send(encode_req(PT.SUBMIT_JOB_BG, b"fn", b"", b"x"),
+                                encode_req(PT.ECHO_REQ, big))
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(send_all)
+            for _ in range(500):
+                gear_peers = srv.gear.peers()
+                if gear_peers and gear_peers[0].paused:
+                    break
+                await trio.sleep(0.01)
+            (gear_peer,) = srv.gear.peers()
+            assert gear_peer.paused and not gear_peer.broken
+            assert gear_peer.held <= gear_peer.hard_limit
+            gate.set()
+            for _ in range(rounds):
+                assert (await peer.packet()).type is PT.JOB_CREATED
+                assert (await peer.packet()).args == (big,)
+    srv.shutdown()
+
+
+async def test_http_client_that_never_reads_is_dropped_after_the_write_timeout(
+        nursery: trio.Nursery) -> None:
+    srv, port = await start(nursery, protocols=("http",), http_port=0, write_timeout=0.5)
+    http_port = srv.http_addresses[0][1]
+    with trio.fail_after(20):
+        worker = await Peer.connect(port)
+        await worker.send(encode_req(PT.CAN_DO, b"big"), encode_req(PT.PRE_SLEEP))
+        client = await Peer.connect(http_port)
+        client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await client.stream.send_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await worker.packet()).type is PT.NOOP
+        await worker.send(encode_req(PT.GRAB_JOB))
+        handle = (await worker.packet()).args[0]
+        await worker.send(encode_req(PT.WORK_COMPLETE, handle, b"r" * (20 << 20)))
+        for _ in range(400):  # the HTTP connection goes away once the timeout passes
+            if not srv.manager.conns or len(srv.manager.conns) == 1:
+                break
+            await trio.sleep(0.05)
+        assert len(srv.manager.conns) == 1  # only the worker is left
+    srv.shutdown()
+
+
+async def test_memcached_client_gone_after_closing_does_not_hold_its_get_for_ever(
+        nursery: trio.Nursery) -> None:
+    srv, _ = await start(nursery, protocols=("memcached",), memcached_port=0,
+                         write_timeout=0.3)
+    port = srv.frontend_addresses["memcached"][0][1]
+    with trio.fail_after(10):
+        for i in range(5):
+            peer = await Peer.connect(port)
+            await peer.stream.send_all(b"get nobody/%d\r\n" % i)
+            await peer.stream.aclose()
+        for _ in range(200):
+            if not srv.manager.jobs and not srv.manager.conns:
+                break
+            await trio.sleep(0.02)
+        assert not srv.manager.jobs and not srv.manager.conns
+    srv.shutdown()

@@ -1545,3 +1545,13 @@ def test_names_with_control_characters_are_refused(w: World, name: bytes) -> Non
     wk.send(PT.CAN_DO, b"spaces and \xff bytes are fine")
     wk.send(PT.CAN_DO, b"prefix\tfunction")  # Perl Gearman::Worker's prefix form
     assert wk.take() == []
+
+
+def test_a_job_cancelled_while_its_commit_is_pending_frees_its_function(w: World) -> None:
+    store = FakeStore(w)
+    c = w.end()
+    c.send(PT.SUBMIT_JOB_BG, b"f", b"", b"x")
+    (job,) = store.pending
+    assert w.m.cancel(job.handle)
+    store.commit()
+    assert w.m.functions == {}

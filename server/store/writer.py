@@ -30,11 +30,15 @@ class _Pending:
         self.callback = callback
 
     def settle(self, error: StoreError | None) -> None:
-        """The batch ended: wake the ``add`` caller, or call the ``add_nowait`` callback."""
+        """The batch ended: wake the ``add`` caller, or call the ``add_nowait`` callback.
+        A callback that raises is logged: the rest of its batch must still be answered."""
         self.error = error
         self.event.set()
         if self.callback is not None:
-            self.callback(error)
+            try:
+                self.callback(error)
+            except Exception:
+                log.exception("queue store: answering a committed job failed")
 
 
 class StoreWriter:
