@@ -20,7 +20,18 @@ from typing import Final
 
 from protocol import PacketType
 
-from .jobs import MAX_UNIQUE, Conn, Function, Job, JobStore, Limits, Peer, log_job, name_problem
+from .jobs import (
+    MAX_UNIQUE,
+    Conn,
+    Function,
+    Job,
+    JobStore,
+    Limits,
+    Peer,
+    by_unique_add,
+    log_job,
+    name_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +74,11 @@ class JobCore:
         self.functions: dict[bytes, Function] = {}
         self.jobs: dict[bytes, Job] = {}
         self.unique_index: dict[tuple[bytes, ...], Job] = {}
-        #: unique -> the indexed jobs with that unique, in any function (for
-        #: GET_STATUS_UNIQUE, which names no function): O(1), not a scan of functions.
-        self.by_unique: dict[bytes, Job | list[Job]] = {}
+        #: unique -> the indexed job with that unique, or a list when several functions
+        #: have one (for GET_STATUS_UNIQUE, which names no function: O(1), not a scan of
+        #: functions). Built at the first such query and kept from then on, so a server
+        #: that is never asked pays nothing on its submits.
+        self.by_unique: dict[bytes, Job | list[Job]] | None = None
         #: Every open connection, by id.
         self.conns: dict[int, Conn] = {}
         self._handles = itertools.count(1)
@@ -196,12 +209,8 @@ class JobCore:
         if key is not None:
             job.index_key = key
             self.unique_index[key] = job
-            if len(key) == 2:  # by unique alone, for GET_STATUS_UNIQUE (see _index)
-                same = self.by_unique.get(unique)
-                if same is None:
-                    self.by_unique[unique] = job
-                else:
-                    self._index_more(job, unique, same)
+            if self.by_unique is not None and len(key) == 2:  # see _index
+                by_unique_add(self.by_unique, unique, job)
         if self.log_jobs:
             kind = ", background" if background else ""
             self.job_log(job, f"submitted: function {function!r}, unique {unique!r}, "
@@ -252,18 +261,8 @@ class JobCore:
         several functions that share the unique (rare), so one job costs no list."""
         job.index_key = key
         self.unique_index[key] = job
-        if len(key) == 2:
-            same = self.by_unique.get(key[1])
-            if same is None:
-                self.by_unique[key[1]] = job
-            else:
-                self._index_more(job, key[1], same)
-
-    def _index_more(self, job: Job, unique: bytes, same: Job | list[Job]) -> None:
-        if isinstance(same, list):
-            same.append(job)
-        else:
-            self.by_unique[unique] = [same, job]
+        if self.by_unique is not None and len(key) == 2:
+            by_unique_add(self.by_unique, key[1], job)
 
     def _unindex(self, job: Job) -> None:
         key = job.index_key
@@ -272,7 +271,7 @@ class JobCore:
         job.index_key = None
         if self.unique_index.get(key) is job:
             del self.unique_index[key]
-        if len(key) == 2:
+        if self.by_unique is not None and len(key) == 2:
             unique = key[1]
             same = self.by_unique.get(unique)
             if same is job:
@@ -285,6 +284,11 @@ class JobCore:
     def job_by_unique(self, unique: bytes) -> Job | None:
         """The job a submit with this unique would join, in any function; the oldest
         when several functions have one (as the reference's first match)."""
+        if self.by_unique is None:
+            self.by_unique = {}
+            for key, job in self.unique_index.items():
+                if len(key) == 2:
+                    by_unique_add(self.by_unique, key[1], job)
         same = self.by_unique.get(unique)
         if isinstance(same, list):
             return min(same, key=lambda j: j.number)
@@ -540,10 +544,12 @@ class JobCore:
     def _forget(self, job: Job) -> None:
         """Remove a job that is neither queued nor running from every index."""
         self.jobs.pop(job.handle, None)
-        self._unindex(job)
-        for client in job.clients:
-            client.attached.discard(job)
-        job.clients = []
+        if job.index_key is not None:
+            self._unindex(job)
+        if job.clients:
+            for client in job.clients:
+                client.attached.discard(job)
+            job.clients = []
         if job.store_key is not None and self.store is not None:
             self.store.forget(job.store_key)
         job.store_key = None

@@ -222,6 +222,18 @@ def log_job(log: logging.Logger, job: Job, event: str, conn: Conn | None,
         log.debug("job %s data: %r%s", job.handle.decode("latin-1"), data[:256], more)
 
 
+def by_unique_add(index: dict[bytes, Job | list[Job]], unique: bytes, job: Job) -> None:
+    """Index ``job`` by its unique alone: the job itself, or a list once several
+    functions have a job with that unique (rare), so one job costs no list."""
+    same = index.get(unique)
+    if same is None:
+        index[unique] = job
+    elif isinstance(same, list):
+        same.append(job)
+    else:
+        index[unique] = [same, job]
+
+
 def parse_int(raw: bytes) -> int | None:
     """Leading decimal digits as C's strtoll reads them: garbage reads as 0.
 

@@ -226,8 +226,8 @@ class Manager(JobCore):
         job = self._owned(conn, PT.WORK_COMPLETE, args[0])
         if job is None:
             return
-        if job.clients:
-            self._broadcast(job, PT.WORK_COMPLETE, *args)
+        for client in job.clients:  # _broadcast, inline on this hot path
+            client.peer.deliver(PT.WORK_COMPLETE, *args)
         if self.log_jobs:
             self.job_log(job, "complete", conn, args[1])
         self._finish(job)

@@ -1465,11 +1465,20 @@ def test_status_by_unique_does_not_scan_every_function(w: World) -> None:
     assert c.take() == [res(PT.STATUS_RES_UNIQUE, b"u", b"1", b"0", b"0", b"0", b"1")]
     assert calls == 0  # no per-function look-ups
     assert w.m.job_by_unique(b"u") is w.m.jobs[h1]  # the oldest of the two
+    wk.take()  # the NOOPs of the two submits
     wk.send(PT.GRAB_JOB)
     (assign,) = wk.take()
     wk.send(PT.WORK_COMPLETE, assign.args[0], b"")
     remaining = h2 if assign.args[0] == h1 else h1
     assert w.m.job_by_unique(b"u") is w.m.jobs[remaining]
+    # Built at the first query, then kept up to date by submits and endings.
+    c.take()  # the WORK_COMPLETE
+    h3 = c.submit(b"fn7", b"v")
+    c.send(PT.GET_STATUS_UNIQUE, b"v")
+    assert c.take()[0].args[:2] == (b"v", b"1")
+    assert w.m.job_by_unique(b"v") is w.m.jobs[h3]
+    c.send(PT.SUBMIT_JOB, b"fn1999", b"", b"x")  # no unique: not indexed
+    assert set(w.m.by_unique or {}) == {b"u", b"v"}
 
 
 def test_functions_nothing_refers_to_are_freed(w: World) -> None:
