@@ -20,7 +20,7 @@ from protocol import PacketType
 
 from .admin import AdminContext
 from .config import ServerConfig
-from .manager import Manager
+from .manager import Conn, Manager
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,66 @@ async def serve_listeners(host: Host, listeners: list[trio.SocketListener],
                 nursery.start_soon(accept_loop, host, listener, handler)
     finally:
         await close_all(listeners)
+
+
+class TaskConnection(Protocol):
+    """One connection of a ``TaskFrontEnd``: it runs in its own task and writes its own
+    answers; the core reaches it through ``peer``."""
+
+    @property
+    def peer(self) -> PacketPeer: ...
+
+    @property
+    def conn(self) -> Conn: ...
+
+    async def run(self) -> None: ...
+
+
+class TaskFrontEnd:
+    """The listening and stopping of a front-end whose connections each run in a task
+    (HTTP, memcached); subclasses say how to ``open`` one connection."""
+
+    name = "tasks"
+
+    def __init__(self, host: Host, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.addresses: list[Address] = []
+        self._connections: set[TaskConnection] = set()
+        self._stopped = False
+
+    def open(self, stream: trio.SocketStream, address: str, port: int) -> TaskConnection:
+        raise NotImplementedError
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[Address]]
+                    = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, report the addresses, accept until cancelled. Connections run in the
+        server's nursery, so they outlive the accept loop during a graceful shutdown."""
+        listeners, self.addresses = await bind(self.host.config, self.port)
+        for address in self.addresses:
+            log.info("%s: listening on %s:%d", self.name, *address)
+        task_status.started(list(self.addresses))
+        await serve_listeners(self.host, listeners, self._connection)
+
+    def flush(self) -> None:
+        """Nothing to do: each connection's task writes its own answers."""
+
+    def stop_reading(self) -> None:
+        self._stopped = True
+        for connection in list(self._connections):
+            connection.peer.scope.cancel()
+
+    async def _connection(self, stream: trio.SocketStream, address: str, port: int) -> None:
+        connection = self.open(stream, address, port)
+        log.info("connection %d: %s accepted from %s", connection.conn.id, self.name,
+                 connection.conn.remote)
+        if self._stopped:
+            connection.peer.scope.cancel()
+        self._connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self._connections.discard(connection)
 
 
 class PacketPeer:

@@ -19,7 +19,7 @@ import trio
 
 from protocol import PacketType, Priority
 
-from .host import Address, Host, PacketPeer, bind, serve_listeners
+from .host import Host, PacketPeer, TaskFrontEnd
 
 log = logging.getLogger(__name__)
 
@@ -364,44 +364,10 @@ class HttpConnection:
 # ---------------------------------------------------------------------- listening
 
 
-class HttpFrontEnd:
+class HttpFrontEnd(TaskFrontEnd):
     """``-r http``: HTTP/1.1 on ``--http-port`` at the ``-L`` addresses."""
 
     name = "http"
 
-    def __init__(self, host: Host, port: int) -> None:
-        self.host = host
-        self.port = port
-        self.addresses: list[Address] = []
-        self._connections: set[HttpConnection] = set()
-        self._stopped = False
-
-    async def serve(self, *, task_status: trio.TaskStatus[list[Address]]
-                    = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen, report the addresses, accept until cancelled. Connections run in the
-        server's nursery, so they outlive the accept loop during a graceful shutdown."""
-        listeners, self.addresses = await bind(self.host.config, self.port)
-        for address in self.addresses:
-            log.info("HTTP: listening on %s:%d", *address)
-        task_status.started(list(self.addresses))
-        await serve_listeners(self.host, listeners, self._connection)
-
-    def flush(self) -> None:
-        """Nothing to do: each connection's task writes its own answers."""
-
-    def stop_reading(self) -> None:
-        self._stopped = True
-        for connection in list(self._connections):
-            connection.peer.scope.cancel()
-
-    async def _connection(self, stream: trio.SocketStream, address: str, port: int) -> None:
-        connection = HttpConnection(self.host, stream, address, port)
-        log.info("connection %d: HTTP accepted from %s", connection.cid,
-                 connection.conn.remote)
-        if self._stopped:
-            connection.peer.scope.cancel()
-        self._connections.add(connection)
-        try:
-            await connection.run()
-        finally:
-            self._connections.discard(connection)
+    def open(self, stream: trio.SocketStream, address: str, port: int) -> HttpConnection:
+        return HttpConnection(self.host, stream, address, port)

@@ -29,7 +29,7 @@ import trio
 
 from protocol import PacketType, Priority
 
-from .host import Address, Host, PacketPeer, bind, serve_listeners
+from .host import Host, PacketPeer, TaskFrontEnd
 
 log = logging.getLogger(__name__)
 
@@ -350,43 +350,15 @@ class MemcachedConnection:
         await self._send(out + b"END\r\n")
 
 
-class MemcachedFrontEnd:
+class MemcachedFrontEnd(TaskFrontEnd):
     """``-r memcached``: the memcached text protocol on ``--memcached-port``."""
 
     name = "memcached"
 
     def __init__(self, host: Host, port: int) -> None:
-        self.host = host
-        self.port = port
-        self.addresses: list[Address] = []
+        super().__init__(host, port)
         self.started = time.time()
-        self._connections: set[MemcachedConnection] = set()
-        self._stopped = False
 
-    async def serve(self, *, task_status: trio.TaskStatus[list[Address]]
-                    = trio.TASK_STATUS_IGNORED) -> None:
-        listeners, self.addresses = await bind(self.host.config, self.port)
-        for address in self.addresses:
-            log.info("memcached: listening on %s:%d", *address)
-        task_status.started(list(self.addresses))
-        await serve_listeners(self.host, listeners, self._connection)
-
-    def flush(self) -> None:
-        """Nothing to do: each connection's task writes its own answers."""
-
-    def stop_reading(self) -> None:
-        self._stopped = True
-        for connection in list(self._connections):
-            connection.peer.scope.cancel()
-
-    async def _connection(self, stream: trio.SocketStream, address: str, port: int) -> None:
-        connection = MemcachedConnection(self.host, stream, address, port, self.started)
-        log.info("connection %d: memcached accepted from %s", connection.cid,
-                 connection.conn.remote)
-        if self._stopped:
-            connection.peer.scope.cancel()
-        self._connections.add(connection)
-        try:
-            await connection.run()
-        finally:
-            self._connections.discard(connection)
+    def open(self, stream: trio.SocketStream, address: str,
+             port: int) -> MemcachedConnection:
+        return MemcachedConnection(self.host, stream, address, port, self.started)
