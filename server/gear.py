@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import select
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -59,6 +60,11 @@ _RECEIVE_SIZE: Final = 64 * 1024
 #: counters), then the opaque data, so the checks of ``encode_res`` are not needed.
 _ENCODE: Final = [res_encoder(PacketType(n)) if n in PacketType._value2member_map_ else None
                   for n in range(max(PacketType) + 1)]
+#: The first 8 bytes of each ``\0RES`` packet type's header (magic and type), by type
+#: number: ``deliver`` builds the header itself, with no encoder call (the common path
+#: of every reply; ``protocol.res_encoder`` does the same in a function).
+_RES_PREFIX: Final = [b"\0RES" + struct.pack(">I", n) for n in range(max(PacketType) + 1)]
+_pack_size: Final = struct.Struct(">I").pack
 _PT_ERROR: Final = PacketType.ERROR
 #: Lines of a long admin listing built between two yields to other connections.
 _LISTING_CHUNK: Final = 1000
@@ -140,7 +146,9 @@ class GearPeer:
         self.last_read = time.monotonic()
 
     def deliver(self, ptype: PacketType, *args: bytes) -> None:
-        data = _ENCODE[ptype](*args)  # type: ignore[misc]
+        # The core's arguments hold no NUL but in the last (see _ENCODE), so no checks.
+        payload = b"\0".join(args)
+        data = _RES_PREFIX[ptype] + _pack_size(len(payload)) + payload
         # ``write``'s common case inline: this runs for every reply.
         out = self.out
         if self.broken or self._holds or len(out) > self.limit:
