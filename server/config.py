@@ -36,8 +36,9 @@ class ServerConfig:
     max_packet_size: int = 64 * 1024 * 1024
     #: Outgoing bytes buffered for one peer before its reader is paused.
     max_outgoing_buffer: int = 8 * 1024 * 1024
-    #: Seconds a peer may take no byte of its pending output before it is dropped (0 = never).
-    write_timeout: float = 60.0
+    #: Seconds a peer may take no byte of its pending output before it is dropped (0 =
+    #: never). Generous: a single-threaded worker busy with a long job does not read.
+    write_timeout: float = 300.0
     #: Seconds a Gear or memcached connection may send nothing before it is closed
     #: (0 = never: workers sleep for hours between jobs).
     idle_timeout: float = 0.0
