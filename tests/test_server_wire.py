@@ -90,6 +90,8 @@ def grab_when_woken(w: Wire, attempts: int = 50) -> Packet:
     for _ in range(attempts):
         w.send(PT.GRAB_JOB)
         reply = w.recv()
+        while reply.type is PT.NOOP:  # the reference may send a sleeper a second NOOP
+            reply = w.recv()
         if reply.type is not PT.NO_JOB:
             return reply
         w.send(PT.PRE_SLEEP)
