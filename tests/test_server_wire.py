@@ -1130,6 +1130,14 @@ def test_can_do_timeout_cancelled_on_completion(server: GearmanServer) -> None:
         w.expect(PT.JOB_ASSIGN, h, b"f", b"quick")
         w.send(PT.WORK_COMPLETE, h, b"ok")
         c.expect(PT.WORK_COMPLETE, h, b"ok")
+        if not ours(server):
+            # 1.1.20's stale timer (spec §2.7) makes the probe below flaky there (a NOOP
+            # too many, or a connection closed, about one run in eight): only check that
+            # the server is alive once f's cancelled timer was due.
+            time.sleep(1.2)
+            c.send(PT.ECHO_REQ, b"alive")
+            c.expect(PT.ECHO_RES, b"alive")
+            return
         # Wait for a later timer instead of the clock: a probe job under the same timeout,
         # taken after f's job completed, times out after f's (cancelled) timer was due.
         with connect(port) as pc, connect(port) as pw, worker(port, b"probe") as sleeper:
