@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import trio
 from fake_peer import FakePeer
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,6 +19,7 @@ from test_server_manager import World
 from protocol import PacketType, encode_req, parse_admin_line
 from server.admin import AdminContext, handle_admin
 from server.app import Server
+from server.cli import CliError, parse_args
 from server.config import ServerConfig
 from server.jobs import BUCKETS, FunctionStats, StatsTable
 from server.metrics import render
@@ -273,3 +275,11 @@ async def test_stats_and_metrics_over_the_wire(nursery: trio.Nursery) -> None:
     assert b"rev" in srv.manager.functions and srv.manager.functions[b"rev"].queued == 2
     await stream.aclose()
     srv.shutdown()
+
+
+def test_metrics_port_flag() -> None:
+    assert parse_args([], {}).config.metrics_port is None
+    assert parse_args(["--metrics-port", "0"], {}).config.metrics_port == 0
+    assert parse_args(["--metrics-port=9100"], {}).config.metrics_port == 9100
+    with pytest.raises(CliError):
+        parse_args(["--metrics-port", "70000"], {})
