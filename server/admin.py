@@ -7,11 +7,13 @@ come from ``protocol.admin`` so they match the reference exactly.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterator
 
 from protocol import AdminCommand
 from protocol import admin as text
 
+from . import stats
 from .manager import Conn, Manager
 
 #: The reference closes the connection past five words; we answer instead (decisions.md).
@@ -28,6 +30,13 @@ class AdminContext:
     pid: int
     shutdown: Callable[[bool], None]
     admin_from_anywhere: bool = False
+    #: The clock the statistics read (``now`` for ages and the uptime); tests inject one.
+    clock: Callable[[], float] = time.time
+    #: When the server started (``clock`` time), for the uptime.
+    started: float = dataclasses.field(default_factory=time.time)
+
+    def uptime(self, now: float) -> float:
+        return max(0.0, now - self.started)
 
 
 def _loopback(address: str) -> bool:
@@ -95,6 +104,21 @@ def _show(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> Iterator[b
     yield text.END
 
 
+def _stats(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> Iterator[bytes]:
+    """``stats``: one line per function (``stats.COLUMNS``); ``stats json``: a document."""
+    now = ctx.clock()
+    if len(words) == 2 and words[1].lower() == b"json":
+        yield stats.json_reply(ctx.manager, version=ctx.version, uptime=ctx.uptime(now),
+                               now=now)
+        return
+    if len(words) > 1:
+        yield text.invalid_arguments(words[0])
+        return
+    for name, st, fn in stats.functions(ctx.manager):
+        yield text.row(stats.row(name, st, fn, now))
+    yield text.END
+
+
 #: Commands whose reply is one line per function, connection or job, and what they
 #: count: past ``CHUNKED_ROWS`` such items the Gear front-end builds the reply in a task
 #: that yields to other connections between chunks (``admin_listing``).
@@ -105,6 +129,7 @@ _LISTINGS: dict[str, tuple[Callable[[AdminContext, Conn, tuple[bytes, ...]],
     "status": (_status, lambda m: len(m.functions)),
     "prioritystatus": (_prioritystatus, lambda m: len(m.functions)),
     "show": (_show, lambda m: len(m.jobs)),
+    "stats": (_stats, lambda m: len(m.stats)),
 }
 CHUNKED_ROWS = 5000
 

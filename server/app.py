@@ -76,6 +76,9 @@ class Server:
                 extra.append(MemcachedFrontEnd(self, config.memcached_port))
             else:
                 raise ValueError(f"unknown protocol {name!r}")
+        if config.metrics_port is not None:
+            from .http import MetricsFrontEnd
+            extra.append(MetricsFrontEnd(self, config.metrics_port))
         return extra
 
     # ------------------------------------------------------------------ the Host
@@ -95,6 +98,10 @@ class Server:
     @property
     def http_addresses(self) -> list[Address]:
         return self.frontend_addresses.get("http", [])
+
+    @property
+    def metrics_addresses(self) -> list[Address]:
+        return self.frontend_addresses.get("metrics", [])
 
     def changed(self) -> None:
         """Flush every front-end's output after every task runnable now has run (so output

@@ -262,6 +262,9 @@ PARAMS: list[click.Parameter] = [
          help="Time an HTTP client has to send a whole request once begun (0: no bound)."),
     _opt("--http-port", section=HTTP, type=_Int(0), default=8080,
          metavar="PORT", help="Port to listen on (with -r http)."),
+    _opt("--metrics-port", section=OURS, type=_Int(0), default=None, metavar="PORT",
+         help="Serve GET /metrics (Prometheus text format) on this port at the -L "
+              "addresses (0 picks a free port). Off by default."),
     _opt("--memcached-port", section=MEMCACHED, type=_Int(0), default=11211,
          metavar="PORT", help="Port to listen on (with -r memcached)."),
     _opt("-p", "--port", section=GEAR, default=DEFAULT_PORT, metavar="PORT",
@@ -427,8 +430,8 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
             flag = "--" + seconds.replace("_", "-")
             raise CliError(f"invalid value for {flag}: it must be a finite number of "
                            "seconds, not negative")
-    for port_option in ("http_port", "memcached_port"):
-        if values[port_option] > 65535:
+    for port_option in ("http_port", "memcached_port", "metrics_port"):
+        if (values[port_option] or 0) > 65535:
             flag = "--" + port_option.replace("_", "-")
             raise CliError(f"invalid value for {flag}: it must be at most 65535")
     if values["hashtable_buckets"] <= 0:
@@ -489,6 +492,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         protocols=tuple(protocols),
         http_port=values["http_port"],
         memcached_port=values["memcached_port"],
+        metrics_port=values["metrics_port"],
         **prefix_kw,
     )
     return Invocation(

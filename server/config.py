@@ -70,6 +70,9 @@ class ServerConfig:
     http_port: int = 8080
     #: ``--memcached-port``: the memcached front-end's port (0 = any free one).
     memcached_port: int = 11211
+    #: ``--metrics-port``: where ``GET /metrics`` is served on the ``-L`` addresses
+    #: (0 = any free port); None = no metrics listener (the default).
+    metrics_port: int | None = None
     #: How the Gear front-end reads its connections: "auto" (epoll where the platform
     #: has it), "epoll" or "streams" (a trio task per connection; portable).
     transport: str = "auto"

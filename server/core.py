@@ -28,7 +28,9 @@ from .jobs import (
     JobStore,
     Limits,
     Peer,
+    StatsTable,
     by_unique_add,
+    index_key,
     log_job,
     name_problem,
 )
@@ -40,13 +42,6 @@ PT = PacketType
 PRIORITIES: Final = (0, 1, 2)
 #: Compact a queue once this many cancelled/abandoned jobs sit in it (and they are the majority).
 _COMPACT_MIN: Final = 64
-
-
-def _index_key(function: bytes, unique: bytes, data: bytes) -> tuple[bytes, ...] | None:
-    """The job's key in the unique index (spec §2.2): None when it coalesces with nothing."""
-    if unique == b"-":
-        return (function, b"-", data) if data else None
-    return (function, unique) if unique else None
 
 
 class JobCore:
@@ -83,6 +78,8 @@ class JobCore:
         self.conns: dict[int, Conn] = {}
         self._handles = itertools.count(1)
         self._conn_ids = itertools.count(1)
+        #: Each function name's counters (``FunctionStats``), kept when it is freed.
+        self.stats = StatsTable()
         #: (when, seq, job) for jobs waiting for their time.
         self._scheduled: list[tuple[float, int, bytes]] = []
         #: (deadline, seq, job, assignment) for CAN_DO_TIMEOUT.
@@ -131,7 +128,7 @@ class JobCore:
         with a name from a peer use ``new_function``)."""
         fn = self.functions.get(name)
         if fn is None:
-            fn = self.functions[name] = Function(name)
+            fn = self.functions[name] = Function(name, self.stats.take(name))
         return fn
 
     def new_function(self, conn: Conn, name: bytes) -> Function | None:
@@ -150,7 +147,7 @@ class JobCore:
             conn.peer.deliver(PT.ERROR, b"TOO_MANY_FUNCTIONS",
                               b"The server has as many functions as it allows")
             return None
-        fn = self.functions[name] = Function(name)
+        fn = self.functions[name] = Function(name, self.stats.take(name))
         return fn
 
     def name_problem(self, name: bytes,
@@ -166,6 +163,7 @@ class JobCore:
         if (fn is not None and not fn.workers and not fn.running and not fn.pinned
                 and not (fn.live[0] or fn.live[1] or fn.live[2] or fn.scheduled
                          or fn.storing) and fn.maxqueue == [0, 0, 0]):
+            fn.stats.live = False
             del self.functions[name]
 
     # ------------------------------------------------------------------ submit
@@ -192,6 +190,7 @@ class JobCore:
         if key is not None:
             existing = self.unique_index.get(key)
             if existing is not None:
+                existing.function.stats.coalesced += 1
                 self._join(existing, conn, background)
                 return existing
         fn = self.functions.get(function) or self.new_function(conn, function)
@@ -205,6 +204,8 @@ class JobCore:
         handle = self.handle_prefix + b"%d" % number
         job = Job(handle, fn, unique, data, priority, background, when, reducer)
         job.number = number
+        job.stamp = now
+        fn.stats.submitted[priority + 3 if background else priority] += 1
         self.jobs[handle] = job
         if key is not None:
             job.index_key = key
@@ -330,7 +331,7 @@ class JobCore:
             if background or fresh:
                 conn.peer.release(hold, PT.ERROR, b"QUEUE_ERROR", b"QUEUE_ERROR")
                 if not background:
-                    self._unattach(job, conn)
+                    job.unattach(conn)
             else:
                 conn.peer.release(hold, PT.JOB_CREATED, job.handle)
         if fresh:
@@ -342,15 +343,10 @@ class JobCore:
         if not job.clients:
             self._unwanted(job)
 
-    @staticmethod
-    def _unattach(job: Job, client: Conn) -> None:
-        job.clients = [c for c in job.clients if c is not client]
-        client.attached.discard(job)
-
     def restore(self, function: bytes, unique: bytes, data: bytes, priority: int,
                 when: float, reducer: bytes, store_key: str, now: float) -> Job:
         """Queue a background job replayed from the store (spec §5, restart)."""
-        key = _index_key(function, unique, data)
+        key = index_key(function, unique, data)
         if key is not None and key in self.unique_index:
             # A duplicate of a job already replayed: its stored copy is redundant.
             if self.store is not None:
@@ -361,7 +357,7 @@ class JobCore:
         handle = self.handle_prefix + b"%d" % number
         job = Job(handle, fn, unique, data, priority, True, when, reducer)
         job.number = number
-        job.store_key = store_key
+        job.store_key, job.stamp = store_key, now
         self.jobs[handle] = job
         if key is not None:
             self._index(job, key)
@@ -426,7 +422,7 @@ class JobCore:
                 continue
             job.waiting = False
             job.function.scheduled -= 1
-            job.when = 0
+            job.when, job.stamp = 0, now
             self._enqueue(job, now)
         timeouts = self._timeouts
         while timeouts and timeouts[0][0] <= now:
@@ -436,10 +432,10 @@ class JobCore:
                 continue
             worker = timed.worker
             if worker is not None and timed.assignment == assignment:
-                job = timed
                 log.info("job %s timed out on connection %d; requeued",
-                         job.handle.decode("latin-1"), worker.id)
-                self._lost(job, worker, now)
+                         timed.handle.decode("latin-1"), worker.id)
+                timed.function.stats.timed_out += 1
+                self._lost(timed, worker, now)
 
     # ------------------------------------------------------------------ workers
 
@@ -518,7 +514,8 @@ class JobCore:
     def _assign(self, job: Job, conn: Conn, now: float) -> None:
         if self.log_jobs:
             self.job_log(job, "assigned", conn)
-        job.worker = conn
+        job.function.stats.waited(now - job.stamp)
+        job.worker, job.stamp = conn, now
         job.assignment += 1
         conn.assigned[job.handle] = job
         timeout = conn.abilities.get(job.function.name)
@@ -532,10 +529,11 @@ class JobCore:
         for client in job.clients:
             client.peer.deliver(ptype, *args)
 
-    def _finish(self, job: Job) -> None:
+    def _finish(self, job: Job, now: float) -> None:
         """A running job ended (complete, fail, exception): forget it everywhere."""
         worker = job.worker
         if worker is not None:
+            job.function.stats.ran(now - job.stamp)
             worker.assigned.pop(job.handle, None)
             job.worker = None
             job.function.running -= 1
@@ -573,10 +571,13 @@ class JobCore:
         if limit is not None and job.retries >= max(limit, 1):
             log.info("job %s failed after %d retries", job.handle.decode("latin-1"),
                      job.retries)
+            job.function.stats.failed += 1
             if job.clients:
                 self._broadcast(job, PT.WORK_FAIL, job.handle)
             self._forget(job)
             return
+        job.function.stats.requeued += 1
+        job.stamp = now
         self._enqueue(job, now)
 
     def _detach(self, job: Job, client: Conn) -> None:

@@ -87,8 +87,10 @@ class HttpConnection:
     """One HTTP client: requests read with h11, each answered from the manager's packets."""
 
     def __init__(self, host: Host, stream: trio.SocketStream, address: str,
-                 port: int = 0) -> None:
+                 port: int = 0, *, metrics_only: bool = False) -> None:
         config = host.config
+        #: ``--metrics-port``: only ``GET /metrics`` is served (anything else is a 404).
+        self.metrics_only = metrics_only
         self.host = host
         self.manager = host.manager
         self.stream = stream
@@ -208,6 +210,11 @@ class HttpConnection:
     # ------------------------------------------------------------------ the translation
 
     async def _answer(self, request: h11.Request, body: bytes) -> None:
+        path = request.target.partition(b"?")[0]
+        if path == b"/metrics" or self.metrics_only:
+            # Reserved on the -r http port: never a function name (man/gearmand.8).
+            await self._metrics(request, path == b"/metrics")
+            return
         if request.method not in _METHODS:
             await self._simple(405, [(b"Allow", _ALLOW)])
             return
@@ -242,6 +249,23 @@ class HttpConnection:
                 nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
+
+    async def _metrics(self, request: h11.Request, found: bool) -> None:
+        """``GET /metrics``: the Prometheus text format, read from the core now."""
+        if not found:
+            await self._simple(404)
+            return
+        if request.method != b"GET":
+            await self._simple(405, [(b"Allow", b"GET")])
+            return
+        from .metrics import CONTENT_TYPE, render  # prometheus_client only when asked
+
+        page = render(self.host.admin)
+        await self._send(h11.Response(status_code=200, reason=b"OK", headers=[
+            (b"Content-Type", CONTENT_TYPE), (b"Content-Length", b"%d" % len(page)),
+            (b"Server", self.server_header)]))
+        await self._send(h11.Data(data=page))
+        await self._send(h11.EndOfMessage())
 
     async def _watch(self, scope: trio.CancelScope) -> None:
         """While a job runs, notice the client leaving (and keep what it pipelined)."""
@@ -371,3 +395,13 @@ class HttpFrontEnd(TaskFrontEnd):
 
     def open(self, stream: trio.SocketStream, address: str, port: int) -> HttpConnection:
         return HttpConnection(self.host, stream, address, port)
+
+
+class MetricsFrontEnd(TaskFrontEnd):
+    """``--metrics-port``: ``GET /metrics`` only, on its own listener at the ``-L``
+    addresses (the HTTP front-end's machinery; no job is ever submitted here)."""
+
+    name = "metrics"
+
+    def open(self, stream: trio.SocketStream, address: str, port: int) -> HttpConnection:
+        return HttpConnection(self.host, stream, address, port, metrics_only=True)

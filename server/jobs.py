@@ -10,6 +10,7 @@ import datetime
 import logging
 import re
 import time
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -105,14 +106,82 @@ class Conn:
         return f"<Conn {self.id} {self.remote}>"
 
 
+#: Upper bounds (seconds) of the queue-wait and run-time histograms' buckets: log scale,
+#: 1-2.5-5 per decade from 100 us to 1000 s; one more bucket (+Inf) past the last.
+BUCKETS: Final = (*(float(f"{m}e{e}") for e in range(-4, 3) for m in (1, 2.5, 5)), 1000.0)
+
+
+class FunctionStats:
+    """A function's counters and histograms: plain integers, each update O(1). Kept by
+    name in a ``StatsTable``, so they survive the function's record being freed."""
+
+    __slots__ = ("submitted", "coalesced", "completed", "failed", "exceptions", "requeued",
+                 "timed_out", "cancelled", "wait", "wait_sum", "run", "run_sum", "live")
+
+    def __init__(self) -> None:
+        #: New jobs, by priority (0 high, 1 normal, 2 low) + 3 when background.
+        self.submitted = [0, 0, 0, 0, 0, 0]
+        #: Submits that joined a job with the same unique instead of making one.
+        self.coalesced = 0
+        self.completed = 0
+        #: WORK_FAIL, and jobs failed when their retries ran out.
+        self.failed = 0
+        self.exceptions = 0
+        #: Jobs put back in the queue: worker gone, CANT_DO, or timed out.
+        self.requeued = 0
+        self.timed_out = 0
+        self.cancelled = 0
+        #: Histograms: counts per bucket of ``BUCKETS`` (+Inf last), and the sums.
+        self.wait = [0] * (len(BUCKETS) + 1)
+        self.wait_sum = 0.0
+        self.run = [0] * (len(BUCKETS) + 1)
+        self.run_sum = 0.0
+        #: A ``Function`` record uses it now (a freed function's stats may be pruned).
+        self.live = False
+
+    def waited(self, seconds: float) -> None:
+        self.wait[bisect_left(BUCKETS, seconds)] += 1
+        self.wait_sum += seconds
+
+    def ran(self, seconds: float) -> None:
+        self.run[bisect_left(BUCKETS, seconds)] += 1
+        self.run_sum += seconds
+
+
+class StatsTable(dict[bytes, FunctionStats]):
+    """Each function name's ``FunctionStats``. Those of freed functions are kept (a
+    function that comes and goes keeps counting) but bounded: past ``limit`` entries,
+    all but the newest ``KEEP_FREED`` of them are pruned (amortised O(1))."""
+
+    KEEP_FREED = 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limit = 2 * self.KEEP_FREED
+
+    def take(self, name: bytes) -> FunctionStats:
+        """The stats of a function record being created."""
+        stats = self.get(name)
+        if stats is None:
+            if len(self) >= self.limit:
+                freed = [n for n, s in self.items() if not s.live]
+                for n in freed[:len(freed) - self.KEEP_FREED]:
+                    del self[n]
+                self.limit = max(2 * self.KEEP_FREED, 2 * len(self))
+            stats = self[name] = FunctionStats()
+        stats.live = True
+        return stats
+
+
 class Function:
     """A function name's queues, workers and limits (spec §2.1)."""
 
     __slots__ = ("name", "queues", "live", "dead", "running", "workers", "sleepers",
-                 "maxqueue", "scheduled", "storing", "pinned")
+                 "maxqueue", "scheduled", "storing", "pinned", "stats")
 
-    def __init__(self, name: bytes) -> None:
+    def __init__(self, name: bytes, stats: FunctionStats | None = None) -> None:
         self.name = name
+        self.stats = stats or FunctionStats()
         #: One FIFO per priority; may hold abandoned jobs (job.queued False), skipped lazily.
         self.queues: tuple[deque[Job], deque[Job], deque[Job]] = (deque(), deque(), deque())
         #: Live queued jobs per priority (ready now).
@@ -149,7 +218,7 @@ class Job:
         "handle", "function", "unique", "data", "priority", "when", "reducer",
         "numerator", "denominator", "retries", "worker", "clients", "background",
         "queued", "waiting", "index_key", "store_key", "cancelled", "assignment",
-        "stored", "number", "acks",
+        "stored", "number", "acks", "stamp",
     )
 
     def __init__(self, handle: bytes, function: Function, unique: bytes, data: bytes,
@@ -185,6 +254,14 @@ class Job:
         #: While a commit of this job is pending: the submits waiting for it to be
         #: acknowledged, as (connection, its reserved reply, background submit).
         self.acks: list[tuple[Conn, Hold, bool]] | None = None
+        #: When it entered its queue (submit, requeue, its time came) until it is
+        #: assigned; from then on, when it was assigned. For the stats' histograms.
+        self.stamp = 0.0
+
+    def unattach(self, client: Conn) -> None:
+        """A client stops waiting for this job (every entry of it)."""
+        self.clients = [c for c in self.clients if c is not client]
+        client.attached.discard(self)
 
     def __repr__(self) -> str:
         return f"<Job {self.handle!r} {self.function.name!r}>"
@@ -207,6 +284,13 @@ def name_problem(name: bytes, limit: int,
     if _CONTROL.search(name) is not None:
         return b"INVALID_ARGUMENT", what + b" contains control characters"
     return None
+
+
+def index_key(function: bytes, unique: bytes, data: bytes) -> tuple[bytes, ...] | None:
+    """The job's key in the unique index (spec §2.2): None when it coalesces with nothing."""
+    if unique == b"-":
+        return (function, b"-", data) if data else None
+    return (function, unique) if unique else None
 
 
 def log_job(log: logging.Logger, job: Job, event: str, conn: Conn | None,

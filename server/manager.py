@@ -15,7 +15,7 @@ from typing import Final
 from protocol import SUBMIT_KINDS, PacketType
 
 from .core import PRIORITIES, JobCore
-from .jobs import MAX_HANDLE, MAX_UNIQUE, Conn, Function, Job, Limits, next_cron_time
+from .jobs import MAX_HANDLE, MAX_UNIQUE, Conn, Function, Job, Limits, Peer, next_cron_time
 from .jobs import parse_int as _parse_int
 
 __all__ = ["PRIORITIES", "Conn", "Function", "Job", "Limits", "Manager", "next_cron_time"]
@@ -73,6 +73,13 @@ class Manager(JobCore):
         }
         for ptype in SUBMIT_KINDS:
             self._dispatch[ptype] = self._submit_packet(ptype)
+        #: Connections ever opened (``conns`` holds those open now).
+        self.connections_total = 0
+
+    def connect(self, peer: Peer, address: str = "-", port: int = 0) -> Conn:
+        """Register a new connection (and count it)."""
+        self.connections_total += 1
+        return super().connect(peer, address, port)
 
     # ------------------------------------------------------------------ packets
 
@@ -230,7 +237,8 @@ class Manager(JobCore):
             client.peer.deliver(PT.WORK_COMPLETE, *args)
         if self.log_jobs:
             self.job_log(job, "complete", conn, args[1])
-        self._finish(job)
+        job.function.stats.completed += 1
+        self._finish(job, now)
 
     def _work_fail(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         job = self._owned(conn, PT.WORK_FAIL, args[0])
@@ -240,7 +248,8 @@ class Manager(JobCore):
             self._broadcast(job, PT.WORK_FAIL, job.handle)
         if self.log_jobs:
             self.job_log(job, "failed (WORK_FAIL)", conn)
-        self._finish(job)
+        job.function.stats.failed += 1
+        self._finish(job, now)
 
     def _work_exception(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         job = self._owned(conn, PT.WORK_EXCEPTION, args[0])
@@ -255,7 +264,8 @@ class Manager(JobCore):
         if self.log_jobs:
             text = args[1][:256].decode("utf-8", "replace")
             self.job_log(job, f"raised an exception: {text!r}", conn, args[1])
-        self._finish(job)
+        job.function.stats.exceptions += 1
+        self._finish(job, now)
 
     # ------------------------------------------------------------------ status
 
@@ -306,6 +316,7 @@ class Manager(JobCore):
                 if fn.queued:
                     # decisions.md: the reference orphans queued jobs here.
                     return "there are still queued jobs"
+                fn.stats.live = False
                 del self.functions[fname]
                 return None
         return "function not found"
@@ -318,6 +329,7 @@ class Manager(JobCore):
         if self.log_jobs:
             self.job_log(job, "cancelled by the admin")
         job.cancelled = True
+        job.function.stats.cancelled += 1
         if job.clients:
             self._broadcast(job, PT.WORK_FAIL, job.handle)
         if job.queued:
