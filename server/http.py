@@ -89,7 +89,8 @@ class HttpConnection:
     def __init__(self, host: Host, stream: trio.SocketStream, address: str,
                  port: int = 0, *, metrics_only: bool = False) -> None:
         config = host.config
-        #: ``--metrics-port``: only ``GET /metrics`` is served (anything else is a 404).
+        #: ``--metrics-port``: only ``GET /metrics`` and the web monitor (``/`` and
+        #: ``/stats.json``) are served; anything else is a 404.
         self.metrics_only = metrics_only
         self.host = host
         self.manager = host.manager
@@ -212,8 +213,9 @@ class HttpConnection:
     async def _answer(self, request: h11.Request, body: bytes) -> None:
         path = request.target.partition(b"?")[0]
         if path == b"/metrics" or self.metrics_only:
-            # Reserved on the -r http port: never a function name (man/gearmand.8).
-            await self._metrics(request, path == b"/metrics")
+            # Reserved on the -r http port: never a function name (man/gearmand.8). The
+            # web monitor is on the metrics port only: there every path is ours.
+            await self._metrics(request, path)
             return
         if request.method not in _METHODS:
             await self._simple(405, [(b"Allow", _ALLOW)])
@@ -250,20 +252,32 @@ class HttpConnection:
         if failure is not None:
             raise failure
 
-    async def _metrics(self, request: h11.Request, found: bool) -> None:
-        """``GET /metrics``: the Prometheus text format, read from the core now."""
-        if not found:
+    async def _metrics(self, request: h11.Request, path: bytes) -> None:
+        """``GET /metrics``: the Prometheus text format, read from the core now; on the
+        metrics port also ``GET /`` (the web monitor) and ``GET /stats.json``."""
+        pages = (b"/metrics", b"/", b"/stats.json") if self.metrics_only else (b"/metrics",)
+        if path not in pages:
             await self._simple(404)
             return
         if request.method != b"GET":
             await self._simple(405, [(b"Allow", b"GET")])
             return
-        from .metrics import CONTENT_TYPE, render  # prometheus_client only when asked
+        extra: Headers = []
+        if path == b"/metrics":
+            from .metrics import CONTENT_TYPE, render  # prometheus_client only when asked
 
-        page = render(self.host.admin)
+            content_type, page = CONTENT_TYPE, render(self.host.admin)
+        else:
+            from . import web
+
+            if path == b"/":
+                content_type, page = web.PAGE_TYPE, web.page()
+            else:
+                content_type, page = web.JSON_TYPE, web.stats_json(self.host.admin)
+                extra.append((b"Cache-Control", b"no-store"))
         await self._send(h11.Response(status_code=200, reason=b"OK", headers=[
-            (b"Content-Type", CONTENT_TYPE), (b"Content-Length", b"%d" % len(page)),
-            (b"Server", self.server_header)]))
+            (b"Content-Type", content_type), (b"Content-Length", b"%d" % len(page)),
+            *extra, (b"Server", self.server_header)]))
         await self._send(h11.Data(data=page))
         await self._send(h11.EndOfMessage())
 
@@ -398,8 +412,9 @@ class HttpFrontEnd(TaskFrontEnd):
 
 
 class MetricsFrontEnd(TaskFrontEnd):
-    """``--metrics-port``: ``GET /metrics`` only, on its own listener at the ``-L``
-    addresses (the HTTP front-end's machinery; no job is ever submitted here)."""
+    """``--metrics-port``: ``GET /metrics`` and the web monitor (``GET /``,
+    ``GET /stats.json``) on its own listener at the ``-L`` addresses (the HTTP front-end's
+    machinery; no job is ever submitted here)."""
 
     name = "metrics"
 
