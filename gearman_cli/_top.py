@@ -35,16 +35,21 @@ COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("workers", "Workers", True),
     ("completed_rate", "Done/s", True),
     ("submitted_rate", "Subm/s", True),
-    ("wait_p50", "Wait p50", True),
-    ("wait_p99", "Wait p99", True),
-    ("run_p50", "Run p50", True),
-    ("run_p99", "Run p99", True),
+    ("wait_p50", "Wait50", True),
+    ("wait_p99", "Wait99", True),
+    ("run_p50", "Run50", True),
+    ("run_p99", "Run99", True),
     ("oldest", "Oldest", True),
-    ("completed", "Completed", True),
+    ("completed", "Done", True),
     ("failed", "Failed", True),
 )
+#: Left out of the live view, in this order, while the table is wider than the terminal
+#: (the sort column stays).
+OPTIONAL = ("completed", "wait_p50", "run_p50", "submitted_rate", "oldest", "run_p99",
+            "wait_p99", "workers", "completed_rate", "running")
 SORT_KEYS = tuple(key for key, _, _ in COLUMNS)
 NUMERIC = {key for key, _, numeric in COLUMNS if numeric}
+TITLES = {key: title for key, title, _ in COLUMNS}
 
 
 def sort_key(text: str) -> str:
@@ -315,25 +320,45 @@ class Live:
         self.reverse = False
         self.sources = [Source(s, opts.timeout) for s in opts.servers]
 
-    def render(self, all_rows: list[dict[str, Any]]) -> Any:
+    def columns(self, cells: list[dict[str, str]], width: int) -> dict[str, int]:
+        """The columns to show in ``width`` terminal columns: key -> content width."""
+        keys = [k for k in SORT_KEYS if len(self.sources) > 1 or k != "server"]
+        wide = {k: max([len(TITLES[k] + (" ▼" if k == self.sort else "")),
+                        *(len(c[k]) for c in cells)]) for k in keys}
+        for key in OPTIONAL:  # names may be cut to 12 characters
+            need = sum(min(wide[k], 12) if k in ("server", "function") else wide[k]
+                       for k in keys)
+            if need + 2 * len(keys) <= width:
+                break
+            if key != self.sort:
+                keys.remove(key)
+        return {k: wide[k] for k in keys}
+
+    def render(self, all_rows: list[dict[str, Any]], width: int) -> Any:
+        from rich import box
         from rich.console import Group
         from rich.table import Table
         from rich.text import Text
 
-        many = len(self.sources) > 1
-        order = "↑" if self.reverse else ""
-        title = (f"gearadmin --top · every {self.opts.interval:g}s · "
-                 f"sort: {self.sort}{order} · q quit · s sort · r reverse · "
-                 f"{time.strftime('%H:%M:%S')}")
-        table = Table(title=Text(title), title_justify="left", expand=False)
-        columns = [c for c in COLUMNS if many or c[0] != "server"]
-        for key, name, numeric in columns:
+        order = " (reversed)" if self.reverse else ""
+        title = (f"{time.strftime('%H:%M:%S')}  every {self.opts.interval:g}s  "
+                 f"sort: {self.sort}{order}  [q]uit [s]ort [r]everse")
+        cells = [{k: human_cell(k, row[k]) for k in SORT_KEYS}
+                 for row in sorted_rows(all_rows, self.sort, self.reverse)]
+        keys = self.columns(cells, width)
+        table = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD,
+                      show_edge=False, pad_edge=False, padding=(0, 0, 0, 1))
+        for key, wide in keys.items():
             mark = " ▼" if key == self.sort else ""
-            table.add_column(name + mark, justify="right" if numeric else "left",
-                             no_wrap=True)
-        for row in sorted_rows(all_rows, self.sort, self.reverse):
-            table.add_row(*(Text(human_cell(k, row[k])) for k, _, _ in columns))
-        errors = [Text(f"{s.error}", style="red") for s in self.sources if s.error]
+            flexible = key in ("server", "function")
+            table.add_column(TITLES[key] + mark, justify="left" if flexible else "right",
+                             no_wrap=True, overflow="ellipsis",
+                             min_width=None if flexible else wide)
+        for row in cells:
+            table.add_row(*(Text(row[k]) for k in keys))
+        errors = [Text(s.error, style="red") for s in self.sources if s.error]
+        if not all_rows and not errors:
+            errors.append(Text("(no functions yet)"))
         return Group(table, *errors)
 
     def run(self) -> int:
@@ -349,24 +374,21 @@ class Live:
                     all_rows: list[dict[str, Any]] = []
                     for source in self.sources:
                         all_rows += source.poll()
-                    live.update(self.render(all_rows), refresh=True)
+                    live.update(self.render(all_rows, console.width), refresh=True)
                     deadline = started + self.opts.interval
                     while (left := deadline - time.monotonic()) > 0:
                         key = keys.wait(left)
                         if key in ("q", "Q"):
                             return int(ExitCode.OK)
-                        if key == "s":
-                            i = SORT_KEYS.index(self.sort)
-                            keys_shown = [k for k in SORT_KEYS
-                                          if len(self.sources) > 1 or k != "server"]
-                            nxt = keys_shown[(keys_shown.index(self.sort) + 1)
-                                             % len(keys_shown)] if self.sort in keys_shown \
-                                else SORT_KEYS[(i + 1) % len(SORT_KEYS)]
-                            self.sort = nxt
-                            live.update(self.render(all_rows), refresh=True)
-                        elif key == "r":
-                            self.reverse = not self.reverse
-                            live.update(self.render(all_rows), refresh=True)
+                        if key in ("s", "S", "r", "R"):
+                            if key in ("s", "S"):
+                                shown = [k for k in SORT_KEYS
+                                         if len(self.sources) > 1 or k != "server"]
+                                at = shown.index(self.sort) if self.sort in shown else -1
+                                self.sort = shown[(at + 1) % len(shown)]
+                            else:
+                                self.reverse = not self.reverse
+                            live.update(self.render(all_rows, console.width), refresh=True)
             finally:
                 for source in self.sources:
                     source.close()

@@ -133,12 +133,12 @@ def _spawn(server: RunningServer, *args: str) -> pexpect.spawn:
 
 
 #: A row of the live table: the function's name, then its cells.
-ROW = re.compile(rb"\xe2\x94\x82 toprev +\xe2\x94\x82([^\r\n]*)\r\n")
+ROW = re.compile(rb"\ntoprev +([^\r\n]*)\r\n")
 
 
 def _cells(child: pexpect.spawn) -> list[str]:
     child.expect(ROW)
-    return [c.strip() for c in child.match.group(1).decode().split("│")][:-1]
+    return child.match.group(1).decode().split()
 
 
 @pytest.mark.slow
@@ -203,3 +203,46 @@ def test_bad_flags_exit_2(args: tuple[str, ...], message: str) -> None:
     errors = [line for line in done.stderr.decode().splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and message in errors[0], done.stderr
     assert b"Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_live_view_of_several_servers_shows_the_one_down(busy: RunningServer) -> None:
+    dead = free_port()
+    child = pexpect.spawn(sys.executable, [*GEARADMIN[1:], "-h", f"127.0.0.1:{busy.port}",
+                                           "-h", f"127.0.0.1:{dead}", "--top"],
+                          timeout=TIMEOUT, dimensions=(40, 200), env={**os.environ})
+    try:
+        child.expect(f"cannot connect to 127.0.0.1:{dead}: connection refused")
+        assert b"Server" in child.before
+        assert f"127.0.0.1:{busy.port}  toppending".encode() in child.before
+        child.send("q")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+
+def test_narrow_terminal_drops_columns_not_the_sort_column() -> None:
+    from gearman_cli._cli_options import TopOptions
+    from gearman_cli._servers import ServerAddress
+    from gearman_cli._top import Live
+
+    view = Live(TopOptions(servers=(ServerAddress("127.0.0.1", 1),), sort="run_p50"))
+    cells = [dict.fromkeys(SORT_KEYS, "12.5ms") | {"function": "f"}]
+    assert len(view.columns(cells, 300)) == len(SORT_KEYS) - 1  # one server: no Server
+    narrow = view.columns(cells, 60)
+    assert "function" in narrow and "queued" in narrow and "run_p50" in narrow
+    assert "completed" not in narrow and sum(w + 2 for w in narrow.values()) <= 60
+
+
+@pytest.mark.slow
+@pytest.mark.reference
+def test_snapshot_of_the_reference_server_from_status(
+        start_server: Callable[..., RunningServer]) -> None:
+    server = start_server("reference")
+    assert gearman(server, "-b", "-f", "refq", "x").returncode == 0
+    done = run(GEARADMIN, *server_args(server), "--top", input=None)
+    assert (done.returncode, done.stderr) == (0, b"")
+    row = _table(done.stdout)[(f"127.0.0.1:{server.port}", "refq")]
+    assert (row["queued"], row["running"], row["workers"]) == ("1", "0", "0")
+    assert row["completed"] == row["wait_p99"] == row["failed"] == "-"
