@@ -73,6 +73,15 @@ class AdminOptions(NamedTuple):
     timeout: float | None = None  # -t, seconds; None = wait for ever
 
 
+class TopOptions(NamedTuple):
+    """``gearadmin --top``: the servers, seconds between refreshes, the sort column."""
+
+    servers: tuple[ServerAddress, ...]
+    interval: float = 1.0
+    sort: str = "function"
+    timeout: float | None = None  # -t, seconds; None = 10 s per read
+
+
 def resolve_servers(host: str | None, port: int | None) -> tuple[ServerAddress, ...]:
     """``-h``/``-p`` when given, else ``GEARMAN_SERVER``, else ``GEARMAN_SERVERS``, else
     localhost:4730. ``ValueError`` for a malformed environment variable."""

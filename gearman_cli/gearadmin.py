@@ -9,13 +9,13 @@ from __future__ import annotations
 import sys
 
 from . import _signals
-from ._argv import ArgParser, Option, UsageError, int_range
+from ._argv import ArgParser, Option, UsageError, int_range, positive_float
 
 TYPE_CHECKING = False  # not typing's: start-up time
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ._cli_options import AdminCommand, AdminOptions
+    from ._cli_options import AdminCommand, AdminOptions, TopOptions
 
 DEFAULT_HOST = "localhost"
 _OK, _USAGE = 0, 2
@@ -60,6 +60,12 @@ def _port(value: str) -> int:
     return port
 
 
+def _sort_key(value: str) -> str:
+    from ._top import sort_key
+
+    return sort_key(value)
+
+
 def _flag(name: str, help: str) -> Option:
     return Option(name, dest=name[2:].replace("-", "_"), help=help)
 
@@ -70,8 +76,10 @@ def _value(name: str, metavar: str, help: str) -> Option:
 
 
 OPTIONS = [
-    Option("-h", "--host", dest="host", takes_value=True, metavar="TEXT",
-           default=DEFAULT_HOST, show_default=True, help="Connect to the host."),
+    Option("-h", "--host", dest="host", multiple=True, metavar="TEXT",
+           default=DEFAULT_HOST, show_default=True,
+           help="Connect to the host (the last one given; with --top, every one given, "
+                "each HOST or HOST:PORT)."),
     Option("-p", "--port", dest="port", takes_value=True, metavar="TEXT", default="4730",
            show_default=True, help="Port number or service to use for connection."),
     Option("-t", "--timeout", dest="timeout_ms", takes_value=True, metavar="MS",
@@ -93,6 +101,15 @@ OPTIONS = [
     _flag("--shutdown-graceful",
           "Stop accepting, finish running work, then shut down (our gearmand)."),
     Option("--json", dest="json", help="Print every reply as one JSON array on stdout."),
+    Option("--top", dest="top",
+           help="A live view of the servers' functions (queued, running, workers, rates, "
+                "wait and run times, failures), redrawn every --interval; q quits, s "
+                "changes the sort column. Not on a terminal: one snapshot, TAB-separated."),
+    Option("--interval", dest="interval", takes_value=True, metavar="SECONDS",
+           convert=positive_float, default=1.0, show_default=True,
+           help="Seconds between two refreshes of --top."),
+    Option("--sort", dest="sort", takes_value=True, metavar="COLUMN", convert=_sort_key,
+           help="The column --top sorts by first (default: function)."),
     Option("-S", "--ssl", dest="ssl", help="Enable SSL connections (not supported yet)."),
 ]
 
@@ -106,7 +123,7 @@ PARSER = ArgParser(
 )
 
 
-def parse(argv: Sequence[str]) -> AdminOptions | None:
+def parse(argv: Sequence[str]) -> AdminOptions | TopOptions | None:
     """The options of a command line (None: help was printed); ``UsageError`` if bad."""
     parsed = PARSER.parse(argv)
     if parsed.help:
@@ -133,20 +150,46 @@ def parse(argv: Sequence[str]) -> AdminOptions | None:
             commands.append(AdminCommand(flag, f"{line} {value}"))
         else:
             commands.append(AdminCommand(flag, line))
-    if not commands:
-        raise UsageError("No option execution operation given.")
     try:
         port = _port(v["port"])
     except ValueError as exc:
         raise UsageError(f"Invalid value: {exc}") from None
     timeout_ms = v["timeout_ms"]
+    hosts: list[str] = v["host"] or [DEFAULT_HOST]
+    if v["top"]:
+        if commands:
+            raise UsageError(f"--top cannot be combined with {commands[0].flag}")
+        if v["json"]:
+            raise UsageError("--top cannot be combined with --json")
+        return _top_options(hosts, port, v["interval"], v["sort"], timeout_ms)
+    if v["sort"] is not None or any(opt.dest == "interval" for opt, _ in parsed.order):
+        raise UsageError("--interval and --sort go with --top")
+    if not commands:
+        raise UsageError("No option execution operation given.")
     return AdminOptions(
-        server=ServerAddress(v["host"], port),
+        server=ServerAddress(hosts[-1], port),
         commands=tuple(commands),
         json=bool(v["json"]),
         table=None,
         timeout=timeout_ms / 1000 if timeout_ms else None,
     )
+
+
+def _top_options(hosts: list[str], port: int, interval: float, sort: str | None,
+                 timeout_ms: int | None) -> TopOptions:
+    from ._cli_options import TopOptions
+    from ._servers import parse_server
+
+    servers = []
+    for host in hosts:
+        try:
+            server = parse_server(host, port)
+        except ValueError as exc:
+            raise UsageError(f"Invalid value for '-h' / '--host': {exc}") from None
+        if server not in servers:
+            servers.append(server)
+    return TopOptions(servers=tuple(servers), interval=interval, sort=sort or "function",
+                      timeout=timeout_ms / 1000 if timeout_ms else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _USAGE
         if opts is None:
             return _OK
+        from ._cli_options import TopOptions
+
+        if isinstance(opts, TopOptions):
+            from ._top import run_top
+
+            return run_top(opts)
         from ._cli_admin import run_admin
 
         return run_admin(opts)
