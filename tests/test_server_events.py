@@ -275,6 +275,38 @@ async def test_watch_over_the_wire_filtered_and_not(nursery: trio.Nursery) -> No
     assert srv.manager.log_jobs == srv.manager.logging_jobs
 
 
+async def test_slow_watcher_over_the_wire_is_dropped(nursery: trio.Nursery) -> None:
+    """A watcher that reads nothing is disconnected once its output passes the bound;
+    every submit is still answered (the server never waits for it)."""
+    import socket
+
+    srv = Server(ServerConfig(listen=("127.0.0.1",), port=0, max_outgoing_buffer=4096))
+    (addr, *_) = await nursery.start(srv.serve)
+    port = addr[1]
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", port))
+    await sock.send(b"watch\r\n")
+    with trio.fail_after(5):
+        while not srv.events.watchers:
+            await trio.sleep(0.01)
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    parser = Parser()
+    n = 3000
+    with trio.fail_after(20):
+        for _ in range(0, n, 100):
+            await client.send_all(b"".join(encode_req(PT.SUBMIT_JOB_BG, b"f", b"", b"x")
+                                           for _j in range(100)))
+            await trio.sleep(0)
+        await _packets(client, parser, n)  # every JOB_CREATED arrived
+        while srv.events.watchers:
+            await trio.sleep(0.01)
+    assert srv.events.watchers_dropped == 1
+    assert not srv.manager.log_jobs or srv.manager.logging_jobs
+    sock.close()
+    await client.aclose()
+
+
 async def test_async_admin_watch(nursery: trio.Nursery) -> None:
     srv = Server(ServerConfig(listen=("127.0.0.1",), port=0))
     (addr, *_) = await nursery.start(srv.serve)
