@@ -441,6 +441,10 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         if (values[port_option] or 0) > 65535:
             flag = "--" + port_option.replace("_", "-")
             raise CliError(f"invalid value for {flag}: it must be at most 65535")
+    events_function = values["events_function"]
+    if events_function is not None and (not events_function or any(
+            c.isspace() or not c.isprintable() for c in events_function)):
+        raise CliError("invalid value for --events-function: it must be one word")
     if values["hashtable_buckets"] <= 0:
         raise CliError("hashtable-buckets has to be greater than 0")
 

@@ -23,7 +23,7 @@ from test_server_manager import World
 from gearman_cli import AsyncAdmin
 from protocol import Packet, PacketType, Parser, encode_req
 from server.app import Server
-from server.cli import parse_args
+from server.cli import CliError, parse_args
 from server.config import ServerConfig
 from server.events import Events
 
@@ -216,6 +216,8 @@ def test_events_flags_in_the_config() -> None:
     assert (config.events_function, config.events_payloads, config.events_buffer) == (
         "ev", True, 5)
     assert parse_args([], environ={}).config.events_function is None
+    with pytest.raises(CliError):
+        parse_args(["--events-function", "a b"], environ={})
 
 
 # ---------------------------------------------------------------- over the wire
@@ -275,6 +277,16 @@ async def test_watch_over_the_wire_filtered_and_not(nursery: trio.Nursery) -> No
     assert srv.manager.log_jobs == srv.manager.logging_jobs
 
 
+async def _admin_json(port: int) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"stats json\r\n")
+    data = b""
+    while not data.endswith(b".\n"):
+        data += await stream.receive_some(65536)
+    await stream.aclose()
+    return data
+
+
 async def test_slow_watcher_over_the_wire_is_dropped(nursery: trio.Nursery) -> None:
     """A watcher that reads nothing is disconnected once its output passes the bound;
     every submit is still answered (the server never waits for it)."""
@@ -302,6 +314,9 @@ async def test_slow_watcher_over_the_wire_is_dropped(nursery: trio.Nursery) -> N
         while srv.events.watchers:
             await trio.sleep(0.01)
     assert srv.events.watchers_dropped == 1
+    stats = json.loads((await _admin_json(port)).split(b"\n")[0])
+    assert stats["events"]["watchers_dropped"] == 1 and stats["events"]["watchers"] == 0
+    assert stats["events"]["emitted"] >= 1
     assert not srv.manager.log_jobs or srv.manager.logging_jobs
     sock.close()
     await client.aclose()
