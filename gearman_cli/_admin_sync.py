@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _socket
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from protocol import NEED_DATA, AdminCommand, ConnectionClosed, Parser, RemoteProtocolError
@@ -171,6 +172,21 @@ class Admin:
 
     def maxqueue(self, function: str | bytes, *sizes: int) -> None:
         self.command(maxqueue_line(function, sizes), is_list=False)
+
+    def watch_lines(self, command: str | bytes) -> Iterator[bytes]:
+        """Send a ``watch`` line; yield each event line (JSON) until the connection ends.
+        ``AdminError`` when the server refuses it."""
+        checked(self.raw(command, is_list=False))
+        while (line := self._line()) is not None:
+            yield line
+
+    def watch(self, *functions: str | bytes) -> Iterator[dict[str, Any]]:
+        """``watch [FUNCTION ...]`` (our gearmand): each job event as a dict, for ever
+        (the connection is given over to it). See ``AsyncAdmin.watch``."""
+        import json
+
+        for line in self.watch_lines(b" ".join([b"watch", *(word(f) for f in functions)])):
+            yield json.loads(line)
 
     def shutdown(self, graceful: bool = False) -> None:
         with contextlib.suppress(ConnectionLostError):

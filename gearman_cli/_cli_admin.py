@@ -137,6 +137,9 @@ class AdminRun:
         try:
             with admin:
                 for command in opts.commands:
+                    if command.line.split(" ")[0] == "watch":
+                        self.watch(admin, command)
+                        continue
                     shutdown = command.line.startswith("shutdown")
                     try:
                         reply = admin.raw(command.line)
@@ -160,6 +163,18 @@ class AdminRun:
             self.out.write(_dumps(self.results) + b"\n")
         self.out.flush()
         return int(self.status)
+
+    def watch(self, admin: Admin, command: AdminCommand) -> None:
+        """``--watch``: print each event line as it comes, until the connection ends
+        (or Ctrl-C)."""
+        from ._errors import AdminError
+
+        try:
+            for line in admin.watch_lines(command.line):
+                self.out.write(line + b"\n")
+                self.out.flush()
+        except AdminError as exc:
+            self.show(command, AdminReply("err", (b"ERR " + exc.reply.encode(),)))
 
     def fail(self, message: str, code: ExitCode = ExitCode.NO_SERVER) -> int:
         # Replies already printed stay; with --json nothing goes to stdout on an error.

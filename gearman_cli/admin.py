@@ -20,7 +20,10 @@ With trio, several commands on one connection::
 from __future__ import annotations
 
 import contextlib
+import json
+from collections.abc import AsyncIterator
 from types import TracebackType
+from typing import Any
 
 import trio
 
@@ -194,6 +197,30 @@ class AsyncAdmin:
     async def maxqueue(self, function: str | bytes, *sizes: int) -> None:
         """``maxqueue F [all | high normal [low]]``; no size resets to unlimited."""
         await self.command(maxqueue_line(function, sizes), is_list=False)
+
+    async def watch(self, *functions: str | bytes) -> AsyncIterator[dict[str, Any]]:
+        """``watch [FUNCTION ...]`` (our gearmand): each job life-cycle event, as a dict,
+        of the given functions (all when none) until the connection ends. The connection
+        is given over to the events: use one ``AsyncAdmin`` for nothing else. ``AdminError``
+        when the server refuses (the C gearmand: ``UNKNOWN_COMMAND``)::
+
+            async with AsyncAdmin("127.0.0.1:4730") as admin:
+                async for event in admin.watch("reverse"):
+                    print(event["event"], event["handle"], event.get("run"))
+        """
+        line = b" ".join([b"watch", *(word(f) for f in functions)])
+        async with self._lock:
+            await self.connect()
+            assert self._stream is not None
+            try:
+                await self._stream.send_all(line + b"\r\n")
+            except (OSError, trio.BrokenResourceError) as exc:
+                raise ConnectionLostError(f"admin connection lost: {exc!r}") from exc
+            reply = ReplyReader(False).feed(await self._line())
+            assert reply is not None
+            checked(reply)
+            while (event := await self._line()) is not None:
+                yield json.loads(event)
 
     async def shutdown(self, graceful: bool = False) -> None:
         """``shutdown`` [``graceful``] (our server; the C gearmand answers UNKNOWN_COMMAND).

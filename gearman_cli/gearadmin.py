@@ -100,6 +100,9 @@ OPTIONS = [
     _flag("--shutdown", "Shut the server down (our gearmand)."),
     _flag("--shutdown-graceful",
           "Stop accepting, finish running work, then shut down (our gearmand)."),
+    Option("--watch", dest="watch",
+           help="Stream job events (our gearmand) as JSON lines until Ctrl-C; the "
+                "arguments, if any, are the functions to watch."),
     Option("--json", dest="json", help="Print every reply as one JSON array on stdout."),
     Option("--top", dest="top",
            help="A live view of the servers' functions (queued, running, workers, rates, "
@@ -132,9 +135,9 @@ def parse(argv: Sequence[str]) -> AdminOptions | TopOptions | None:
     from ._cli_options import AdminCommand, AdminOptions
     from ._servers import ServerAddress
 
-    if parsed.args:
-        raise UsageError(f"Got unexpected extra argument ({' '.join(parsed.args)})")
     v = parsed.values
+    if parsed.args and not v["watch"]:
+        raise UsageError(f"Got unexpected extra argument ({' '.join(parsed.args)})")
     if v["ssl"]:
         raise UsageError("-S: TLS is not supported yet")
     # Commands in the order given (the reference runs them in a fixed order).
@@ -150,6 +153,11 @@ def parse(argv: Sequence[str]) -> AdminOptions | TopOptions | None:
             commands.append(AdminCommand(flag, f"{line} {value}"))
         else:
             commands.append(AdminCommand(flag, line))
+    if v["watch"]:
+        if any(not f or any(c.isspace() for c in f) for f in parsed.args):
+            raise UsageError("Invalid value for '--watch': each function must be one word")
+        # Last whatever its place: it does not end.
+        commands.append(AdminCommand("--watch", " ".join(["watch", *parsed.args])))
     try:
         port = _port(v["port"])
     except ValueError as exc:

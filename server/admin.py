@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 from protocol import AdminCommand
 from protocol import admin as text
 
 from . import stats
+from .events import LinePeer
 from .manager import Conn, Manager
 
 #: The reference closes the connection past five words; we answer instead (decisions.md).
@@ -50,7 +52,7 @@ def handle_admin(ctx: AdminContext, conn: Conn, cmd: AdminCommand) -> bytes:
     words = cmd.words
     if not words:
         return text.unknown_command(b"")
-    if len(words) > MAX_WORDS:
+    if len(words) > MAX_WORDS and cmd.name != "watch":
         return text.err("TOO_MANY_ARGUMENTS", "Too many words in the command line")
     name = cmd.name
     handler = _COMMANDS.get(name)
@@ -220,6 +222,17 @@ def _shutdown(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
     return text.ok()
 
 
+def _watch(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    """``watch [FUNCTION ...]``: ``OK``, then one JSON line per job event (of those
+    functions only, when named) until the connection closes (``server.events``)."""
+    events = ctx.manager.events
+    peer = conn.peer
+    if events is None or not hasattr(peer, "out"):
+        return text.err("NOT_SUPPORTED", "watch is served on the Gear port only")
+    events.watch(conn.id, cast(LinePeer, peer), frozenset(words[1:]))
+    return text.ok()
+
+
 _COMMANDS: dict[str, Callable[[AdminContext, Conn, tuple[bytes, ...]], bytes]] = {
     "cancel": _cancel,
     "create": _create,
@@ -229,5 +242,6 @@ _COMMANDS: dict[str, Callable[[AdminContext, Conn, tuple[bytes, ...]], bytes]] =
     "verbose": _verbose,
     "version": _version,
     "shutdown": _shutdown,
+    "watch": _watch,
 }
 _MUTATING = frozenset({"shutdown", "cancel", "drop", "maxqueue", "create"})

@@ -16,14 +16,31 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from protocol import PacketType
+
 from .admin import AdminContext
 from .config import ServerConfig
+from .events import Events
 from .gear import GearFrontEnd
 from .host import Address, FrontEnd
 from .manager import Limits, Manager
 from .persistence import Persistence
 
 log = logging.getLogger(__name__)
+
+
+class _InternalPeer:
+    """The ``Peer`` of the server's own connection (``--events-function``): replies dropped."""
+
+    def deliver(self, ptype: PacketType, *args: bytes) -> None:
+        if ptype is PacketType.ERROR:
+            log.warning("events: submit refused: %s", args[-1].decode("utf-8", "replace"))
+
+    def hold(self) -> object:
+        return None
+
+    def release(self, hold: object, ptype: PacketType, *args: bytes) -> None:
+        self.deliver(ptype, *args)
 
 
 class Server:
@@ -39,6 +56,12 @@ class Server:
             limits=Limits(max_name=config.max_name_length, max_functions=config.max_functions,
                           max_worker_functions=config.max_worker_functions),
         )
+        self.events = Events(config.events_buffer, config.events_payloads,
+                             config.events_function.encode()
+                             if config.events_function is not None else None)
+        self._manager.attach_events(self.events)
+        if config.events_function is not None:
+            self.events.add_hook(self._events_hook(config.events_function.encode()))
         self._admin = AdminContext(
             manager=self._manager,
             version=config.version,
@@ -62,6 +85,18 @@ class Server:
         self._timer_target = math.inf
         self._flush_wake = trio.Event()
         self._flush_scheduled = False
+
+    def _events_hook(self, function: bytes) -> Callable[[bytes], None]:
+        """``--events-function``: each event a background job to ``function``, submitted
+        on an internal connection (whose replies nobody reads)."""
+        manager = self._manager
+        conn = manager.connect(_InternalPeer(), "internal", 0)
+        conn.client_id = b"events"
+
+        def submit(line: bytes) -> None:
+            manager.submit(conn, function, b"", line, 1, True, time.time())
+
+        return submit
 
     def _extra_frontends(self) -> list[FrontEnd]:
         config = self._config

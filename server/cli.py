@@ -265,6 +265,13 @@ PARAMS: list[click.Parameter] = [
     _opt("--metrics-port", section=OURS, type=_Int(0), default=None, metavar="PORT",
          help="Serve GET /metrics (Prometheus text format) on this port at the -L "
               "addresses (0 picks a free port). Off by default."),
+    _opt("--events-function", section=OURS, default=None, metavar="NAME",
+         help="Submit each job life-cycle event (a JSON object) as a background job to "
+              "function NAME, so any worker of NAME is an event hook. Off by default."),
+    _opt("--events-payloads", section=OURS, is_flag=True,
+         help="Events carry the first 256 bytes of job data and results (as text)."),
+    _opt("--events-buffer", section=OURS, type=_Int(1), default=_default("events_buffer"),
+         metavar="N", help="Events pending delivery before new ones are dropped (counted)."),
     _opt("--memcached-port", section=MEMCACHED, type=_Int(0), default=11211,
          metavar="PORT", help="Port to listen on (with -r memcached)."),
     _opt("-p", "--port", section=GEAR, default=DEFAULT_PORT, metavar="PORT",
@@ -434,6 +441,10 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         if (values[port_option] or 0) > 65535:
             flag = "--" + port_option.replace("_", "-")
             raise CliError(f"invalid value for {flag}: it must be at most 65535")
+    events_function = values["events_function"]
+    if events_function is not None and (not events_function or any(
+            c.isspace() or not c.isprintable() for c in events_function)):
+        raise CliError("invalid value for --events-function: it must be one word")
     if values["hashtable_buckets"] <= 0:
         raise CliError("hashtable-buckets has to be greater than 0")
 
@@ -493,6 +504,9 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         http_port=values["http_port"],
         memcached_port=values["memcached_port"],
         metrics_port=values["metrics_port"],
+        events_function=values["events_function"],
+        events_payloads=values["events_payloads"],
+        events_buffer=values["events_buffer"],
         **prefix_kw,
     )
     return Invocation(

@@ -76,3 +76,10 @@ class ServerConfig:
     #: How the Gear front-end reads its connections: "auto" (epoll where the platform
     #: has it), "epoll" or "streams" (a trio task per connection; portable).
     transport: str = "auto"
+    #: ``--events-function``: each job life-cycle event is submitted as a background job
+    #: to this function (None = no such hook).
+    events_function: str | None = None
+    #: ``--events-payloads``: events carry the first 256 bytes of data and results.
+    events_payloads: bool = False
+    #: ``--events-buffer``: events pending delivery before new ones are dropped.
+    events_buffer: int = 10_000

@@ -30,6 +30,7 @@ from .jobs import (
     Peer,
     StatsTable,
     by_unique_add,
+    by_unique_index,
     index_key,
     log_job,
     name_problem,
@@ -215,7 +216,7 @@ class JobCore:
         if self.log_jobs:
             kind = ", background" if background else ""
             self.job_log(job, f"submitted: function {function!r}, unique {unique!r}, "
-                         f"priority {priority}{kind}", conn, data)
+                         f"priority {priority}{kind}", conn, data, now, "submitted")
         if not background:
             job.clients.append(conn)
             conn.attached.add(job)
@@ -251,9 +252,9 @@ class JobCore:
                 return
         conn.peer.deliver(PT.JOB_CREATED, job.handle)
 
-    def job_log(self, job: Job, event: str, conn: Conn | None = None,
-                data: bytes | None = None) -> None:
-        """One INFO line of a job's life (callers check ``log_jobs`` first)."""
+    def job_log(self, job: Job, event: str, conn: Conn | None = None, data: bytes | None = None,
+                now: float = 0.0, kind: str = "") -> None:
+        """One INFO line of a job's life, and event ``kind`` (``Manager``); check ``log_jobs``."""
         log_job(log, job, event, conn, data, self.log_payloads)
 
     def _index(self, job: Job, key: tuple[bytes, ...]) -> None:
@@ -286,10 +287,7 @@ class JobCore:
         """The job a submit with this unique would join, in any function; the oldest
         when several functions have one (as the reference's first match)."""
         if self.by_unique is None:
-            self.by_unique = {}
-            for key, job in self.unique_index.items():
-                if len(key) == 2:
-                    by_unique_add(self.by_unique, key[1], job)
+            self.by_unique = by_unique_index(self.unique_index)
         same = self.by_unique.get(unique)
         if isinstance(same, list):
             return min(same, key=lambda j: j.number)
@@ -432,8 +430,8 @@ class JobCore:
                 continue
             worker = timed.worker
             if worker is not None and timed.assignment == assignment:
-                log.info("job %s timed out on connection %d; requeued",
-                         timed.handle.decode("latin-1"), worker.id)
+                if self.log_jobs:
+                    self.job_log(timed, "timed out", worker, None, now, "timed_out")
                 timed.function.stats.timed_out += 1
                 self._lost(timed, worker, now)
 
@@ -513,7 +511,7 @@ class JobCore:
 
     def _assign(self, job: Job, conn: Conn, now: float) -> None:
         if self.log_jobs:
-            self.job_log(job, "assigned", conn)
+            self.job_log(job, "assigned", conn, None, now, "started")
         job.function.stats.waited(now - job.stamp)
         job.worker, job.stamp = conn, now
         job.assignment += 1
@@ -557,20 +555,22 @@ class JobCore:
 
     def _lost(self, job: Job, worker: Conn, now: float) -> None:
         """The worker running ``job`` is gone or gave up: requeue, or fail after retries."""
-        if self.log_jobs:
-            self.job_log(job, "lost its worker", worker)
         worker.assigned.pop(job.handle, None)
         job.worker = None
         job.function.running -= 1
         job.numerator = job.denominator = b"0"
-        if job.cancelled or (not job.background and not job.clients):
+        gone = job.cancelled or (not job.background and not job.clients)
+        job.retries += not gone
+        limit = self.job_retries
+        failed = not gone and limit is not None and job.retries >= max(limit, 1)
+        if self.log_jobs:
+            self.job_log(job, f"failed after {job.retries} retries" if failed else
+                         "lost its worker", worker, None, now,
+                         "dropped" if gone else "failed" if failed else "requeued")
+        if gone:
             self._forget(job)
             return
-        job.retries += 1
-        limit = self.job_retries
-        if limit is not None and job.retries >= max(limit, 1):
-            log.info("job %s failed after %d retries", job.handle.decode("latin-1"),
-                     job.retries)
+        if failed:
             job.function.stats.failed += 1
             if job.clients:
                 self._broadcast(job, PT.WORK_FAIL, job.handle)
@@ -593,7 +593,7 @@ class JobCore:
         """Nobody can still want ``job``: out of the unique index at once, so a later
         submit gets a fresh job; out of its queue now, or discarded when its worker ends."""
         if self.log_jobs:
-            self.job_log(job, "dropped: no client waits for it any more")
+            self.job_log(job, "dropped: no client waits for it any more", kind="dropped")
         self._unindex(job)
         if job.queued:
             self._abandon(job)

@@ -353,6 +353,9 @@ class GearFrontEnd:
 
     def flush(self) -> None:
         """Write out every peer that was delivered to since the last flush."""
+        events = self.manager.events
+        if events is not None and events.queue:
+            events.drain()
         dirty = self._dirty
         while dirty:
             batch = dirty[:]

@@ -318,6 +318,15 @@ def by_unique_add(index: dict[bytes, Job | list[Job]], unique: bytes, job: Job) 
         index[unique] = [same, job]
 
 
+def by_unique_index(unique_index: dict[tuple[bytes, ...], Job]) -> dict[bytes, Job | list[Job]]:
+    """The ``by_unique`` index built from the unique index (its "-" entries left out)."""
+    index: dict[bytes, Job | list[Job]] = {}
+    for key, job in unique_index.items():
+        if len(key) == 2:
+            by_unique_add(index, key[1], job)
+    return index
+
+
 def parse_int(raw: bytes) -> int | None:
     """Leading decimal digits as C's strtoll reads them: garbage reads as 0.
 

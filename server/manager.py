@@ -15,6 +15,7 @@ from typing import Final
 from protocol import SUBMIT_KINDS, PacketType
 
 from .core import PRIORITIES, JobCore
+from .events import Events
 from .jobs import MAX_HANDLE, MAX_UNIQUE, Conn, Function, Job, Limits, Peer, next_cron_time
 from .jobs import parse_int as _parse_int
 
@@ -75,11 +76,41 @@ class Manager(JobCore):
             self._dispatch[ptype] = self._submit_packet(ptype)
         #: Connections ever opened (``conns`` holds those open now).
         self.connections_total = 0
+        #: Job life-cycle events (``attach_events``); None = never emitted.
+        self.events: Events | None = None
+        #: Job lines are logged (``log_jobs`` is also on while events are listened to).
+        self.logging_jobs = self.log_jobs
 
     def connect(self, peer: Peer, address: str = "-", port: int = 0) -> Conn:
         """Register a new connection (and count it)."""
         self.connections_total += 1
         return super().connect(peer, address, port)
+
+    def disconnect(self, conn: Conn, now: float) -> None:
+        """Forget a connection (and its ``watch``, if any)."""
+        super().disconnect(conn, now)
+        if self.events is not None and self.events.watchers:
+            self.events.unwatch(conn.id)
+
+    # ------------------------------------------------------------------ events
+
+    def attach_events(self, events: Events) -> None:
+        """Emit job life-cycle events into ``events`` while anyone listens to them."""
+        self.events = events
+        events.on_change = self._events_changed
+        self._events_changed()
+
+    def _events_changed(self) -> None:
+        # The one flag the hot paths check: on for logging, or while events are listened to.
+        self.log_jobs = self.logging_jobs or (self.events is not None and self.events.active)
+
+    def job_log(self, job: Job, event: str, conn: Conn | None = None, data: bytes | None = None,
+                now: float = 0.0, kind: str = "") -> None:
+        if self.logging_jobs:
+            super().job_log(job, event, conn, data)
+        events = self.events
+        if kind and events is not None and events.active:
+            events.emit(kind, job, now, conn, data)
 
     # ------------------------------------------------------------------ packets
 
@@ -236,7 +267,7 @@ class Manager(JobCore):
         for client in job.clients:  # _broadcast, inline on this hot path
             client.peer.deliver(PT.WORK_COMPLETE, *args)
         if self.log_jobs:
-            self.job_log(job, "complete", conn, args[1])
+            self.job_log(job, "complete", conn, args[1], now, "completed")
         job.function.stats.completed += 1
         self._finish(job, now)
 
@@ -247,7 +278,7 @@ class Manager(JobCore):
         if job.clients:
             self._broadcast(job, PT.WORK_FAIL, job.handle)
         if self.log_jobs:
-            self.job_log(job, "failed (WORK_FAIL)", conn)
+            self.job_log(job, "failed (WORK_FAIL)", conn, None, now, "failed")
         job.function.stats.failed += 1
         self._finish(job, now)
 
@@ -263,7 +294,8 @@ class Manager(JobCore):
                 client.peer.deliver(PT.WORK_FAIL, job.handle)
         if self.log_jobs:
             text = args[1][:256].decode("utf-8", "replace")
-            self.job_log(job, f"raised an exception: {text!r}", conn, args[1])
+            self.job_log(job, f"raised an exception: {text!r}", conn, args[1], now,
+                         "exception")
         job.function.stats.exceptions += 1
         self._finish(job, now)
 
@@ -327,7 +359,7 @@ class Manager(JobCore):
         if job is None:
             return False
         if self.log_jobs:
-            self.job_log(job, "cancelled by the admin")
+            self.job_log(job, "cancelled by the admin", kind="cancelled")
         job.cancelled = True
         job.function.stats.cancelled += 1
         if job.clients:

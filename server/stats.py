@@ -82,7 +82,8 @@ def document(manager: Manager, *, version: str, uptime: float, now: float) -> di
             "queue_wait_seconds": _histogram(st.wait, st.wait_sum),
             "run_seconds": _histogram(st.run, st.run_sum),
         }
-    return {
+    events = manager.events
+    doc: dict[str, object] = {
         "version": version,
         "uptime_seconds": round(uptime, 3),
         "connections": len(manager.conns),
@@ -90,6 +91,11 @@ def document(manager: Manager, *, version: str, uptime: float, now: float) -> di
         "buckets": [*BUCKETS, "+Inf"],
         "functions": report,
     }
+    if events is not None:
+        doc["events"] = {"emitted": events.emitted, "dropped": events.dropped,
+                         "watchers": len(events.watchers),
+                         "watchers_dropped": events.watchers_dropped}
+    return doc
 
 
 def json_reply(manager: Manager, *, version: str, uptime: float, now: float) -> bytes:
