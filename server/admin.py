@@ -36,6 +36,9 @@ class AdminContext:
     clock: Callable[[], float] = time.time
     #: When the server started (``clock`` time), for the uptime.
     started: float = dataclasses.field(default_factory=time.time)
+    #: The server's own counters beyond the core's (traffic, store commits), for the
+    #: statistics; set by the server.
+    server_stats: Callable[[], dict[str, object]] | None = None
 
     def uptime(self, now: float) -> float:
         return max(0.0, now - self.started)
@@ -111,7 +114,8 @@ def _stats(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> Iterator[
     now = ctx.clock()
     if len(words) == 2 and words[1].lower() == b"json":
         yield stats.json_reply(ctx.manager, version=ctx.version, uptime=ctx.uptime(now),
-                               now=now)
+                               now=now,
+                               server=ctx.server_stats() if ctx.server_stats else None)
         return
     if len(words) > 1:
         yield text.invalid_arguments(words[0])

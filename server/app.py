@@ -69,6 +69,7 @@ class Server:
             pid=os.getpid(),
             shutdown=self.shutdown,
             admin_from_anywhere=config.admin_from_anywhere,
+            server_stats=self.server_stats,
         )
         #: Where the Gear front-end listens, once serving.
         self.addresses: list[Address] = []
@@ -90,7 +91,7 @@ class Server:
         """``--events-function``: each event a background job to ``function``, submitted
         on an internal connection (whose replies nobody reads)."""
         manager = self._manager
-        conn = manager.connect(_InternalPeer(), "internal", 0)
+        conn = manager.connect(_InternalPeer(), "internal", 0, "internal")
         conn.client_id = b"events"
 
         def submit(line: bytes) -> None:
@@ -115,6 +116,24 @@ class Server:
             from .http import MetricsFrontEnd
             extra.append(MetricsFrontEnd(self, config.metrics_port))
         return extra
+
+    def server_stats(self) -> dict[str, object]:
+        """Counters beyond the core's: Gear traffic and the store's commits."""
+        packets_in, bytes_in, packets_out, bytes_out = self.gear.traffic
+        report: dict[str, object] = {
+            "gear": {"packets_in": packets_in, "bytes_in": bytes_in,
+                     "packets_out": packets_out, "bytes_out": bytes_out},
+        }
+        if self.persistence is not None:
+            writer = self.persistence.writer
+            report["store"] = {
+                "queue": self._config.queue_type, "commits": writer.commits,
+                "failures": writer.failures, "batch_jobs_sum": writer.batch_jobs_sum,
+                "commit_seconds": {"counts": list(writer.commit_seconds),
+                                   "count": writer.commits,
+                                   "sum": writer.commit_seconds_sum},
+            }
+        return report
 
     # ------------------------------------------------------------------ the Host
 

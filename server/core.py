@@ -153,8 +153,7 @@ class JobCore:
 
     def name_problem(self, name: bytes,
                      what: bytes = b"Function name") -> tuple[bytes, bytes] | None:
-        """Why a function name (or client id) from a peer is refused, as an ERROR's code
-        and text; None when it is fine."""
+        """Why a function name (or client id) from a peer is refused (``jobs``), or None."""
         return name_problem(name, self.limits.max_name, what)
 
     def _release(self, name: bytes) -> None:
@@ -258,9 +257,7 @@ class JobCore:
         log_job(log, job, event, conn, data, self.log_payloads)
 
     def _index(self, job: Job, key: tuple[bytes, ...]) -> None:
-        """Put ``job`` in the unique index, and (unless it is the "-" form, which
-        coalesces by data) in ``by_unique``: the job itself, or a list of the jobs of
-        several functions that share the unique (rare), so one job costs no list."""
+        """Put ``job`` in the unique index, and in ``by_unique`` (``jobs.by_unique_add``)."""
         job.index_key = key
         self.unique_index[key] = job
         if self.by_unique is not None and len(key) == 2:
@@ -375,6 +372,7 @@ class JobCore:
         job.queued = True
         fn.queues[job.priority].append(job)
         fn.live[job.priority] += 1
+        fn.bytes_queued += len(job.data)
         if fn.sleepers:
             self._wake(fn)
 
@@ -503,6 +501,7 @@ class JobCore:
                         continue
                     job.queued = False
                     fn.live[prio] -= 1
+                    fn.bytes_queued -= len(job.data)
                     fn.running += 1
                     conn.rotation = idx + 1
                     self._assign(job, conn, now)
@@ -609,6 +608,7 @@ class JobCore:
         prio = job.priority
         job.queued = False
         fn.live[prio] -= 1
+        fn.bytes_queued -= len(job.data)
         fn.dead[prio] += 1
         queue = fn.queues[prio]
         if fn.dead[prio] >= _COMPACT_MIN and fn.dead[prio] * 2 > len(queue):

@@ -1,20 +1,13 @@
 """The Gear front-end: the binary protocol and the text admin protocol on one port.
 
 A codec (``protocol.Parser`` in, ``\\0RES`` packets and admin lines out) plus a translator
-onto ``Manager.handle_packet`` and ``admin.handle_admin``. Each connection's replies go to
-its ``GearPeer`` buffer; the front-end writes every peer that was delivered to once per
-batch of events (one write system call per peer per batch). A peer that stops reading is
-paused past ``--max-outgoing-buffer``, then dropped past four times that.
-
-Two transports read the connections, chosen automatically:
-
-- ``epoll`` (Linux): one reactor task over an epoll set that holds each connection's fd
-  for its whole life; it reads whichever are ready and handles every complete event of
-  each read before the next. One task instead of a reader task per connection saves, per
-  read, a task switch and the two epoll_ctl calls trio makes for each wait (server CPU
-  per job down by a third in round trips).
-- ``streams`` (anywhere else, or ``ServerConfig.transport``): a reader task per
-  connection over trio's socket streams. Same parsing, same output path.
+onto ``Manager.handle_packet`` and ``admin.handle_admin``. Replies go to each connection's
+``GearPeer`` buffer, written once per batch of events (one write per peer per batch);
+back-pressure and bounds are in docs/architecture.md. Two transports, chosen
+automatically: ``epoll`` (Linux: one reactor task over an epoll set holding every
+connection's fd, which saves a task switch and two epoll_ctl calls per read; server CPU
+per job down by a third) and ``streams`` (a reader task per connection over trio's
+socket streams; anywhere else, or ``ServerConfig.transport``).
 """
 
 from __future__ import annotations
@@ -97,11 +90,11 @@ class GearPeer:
     __slots__ = ("_holds", "_wake", "_write_scope", "broken", "cid", "closed", "closing",
                  "conn", "dirty", "fd", "hard_limit", "last_read", "limit", "on_drained", "out",
                  "over", "overfull", "parser", "paused", "reader_scope", "resumed", "stream",
-                 "waiters", "waiting_on", "write_timeout", "held")
+                 "waiters", "waiting_on", "write_timeout", "held", "traffic")
 
     def __init__(self, stream: trio.SocketStream, limit: int, dirty: list[GearPeer],
                  parser: Parser, overfull: list[GearPeer] | None = None,
-                 write_timeout: float = 0) -> None:
+                 write_timeout: float = 0, traffic: list[int] | None = None) -> None:
         self.stream = stream
         self.fd = stream.socket.fileno()
         self.out = bytearray()
@@ -115,6 +108,8 @@ class GearPeer:
         self._holds: deque[GearHold] = deque()
         #: Bytes delivered behind holds, not yet in ``out``.
         self.held = 0
+        #: The front-end's counters, shared: packets in, bytes in, packets out, bytes out.
+        self.traffic = traffic if traffic is not None else [0, 0, 0, 0]
         self.closing = False
         self.broken = False
         #: The connection task has finished with this peer.
@@ -149,6 +144,7 @@ class GearPeer:
         # The core's arguments hold no NUL but in the last (see _ENCODE), so no checks.
         payload = b"\0".join(args)
         data = _RES_PREFIX[ptype] + _pack_size(len(payload)) + payload
+        self.traffic[2] += 1
         # ``write``'s common case inline: this runs for every reply.
         out = self.out
         if self.broken or self._holds or len(out) > self.limit:
@@ -199,6 +195,7 @@ class GearPeer:
         return hold
 
     def release(self, hold: object, ptype: PacketType, *args: bytes) -> None:
+        self.traffic[2] += 1
         self.release_raw(hold, _ENCODE[ptype](*args))  # type: ignore[misc]
 
     def release_raw(self, hold: object, data: bytes) -> None:
@@ -244,6 +241,7 @@ class GearPeer:
             out.clear()
             self._wake.set()
             return
+        self.traffic[3] += written
         if written == len(out):
             out.clear()
         else:
@@ -284,6 +282,7 @@ class GearPeer:
                         self.broken = True
                         break
                     del out[:written]
+                    self.traffic[3] += written
                     self._check_drained()
                 if self.broken or (self.closing and not self._holds):
                     return
@@ -319,6 +318,8 @@ class GearFrontEnd:
         self._dirty: list[GearPeer] = []
         #: Peers whose output passed their bound during the current batch.
         self._overfull: list[GearPeer] = []
+        #: Packets in, bytes in, packets out, bytes out (statistics; every Gear peer adds).
+        self.traffic = [0, 0, 0, 0]
         self._epoll = select.epoll() if self.transport == "epoll" else None
         self._readers: dict[int, GearPeer] = {}
         self._reading = trio.CancelScope()
@@ -371,7 +372,7 @@ class GearFrontEnd:
         config = self.config
         peer = GearPeer(stream, config.max_outgoing_buffer, self._dirty,
                         Parser(max_packet_size=config.max_packet_size), self._overfull,
-                        config.write_timeout)
+                        config.write_timeout, self.traffic)
         conn = self.manager.connect(peer, address, port)
         peer.cid = conn.id
         peer.conn = conn
@@ -541,6 +542,7 @@ class GearFrontEnd:
     def _receive(self, peer: GearPeer, data: bytes, now: float) -> None:
         """Handle every complete event in what a peer sent; a bug costs this connection,
         never the server."""
+        self.traffic[1] += len(data)
         try:
             self._events(peer, data, now)
         except Exception:
@@ -558,12 +560,14 @@ class GearFrontEnd:
         handle_packet = self.manager.handle_packet
         req = Magic.REQ
         packet_type = Packet
+        traffic = self.traffic
         try:
             while True:
                 event = parser.next_event()
                 if event is NEED_DATA:
                     break
                 if type(event) is packet_type:
+                    traffic[0] += 1
                     magic, ptype, args = event
                     if self._debug:
                         log.debug("connection %d: %s", conn.id, event)
@@ -574,6 +578,7 @@ class GearFrontEnd:
                 elif isinstance(event, AdminCommand):
                     if self._debug:
                         log.debug("connection %d: admin %r", conn.id, event.line)
+                    conn.admin = True
                     listing = admin_listing(self.host.admin, conn, event)
                     if listing is None:
                         peer.write(handle_admin(self.host.admin, conn, event))

@@ -99,7 +99,7 @@ class HttpConnection:
         #: Bytes of answer held for this client (pending packets or a collected body).
         self.limit = config.max_packet_size + 4 * config.max_outgoing_buffer
         self.peer = PacketPeer(self.limit)
-        self.conn = self.manager.connect(self.peer, address, port)
+        self.conn = self.manager.connect(self.peer, address, port, "http")
         # decisions.md: an HTTP client hears of exceptions (500 with the text), not WORK_FAIL.
         self.conn.exceptions = True
         self.cid = self.peer.cid = self.conn.id

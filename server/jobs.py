@@ -72,7 +72,7 @@ class Conn:
 
     __slots__ = (
         "id", "peer", "address", "port", "client_id", "exceptions", "abilities", "rotation",
-        "sleeping", "noop_sent", "assigned", "attached", "closed",
+        "sleeping", "noop_sent", "assigned", "attached", "closed", "kind", "admin",
     )
 
     def __init__(self, conn_id: int, peer: Peer, address: str = "-", exceptions: bool = False,
@@ -82,6 +82,10 @@ class Conn:
         #: The peer's address as accept(2) gave it ("-" when unknown: never trusted).
         self.address = address
         self.port = port
+        #: The front-end it came in by: "gear", "http", "memcached" or "internal".
+        self.kind = "gear"
+        #: It sent an admin text command (statistics: connections by kind).
+        self.admin = False
         self.client_id = b"-"
         self.exceptions = exceptions
         #: function name -> timeout in seconds (None = no timeout), most recent last.
@@ -177,7 +181,7 @@ class Function:
     """A function name's queues, workers and limits (spec §2.1)."""
 
     __slots__ = ("name", "queues", "live", "dead", "running", "workers", "sleepers",
-                 "maxqueue", "scheduled", "storing", "pinned", "stats")
+                 "maxqueue", "scheduled", "storing", "pinned", "bytes_queued", "stats")
 
     def __init__(self, name: bytes, stats: FunctionStats | None = None) -> None:
         self.name = name
@@ -201,6 +205,8 @@ class Function:
         self.maxqueue = [0, 0, 0]
         #: Created by the admin (``create function``): kept when nothing refers to it.
         self.pinned = False
+        #: Payload bytes of the jobs live in the ready queues (statistics).
+        self.bytes_queued = 0
 
     @property
     def queued(self) -> int:

@@ -74,17 +74,38 @@ class Manager(JobCore):
         }
         for ptype in SUBMIT_KINDS:
             self._dispatch[ptype] = self._submit_packet(ptype)
-        #: Connections ever opened (``conns`` holds those open now).
+        #: Connections ever opened (``conns`` holds those open now), and by front-end.
         self.connections_total = 0
+        self.connections_by_kind: dict[str, int] = {}
         #: Job life-cycle events (``attach_events``); None = never emitted.
         self.events: Events | None = None
         #: Job lines are logged (``log_jobs`` is also on while events are listened to).
         self.logging_jobs = self.log_jobs
 
-    def connect(self, peer: Peer, address: str = "-", port: int = 0) -> Conn:
-        """Register a new connection (and count it)."""
+    def connect(self, peer: Peer, address: str = "-", port: int = 0,
+                kind: str = "gear") -> Conn:
+        """Register a new connection (and count it, by the front-end it came in by)."""
         self.connections_total += 1
-        return super().connect(peer, address, port)
+        self.connections_by_kind[kind] = self.connections_by_kind.get(kind, 0) + 1
+        conn = super().connect(peer, address, port)
+        conn.kind = kind
+        return conn
+
+    def connections_now(self) -> dict[str, int]:
+        """Open connections by what they are: workers (they registered functions),
+        admin (they sent admin commands), clients (other Gear connections), and those of
+        the HTTP and memcached front-ends."""
+        counts = {"client": 0, "worker": 0, "admin": 0, "http": 0, "memcached": 0}
+        for conn in self.conns.values():
+            if conn.kind != "gear":
+                counts[conn.kind] = counts.get(conn.kind, 0) + 1
+            elif conn.abilities:
+                counts["worker"] += 1
+            elif conn.admin:
+                counts["admin"] += 1
+            else:
+                counts["client"] += 1
+        return counts
 
     def disconnect(self, conn: Conn, now: float) -> None:
         """Forget a connection (and its ``watch``, if any)."""

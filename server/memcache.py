@@ -59,7 +59,7 @@ class MemcachedConnection:
         self.stream = stream
         self.max_value = config.max_packet_size
         self.peer = PacketPeer(config.max_packet_size + 4 * config.max_outgoing_buffer)
-        self.conn = self.manager.connect(self.peer, address, port)
+        self.conn = self.manager.connect(self.peer, address, port, "memcached")
         # A failed job's reason (WORK_EXCEPTION text) is logged with the miss.
         self.conn.exceptions = True
         self.cid = self.peer.cid = self.conn.id

@@ -95,8 +95,21 @@ class StatsCollector(Collector):
         yield submitted
         yield from counters.values()
         yield from (queued, running, workers, oldest, wait, run)
+        bytes_queued = GaugeMetricFamily("gearman_queued_bytes",
+                                         "Payload bytes of the jobs ready in the queues.",
+                                         labels=fn_label)
+        for name, _, fn in stats.functions(manager):
+            bytes_queued.add_metric([stats.label(name)], fn.bytes_queued if fn else 0)
+        yield bytes_queued
         yield GaugeMetricFamily("gearman_connections", "Connections open now.",
                                 value=len(manager.conns))
+        by_kind = GaugeMetricFamily("gearman_connections_by_kind",
+                                    "Connections open now, by what they are.",
+                                    labels=["kind"])
+        for kind, count in manager.connections_now().items():
+            by_kind.add_metric([kind], count)
+        yield by_kind
+        yield from _server_metrics(ctx.server_stats() if ctx.server_stats else {})
         yield CounterMetricFamily("gearman_connections_opened", "Connections ever opened.",
                                   value=manager.connections_total)
         yield GaugeMetricFamily("gearman_uptime_seconds", "Seconds since the server started.",
@@ -105,6 +118,32 @@ class StatsCollector(Collector):
                                  labels=["version"])
         info.add_metric([ctx.version], 1)
         yield info
+
+
+def _server_metrics(report: dict[str, object]) -> Iterator[Metric]:
+    """The server's own counters (``Server.server_stats``): Gear traffic, store commits."""
+    gear = report.get("gear")
+    if isinstance(gear, dict):
+        for key, text in (("packets_in", "Packets received on the Gear port."),
+                          ("bytes_in", "Bytes received on the Gear port."),
+                          ("packets_out", "Packets sent on the Gear port."),
+                          ("bytes_out", "Bytes sent on the Gear port.")):
+            yield CounterMetricFamily(f"gearman_gear_{key}", text, value=gear[key])
+    store = report.get("store")
+    if isinstance(store, dict):
+        yield CounterMetricFamily("gearman_store_commits", "Store commits that succeeded.",
+                                  value=store["commits"])
+        yield CounterMetricFamily("gearman_store_commit_failures", "Store commits that failed.",
+                                  value=store["failures"])
+        yield CounterMetricFamily("gearman_store_committed_jobs",
+                                  "Jobs added by successful commits (over commits: the mean "
+                                  "batch size).", value=store["batch_jobs_sum"])
+        seconds = store["commit_seconds"]
+        assert isinstance(seconds, dict)
+        commit = HistogramMetricFamily("gearman_store_commit_seconds",
+                                       "How long each successful store commit took.")
+        commit.add_metric([], _buckets(seconds["counts"]), seconds["sum"])
+        yield commit
 
 
 def render(ctx: AdminContext) -> bytes:

@@ -66,7 +66,8 @@ def _histogram(counts: list[int], total: float) -> dict[str, object]:
     return {"counts": list(counts), "count": sum(counts), "sum": total}
 
 
-def document(manager: Manager, *, version: str, uptime: float, now: float) -> dict[str, object]:
+def document(manager: Manager, *, version: str, uptime: float, now: float,
+             server: dict[str, object] | None = None) -> dict[str, object]:
     """The ``stats json`` document."""
     report: dict[str, object] = {}
     for name, st, fn in functions(manager):
@@ -79,6 +80,7 @@ def document(manager: Manager, *, version: str, uptime: float, now: float) -> di
             "queued": fn.queued if fn else 0, "running": fn.running if fn else 0,
             "workers": len(fn.workers) if fn else 0,
             "oldest_queued_age_seconds": round(oldest_age(fn, now), 6),
+            "bytes_queued": fn.bytes_queued if fn else 0,
             "queue_wait_seconds": _histogram(st.wait, st.wait_sum),
             "run_seconds": _histogram(st.run, st.run_sum),
         }
@@ -88,6 +90,10 @@ def document(manager: Manager, *, version: str, uptime: float, now: float) -> di
         "uptime_seconds": round(uptime, 3),
         "connections": len(manager.conns),
         "connections_total": manager.connections_total,
+        "connections_by_kind": manager.connections_now(),
+        "connections_total_by_front_end": dict(manager.connections_by_kind),
+        "workers": worker_jobs(manager, now),
+        "server": server or {},
         "buckets": [*BUCKETS, "+Inf"],
         "functions": report,
     }
@@ -98,7 +104,25 @@ def document(manager: Manager, *, version: str, uptime: float, now: float) -> di
     return doc
 
 
-def json_reply(manager: Manager, *, version: str, uptime: float, now: float) -> bytes:
+def worker_jobs(manager: Manager, now: float) -> list[dict[str, object]]:
+    """Each worker connection: who, what it can do, and the jobs it runs since when."""
+    out: list[dict[str, object]] = []
+    for conn in sorted(manager.conns.values(), key=lambda c: c.id):
+        if not conn.abilities and not conn.assigned:
+            continue
+        out.append({
+            "connection": conn.id, "address": conn.remote,
+            "client_id": label(conn.client_id),
+            "functions": sorted(label(f) for f in conn.abilities),
+            "jobs": [{"handle": label(job.handle), "function": label(job.function.name),
+                      "running_seconds": round(max(0.0, now - job.stamp), 6)}
+                     for job in conn.assigned.values()],
+        })
+    return out
+
+
+def json_reply(manager: Manager, *, version: str, uptime: float, now: float,
+               server: dict[str, object] | None = None) -> bytes:
     """``stats json``: the document on one line, then ``.`` as every listing."""
-    doc = document(manager, version=version, uptime=uptime, now=now)
+    doc = document(manager, version=version, uptime=uptime, now=now, server=server)
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n.\n"

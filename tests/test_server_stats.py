@@ -283,3 +283,58 @@ def test_metrics_port_flag() -> None:
     assert parse_args(["--metrics-port=9100"], {}).config.metrics_port == 9100
     with pytest.raises(CliError):
         parse_args(["--metrics-port", "70000"], {})
+
+
+async def test_server_counters_traffic_store_connections_and_workers(
+        nursery: trio.Nursery, tmp_path: object) -> None:
+    """Per server: Gear packets and bytes in and out, store commits (count, batch sizes,
+    commit-time histogram), connections by kind, each worker's running job and since
+    when, and bytes queued per function; in `stats json` and in /metrics."""
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    config = ServerConfig(listen=("127.0.0.1",), port=0, metrics_port=0,
+                          queue_type="libsqlite3",
+                          queue_options=(("libsqlite3-db", str(tmp_path / "q.db")),))
+    srv = Server(config)
+    (addr, *_) = await nursery.start(srv.serve)
+    port = addr[1]
+    with trio.fail_after(20):
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        await client.send_all(b"".join(encode_req(PT.SUBMIT_JOB_BG, b"q", b"", b"x" * 10)
+                                       for _ in range(5)))
+        got = b""
+        while got.count(b"\0RES") < 5:
+            got += await client.receive_some(65536)
+        worker = await trio.open_tcp_stream("127.0.0.1", port)
+        await worker.send_all(encode_req(PT.CAN_DO, b"q") + encode_req(PT.GRAB_JOB))
+        assigned = b""
+        while b"xxxxxxxxxx" not in assigned:
+            assigned += await worker.receive_some(65536)
+        doc = json.loads((await _admin_line(port, b"stats json"))[:-3])
+        server = doc["server"]
+        assert server["gear"]["packets_in"] >= 7  # 5 submits, CAN_DO, GRAB_JOB
+        assert server["gear"]["packets_out"] >= 6  # 5 JOB_CREATED, JOB_ASSIGN
+        assert server["gear"]["bytes_in"] > 0 and server["gear"]["bytes_out"] > 0
+        store = server["store"]
+        assert store["commits"] >= 1 and store["batch_jobs_sum"] == 5
+        assert store["commit_seconds"]["count"] == store["commits"]
+        assert sum(store["commit_seconds"]["counts"]) == store["commits"]
+        assert doc["connections_by_kind"]["worker"] == 1
+        assert doc["connections_by_kind"]["client"] == 1
+        assert doc["connections_by_kind"]["admin"] == 1  # this one
+        (entry,) = doc["workers"]
+        assert entry["functions"] == ["q"] and len(entry["jobs"]) == 1
+        assert entry["jobs"][0]["function"] == "q" and entry["jobs"][0]["running_seconds"] >= 0
+        assert doc["functions"]["q"]["bytes_queued"] == 4 * 10
+        _, body = await _http_get(srv.metrics_addresses[0][1], b"/metrics")
+        m = metrics_of(body)
+        assert m[("gearman_queued_bytes", (("function", "q"),))] == 40
+        assert m[("gearman_gear_packets_in_total", ())] >= 7
+        assert m[("gearman_store_commits_total", ())] >= 1
+        assert m[("gearman_store_committed_jobs_total", ())] == 5
+        assert m[("gearman_store_commit_seconds_count", ())] >= 1
+        assert m[("gearman_connections_by_kind", (("kind", "worker"),))] == 1
+        await client.aclose()
+        await worker.aclose()
+    srv.shutdown()

@@ -7,10 +7,13 @@ applied with the next batch. Commits run in a worker thread, one at a time.
 from __future__ import annotations
 
 import logging
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
 import trio
 
+from server.jobs import BUCKETS
 from server.store.base import Store, StoredJob, StoreError
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,11 @@ class StoreWriter:
         #: Successful and failed commit calls (stats and tests).
         self.commits = 0
         self.failures = 0
+        #: Statistics of successful commits: seconds (histogram over ``BUCKETS``, +Inf
+        #: last, and the sum) and jobs added per batch (the sum; ``commits`` counts them).
+        self.commit_seconds = [0] * (len(BUCKETS) + 1)
+        self.commit_seconds_sum = 0.0
+        self.batch_jobs_sum = 0
         self._failing = False
         self._seq = 0  # issue order of adds and dones
         self._adds: list[_Pending] = []
@@ -191,6 +199,7 @@ class StoreWriter:
             # Shielded, so a cancellation can neither lose the ops taken above nor
             # abandon a commit in flight; it lands at the run loop's next checkpoint.
             # Only ``abandon()`` (a store that hangs at shutdown) gives up on it.
+            began = time.monotonic()
             with trio.CancelScope(shield=True) as scope:
                 self._commit_scope = scope
                 await trio.to_thread.run_sync(self.store.commit, added, done,
@@ -210,6 +219,10 @@ class StoreWriter:
                 pending.settle(error)
             return False
         self.commits += 1
+        took = time.monotonic() - began
+        self.commit_seconds[bisect_left(BUCKETS, took)] += 1
+        self.commit_seconds_sum += took
+        self.batch_jobs_sum += len(batch)
         self._failing = False
         for pending in batch:
             pending.settle(None)

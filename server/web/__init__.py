@@ -28,5 +28,6 @@ def page() -> bytes:
 def stats_json(ctx: AdminContext) -> bytes:
     """The ``stats json`` document, read now (without the admin reply's ``.`` line)."""
     now = ctx.clock()
-    doc = stats.document(ctx.manager, version=ctx.version, uptime=ctx.uptime(now), now=now)
+    doc = stats.document(ctx.manager, version=ctx.version, uptime=ctx.uptime(now), now=now,
+                         server=ctx.server_stats() if ctx.server_stats else None)
     return json.dumps(doc, separators=(",", ":")).encode()
