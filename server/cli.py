@@ -156,8 +156,9 @@ QUEUE_OPTIONS: tuple[_Option, ...] = tuple(_queue_opt(q, o) for q, o in registry
 REFUSED_SSL = ("ssl", "ssl_ca_file", "ssl_certificate", "ssl_key")
 
 PARAMS: list[click.Parameter] = [
-    _opt("-b", "--backlog", type=_Int(1), default=32, metavar="N",
-         help="Number of backlog connections for listen."),
+    _opt("-b", "--backlog", type=_Int(1), default=_default("backlog"), metavar="N",
+         help="Number of backlog connections for listen (the reference's default is 32; "
+              "ours is larger so that a burst of connects is not dropped)."),
     _opt("-d", "--daemon", is_flag=True,
          help="Daemon, detach and run in the background. The command returns once the "
               "server listens (exit 0) or failed to start (exit 1, with the reason)."),

@@ -19,7 +19,9 @@ class ServerConfig:
     #: Addresses to listen on; empty = all (0.0.0.0 and ::).
     listen: tuple[str, ...] = ()
     port: int = 4730
-    backlog: int = 32
+    #: listen(2) backlog: larger than the reference's 32, so a burst of connects (shell
+    #: loops of one-off clients) is queued rather than dropped (a 1 s SYN retransmit).
+    backlog: int = 1024
     #: Job handles are ``<prefix>:<n>``.
     job_handle_prefix: str = dataclasses.field(default_factory=default_handle_prefix)
     #: HEAD semantics: None = unlimited, 0 = fail on the first lost worker, N = after N retries.

@@ -48,14 +48,10 @@ log = logging.getLogger(__name__)
 # with 256 KiB against 2.4 us with 64 KiB). Level-triggered epoll reads the rest later.
 _RECEIVE_SIZE: Final = 64 * 1024
 
-#: Unchecked encoders by packet number: the core's arguments are handles, function
-#: names, uniques and numbers (no NUL: they came out of parsed packets or our own
-#: counters), then the opaque data, so the checks of ``encode_res`` are not needed.
+#: Unchecked encoders by packet number: the core's arguments hold no NUL but the last.
 _ENCODE: Final = [res_encoder(PacketType(n)) if n in PacketType._value2member_map_ else None
                   for n in range(max(PacketType) + 1)]
-#: The first 8 bytes of each ``\0RES`` packet type's header (magic and type), by type
-#: number: ``deliver`` builds the header itself, with no encoder call (the common path
-#: of every reply; ``protocol.res_encoder`` does the same in a function).
+#: Each ``\0RES`` type's first 8 header bytes: ``deliver`` encodes without a call.
 _RES_PREFIX: Final = [b"\0RES" + struct.pack(">I", n) for n in range(max(PacketType) + 1)]
 _pack_size: Final = struct.Struct(">I").pack
 _PT_ERROR: Final = PacketType.ERROR
@@ -116,7 +112,7 @@ class GearPeer:
         self.closed = False
         self.paused = False
         #: Set when a paused peer may be read again (the streams transport waits on it).
-        self.resumed = trio.Event()
+        self.resumed: trio.Event | None = None
         #: The streams transport's reader task for this peer.
         self.reader_scope: trio.CancelScope | None = None
         self.cid = 0
@@ -314,8 +310,7 @@ class GearFrontEnd:
         self.manager = host.manager
         self.transport = transport_for(host.config.transport)
         self.addresses: list[Address] = []
-        #: Peers with output not yet written; flushed once per batch of events.
-        self._dirty: list[GearPeer] = []
+        self._dirty: list[GearPeer] = []  # peers with output not written yet
         #: Peers whose output passed their bound during the current batch.
         self._overfull: list[GearPeer] = []
         #: Packets in, bytes in, packets out, bytes out (statistics; every Gear peer adds).
@@ -398,6 +393,8 @@ class GearFrontEnd:
             peer.broken = True
             peer.closed = True
             peer.out.clear()
+            # Only a worker or a waiting client leaves output or deadlines behind.
+            left_work = bool(conn.abilities or conn.assigned or conn.attached)
             self.manager.disconnect(conn, time.time())
             # Senders paused for this peer's sake go on; and nothing keeps this peer's
             # buffers alive (no reference cycle waiting for the garbage collector).
@@ -405,7 +402,8 @@ class GearFrontEnd:
             peer.parser = _CLOSED_PARSER
             peer.conn = None
             peer.on_drained = None
-            self.host.changed()
+            if left_work:
+                self.host.changed()
             with trio.CancelScope(shield=True):
                 await stream.aclose()
             log.info("connection %d: closed", conn.id)
@@ -415,7 +413,8 @@ class GearFrontEnd:
             if self._epoll is not None:
                 with contextlib.suppress(OSError, ValueError):
                     self._epoll.unregister(peer.fd)
-            peer.resumed.set()
+            if peer.resumed is not None:
+                peer.resumed.set()
             if peer.reader_scope is not None:
                 peer.reader_scope.cancel()
 
@@ -445,7 +444,8 @@ class GearFrontEnd:
             return  # still behind with its own output, or waiting for a full peer
         peer.paused = False
         peer.last_read = time.monotonic()  # the idle clock starts again
-        peer.resumed.set()
+        if peer.resumed is not None:
+            peer.resumed.set()
         if self._epoll is not None and self._readers.get(peer.fd) is peer:
             self._epoll.modify(peer.fd, select.EPOLLIN)
 
@@ -524,7 +524,8 @@ class GearFrontEnd:
         with trio.CancelScope() as peer.reader_scope:
             while self._readers.get(peer.fd) is peer:
                 if peer.paused:
-                    await peer.resumed.wait()
+                    if peer.resumed is not None:
+                        await peer.resumed.wait()
                     continue
                 try:
                     data = await stream.receive_some(_RECEIVE_SIZE)

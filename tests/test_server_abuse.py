@@ -276,42 +276,48 @@ def test_byte_fuzzing_never_takes_the_server_down(chunks: list[bytes]) -> None:
 
 
 async def test_running_out_of_descriptors_is_logged_once_per_ten_seconds(
-        autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture) -> None:
+        autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The accept loop logged an fd-exhaustion error ten times a second."""
     import errno
 
     from server import host as host_module
 
     failures = 0
+    real_accept = socket.socket.accept
 
-    class Sock:
-        async def accept(self) -> tuple[object, object]:
-            nonlocal failures
-            if failures < 300:  # 30 s of EMFILE at one retry per 100 ms
-                failures += 1
-                raise OSError(errno.EMFILE, "Too many open files")
-            await trio.sleep_forever()
-            raise AssertionError
+    def accept(self: socket.socket) -> tuple[socket.socket, object]:
+        nonlocal failures
+        if failures < 300:  # 30 s of EMFILE at one retry per 100 ms
+            failures += 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_accept(self)
 
-    class Listener:
-        socket = Sock()
+    accepted: list[tuple[str, int]] = []
 
     class FakeHost:
         config = ServerConfig()
 
-        def spawn(self, *args: object) -> None:
-            raise AssertionError("nothing was accepted")
+        def spawn(self, fn: object, stream: trio.SocketStream, address: str,
+                  port: int) -> None:
+            accepted.append((address, port))
 
     async def handler(stream: trio.SocketStream, address: str, port: int) -> None:
         raise AssertionError
 
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    pending = socket.create_connection(listener.socket.getsockname())  # always readable
+    monkeypatch.setattr(socket.socket, "accept", accept)
     with trio.move_on_after(31):
-        await host_module.accept_loop(FakeHost(), Listener(), handler)  # type: ignore[arg-type]
+        await host_module.accept_loop(FakeHost(), listener, handler)  # type: ignore[arg-type]
+    pending.close()
+    await listener.aclose()
     errors = [r for r in caplog.records if r.levelname == "ERROR"
               and "accept failed" in r.getMessage()]
     assert failures == 300
     assert 3 <= len(errors) <= 4  # once per 10 s, not 300 times
     assert "failures since the last report" in errors[-1].getMessage()
+    assert len(accepted) == 1 and accepted[0][0] == "127.0.0.1"  # then it goes on
 
 
 def test_job_retries_help_says_what_n_counts() -> None:
