@@ -73,6 +73,7 @@ class Conn:
     __slots__ = (
         "id", "peer", "address", "port", "client_id", "exceptions", "abilities", "rotation",
         "sleeping", "noop_sent", "assigned", "attached", "closed", "kind", "admin",
+        "identity", "tenant",
     )
 
     def __init__(self, conn_id: int, peer: Peer, address: str = "-", exceptions: bool = False,
@@ -86,6 +87,11 @@ class Conn:
         self.kind = "gear"
         #: It sent an admin text command (statistics: connections by kind).
         self.admin = False
+        #: Who the peer proved to be: its TLS client certificate's identity, or None
+        #: (then access rules go by ``address``). Set by the front-end before any request.
+        self.identity: str | None = None
+        #: The tenant whose function namespace this connection lives in (None = global).
+        self.tenant: str | None = None
         self.client_id = b"-"
         self.exceptions = exceptions
         #: function name -> timeout in seconds (None = no timeout), most recent last.
