@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import trio
 
+from protocol._native import describe as native_describe
 from server import cli, daemon, logs
 from server.config import ServerConfig
 from server.store.base import StoreError
@@ -165,6 +166,7 @@ def run(invocation: cli.Invocation, factory: ServerFactory = _default_factory,
             for address in addresses:
                 logger.info("Listening on %s", format_address(address))
             logger.info("Queue type: %s", config.queue_type)
+            logger.info("Hot modules: %s", native_describe())
             readiness.ready()
 
         def on_reopen() -> None:

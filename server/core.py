@@ -418,7 +418,7 @@ class JobCore:
                 continue
             job.waiting = False
             job.function.scheduled -= 1
-            job.when, job.stamp = 0, now
+            job.when, job.stamp = 0.0, now
             self._enqueue(job, now)
         timeouts = self._timeouts
         while timeouts and timeouts[0][0] <= now:

@@ -163,7 +163,7 @@ class StatsTable(dict[bytes, FunctionStats]):
     function that comes and goes keeps counting) but bounded: past ``limit`` entries,
     all but the newest ``KEEP_FREED`` of them are pruned (amortised O(1))."""
 
-    KEEP_FREED = 1024
+    KEEP_FREED: Final = 1024
 
     def __init__(self) -> None:
         super().__init__()
