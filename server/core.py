@@ -31,6 +31,7 @@ from .jobs import (
     StatsTable,
     by_unique_add,
     by_unique_index,
+    creation_order,
     index_key,
     log_job,
     name_problem,
@@ -200,10 +201,8 @@ class JobCore:
         if limit and fn.total >= limit:
             conn.peer.deliver(PT.ERROR, b"QUEUE_ERROR", b"Job queue is full")
             return None
-        number = next(self._handles)
-        handle = self.handle_prefix + b"%d" % number
+        handle = self.handle_prefix + b"%d" % next(self._handles)
         job = Job(handle, fn, unique, data, priority, background, when, reducer)
-        job.number = number
         job.stamp = now
         fn.stats.submitted[priority + 3 if background else priority] += 1
         self.jobs[handle] = job
@@ -217,7 +216,7 @@ class JobCore:
             self.job_log(job, f"submitted: function {function!r}, unique {unique!r}, "
                          f"priority {priority}{kind}", conn, data, now, "submitted")
         if not background:
-            job.clients.append(conn)
+            job.clients += (conn,)
             conn.attached.add(job)
         elif self.store is not None:
             job.stored = False
@@ -235,7 +234,7 @@ class JobCore:
             self.job_log(job, "joined by a %s submit" % (
                 "background" if background else "foreground"), conn)
         if not background:
-            job.clients.append(conn)
+            job.clients += (conn,)
             conn.attached.add(job)
         if job.acks is not None:
             # Its commit is pending: this submit hears how it ends, never earlier.
@@ -287,7 +286,7 @@ class JobCore:
             self.by_unique = by_unique_index(self.unique_index)
         same = self.by_unique.get(unique)
         if isinstance(same, list):
-            return min(same, key=lambda j: j.number)
+            return min(same, key=creation_order)
         return same
 
     # ------------------------------------------------------------------ persistence
@@ -348,10 +347,8 @@ class JobCore:
                 self.store.forget(store_key)
             return self.unique_index[key]
         fn = self.function(function)
-        number = next(self._handles)
-        handle = self.handle_prefix + b"%d" % number
+        handle = self.handle_prefix + b"%d" % next(self._handles)
         job = Job(handle, fn, unique, data, priority, True, when, reducer)
-        job.number = number
         job.store_key, job.stamp = store_key, now
         self.jobs[handle] = job
         if key is not None:
@@ -544,7 +541,7 @@ class JobCore:
         if job.clients:
             for client in job.clients:
                 client.attached.discard(job)
-            job.clients = []
+            job.clients = ()
         if job.store_key is not None and self.store is not None:
             self.store.forget(job.store_key)
         job.store_key = None
@@ -584,7 +581,7 @@ class JobCore:
         if client not in job.clients:
             return
         # Every entry: a client that submitted the same unique twice is attached twice.
-        job.clients = [c for c in job.clients if c is not client]
+        job.clients = tuple(c for c in job.clients if c is not client)
         if not job.clients and not job.background:
             self._unwanted(job)
 

@@ -396,7 +396,7 @@ class Manager(JobCore):
             # Running: detach everything; the worker's later results are discarded.
             for client in job.clients:
                 client.attached.discard(job)
-            job.clients = []
+            job.clients = ()
             self._unindex(job)
             if job.store_key is not None and self.store is not None:
                 self.store.forget(job.store_key)
