@@ -98,7 +98,7 @@ class NativeFinder:
 
 #: The modules scripts/build_native.py compiles together (GEARMAN_NATIVE=1 insists on them).
 GROUP = frozenset({"protocol._parser", "server.jobs", "server.core", "server.manager",
-                   "server.gear"})
+                   "server.wakeups", "server.gear"})
 
 
 def install() -> NativeFinder | None:

@@ -224,8 +224,8 @@ PARAMS: list[click.Parameter] = [
               "-vv NOTICE, -vvv INFO, -vvvv DEBUG."),
     _opt("-V", "--version", is_flag=True, help="Display the version of gearmand and exit."),
     _opt("-w", "--worker-wakeup", type=_Int(0), default=0, metavar="N",
-         help="Number of workers to wakeup for each job received. The default (0) is to "
-              "wakeup all available workers."),
+         help="Accepted for compatibility: each job received wakes at most one sleeping "
+              "worker (as many as there is work for; the reference's default, 0, woke all)."),
     _opt("--check-args", is_flag=True, hidden=True),
     _opt("--graceful-timeout", section=OURS, type=float, default=30.0,
          metavar="SECONDS",

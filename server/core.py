@@ -36,6 +36,7 @@ from .jobs import (
     log_job,
     name_problem,
 )
+from .wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class JobCore:
         self.worker_wakeup = worker_wakeup
         self.exceptions = exceptions
         self.functions: dict[bytes, Function] = {}
+        self.wakeups = Wakeups(self.functions)
         self.jobs: dict[bytes, Job] = {}
         self.unique_index: dict[tuple[bytes, ...], Job] = {}
         #: unique -> the indexed job with that unique, or a list when several functions
@@ -115,11 +117,14 @@ class JobCore:
                 fn.sleepers.pop(conn, None)
         conn.abilities.clear()
         conn.sleeping = False
+        woke = self.wakeups.answered(conn)
         for job in list(conn.assigned.values()):
             self._lost(job, conn, now)
         for job in list(conn.attached):
             self._detach(job, conn)
         conn.attached.clear()
+        if woke is not None:
+            self.wakeups.rebalance(woke, now)
         for name in names:
             self._release(name)
 
@@ -371,26 +376,7 @@ class JobCore:
         fn.live[job.priority] += 1
         fn.bytes_queued += len(job.data)
         if fn.sleepers:
-            self._wake(fn)
-
-    def _wake(self, fn: Function) -> None:
-        """NOOP sleeping workers of ``fn``: all, or ``worker_wakeup`` of them (spec §2.5)."""
-        limit = self.worker_wakeup or len(fn.sleepers)
-        sleepers = fn.sleepers
-        while sleepers and limit:
-            conn = next(iter(sleepers))
-            self._unsleep(conn)
-            conn.noop_sent = True
-            conn.peer.deliver(PT.NOOP)
-            limit -= 1
-
-    def _unsleep(self, conn: Conn) -> None:
-        conn.sleeping = False
-        functions = self.functions
-        for name in conn.abilities:
-            fn = functions.get(name)
-            if fn is not None:
-                fn.sleepers.pop(conn, None)
+            self.wakeups.arrived(fn, now)
 
     # ------------------------------------------------------------------ time
 
@@ -402,6 +388,9 @@ class JobCore:
         if self._timeouts:
             t = self._timeouts[0][0]
             best = t if best is None or t < best else best
+        wake = self.wakeups.next_deadline()
+        if wake is not None and (best is None or wake < best):
+            best = wake
         return best
 
     def tick(self, now: float) -> None:
@@ -429,10 +418,11 @@ class JobCore:
                     self.job_log(timed, "timed out", worker, None, now, "timed_out")
                 timed.function.stats.timed_out += 1
                 self._lost(timed, worker, now)
+        self.wakeups.expire(now)
 
     # ------------------------------------------------------------------ workers
 
-    def _register(self, conn: Conn, name: bytes, timeout: float | None) -> None:
+    def _register(self, conn: Conn, name: bytes, timeout: float | None, now: float) -> None:
         if name not in conn.abilities and len(conn.abilities) >= self.limits.max_worker_functions:
             conn.peer.deliver(PT.ERROR, b"TOO_MANY_FUNCTIONS",
                               b"This connection can do as many functions as allowed")
@@ -445,9 +435,7 @@ class JobCore:
         fn.workers[conn] = None
         if conn.sleeping and not conn.noop_sent:
             if fn.live[0] or fn.live[1] or fn.live[2]:
-                self._unsleep(conn)
-                conn.noop_sent = True
-                conn.peer.deliver(PT.NOOP)
+                self.wakeups.wake(conn, fn, now)
             else:
                 fn.sleepers[conn] = None
 
@@ -459,25 +447,37 @@ class JobCore:
         if fn is not None:
             fn.workers.pop(conn, None)
             fn.sleepers.pop(conn, None)
+        woke = self.wakeups.answered(conn) if conn.woken_for is fn else None
         # The reference requeues jobs of a function the worker gives up (spec §1.3).
         for job in [j for j in conn.assigned.values() if j.function.name == name]:
             self._lost(job, conn, now)
+        if woke is not None:
+            self.wakeups.rebalance(woke, now)
         self._release(name)
 
-    def has_work(self, conn: Conn) -> bool:
-        """Whether any job is ready for a function this connection can do."""
+    def work_for(self, conn: Conn) -> Function | None:
+        """A function of this connection's with a ready job, or None."""
         functions = self.functions
         for name in conn.abilities:
             fn = functions.get(name)
             if fn is not None and (fn.live[0] or fn.live[1] or fn.live[2]):
-                return True
-        return False
+                return fn
+        return None
 
     def grab(self, conn: Conn, now: float) -> Job | None:
         """Take the next job for a worker: global priority, FIFO, rotating between functions."""
         if conn.sleeping:
-            self._unsleep(conn)
+            self.wakeups.unsleep(conn)
         conn.noop_sent = False
+        woke = conn.woken_for
+        if woke is None:
+            return self._take(conn, now)
+        self.wakeups.answered(conn)
+        job = self._take(conn, now)
+        self.wakeups.rebalance(woke, now)  # it may have taken other work, or none
+        return job
+
+    def _take(self, conn: Conn, now: float) -> Job | None:
         names = list(conn.abilities)
         count = len(names)
         if not count:

@@ -73,7 +73,7 @@ class Conn:
     __slots__ = (
         "id", "peer", "address", "port", "client_id", "exceptions", "abilities", "rotation",
         "sleeping", "noop_sent", "assigned", "attached", "closed", "kind", "admin",
-        "identity", "tenant",
+        "identity", "tenant", "woken_for", "wake_deadline",
     )
 
     def __init__(self, conn_id: int, peer: Peer, address: str = "-", exceptions: bool = False,
@@ -100,6 +100,9 @@ class Conn:
         self.rotation = 0
         self.sleeping = False
         self.noop_sent = False
+        #: The function it was last woken (NOOP) for, until it answers (server/wakeups.py).
+        self.woken_for: Function | None = None
+        self.wake_deadline = 0.0
         #: Jobs assigned to this worker connection, by handle.
         self.assigned: dict[bytes, Job] = {}
         #: Foreground jobs this client waits for.
@@ -187,7 +190,8 @@ class Function:
     """A function name's queues, workers and limits (spec §2.1)."""
 
     __slots__ = ("name", "queues", "live", "dead", "running", "workers", "sleepers",
-                 "maxqueue", "scheduled", "storing", "pinned", "bytes_queued", "stats")
+                 "maxqueue", "scheduled", "storing", "pinned", "bytes_queued", "stats",
+                 "waking")
 
     def __init__(self, name: bytes, stats: FunctionStats | None = None) -> None:
         self.name = name
@@ -207,6 +211,8 @@ class Function:
         self.workers: dict[Conn, None] = {}
         #: Sleeping workers not yet sent a NOOP, in the order they fell asleep.
         self.sleepers: dict[Conn, None] = {}
+        #: Workers woken for it that have not answered yet (server/wakeups.py).
+        self.waking = 0
         #: Max-queue limits per priority; 0 = unlimited (spec §2.10).
         self.maxqueue = [0, 0, 0]
         #: Created by the admin (``create function``): kept when nothing refers to it.

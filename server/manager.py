@@ -197,7 +197,7 @@ class Manager(JobCore):
         return submit
 
     def _can_do(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
-        self._register(conn, args[0], None)
+        self._register(conn, args[0], None, now)
 
     def _can_do_timeout(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         if len(args[1]) > 20:
@@ -206,7 +206,7 @@ class Manager(JobCore):
         ms = _parse_int(args[1]) or 0
         if 0 < ms < 1000:
             ms = 1000
-        self._register(conn, args[0], ms / 1000 if ms > 0 else None)
+        self._register(conn, args[0], ms / 1000 if ms > 0 else None, now)
 
     def _cant_do(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         self._unregister(conn, args[0], now)
@@ -216,17 +216,20 @@ class Manager(JobCore):
             self._unregister(conn, name, now)
 
     def _pre_sleep(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
-        if self.has_work(conn):
-            conn.noop_sent = True
-            conn.peer.deliver(PT.NOOP)
-            return
-        conn.sleeping = True
-        conn.noop_sent = False
-        functions = self.functions
-        for name in conn.abilities:
-            fn = functions.get(name)
-            if fn is not None:
-                fn.sleepers[conn] = None
+        woke = self.wakeups.answered(conn)  # it was woken and sleeps again: not for it
+        work = self.work_for(conn)
+        if work is not None:
+            self.wakeups.wake(conn, work, now)
+        else:
+            conn.sleeping = True
+            conn.noop_sent = False
+            functions = self.functions
+            for name in conn.abilities:
+                fn = functions.get(name)
+                if fn is not None:
+                    fn.sleepers[conn] = None
+        if woke is not None:
+            self.wakeups.rebalance(woke, now)
 
     def _grab_job(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         job = self.grab(conn, now)

@@ -455,18 +455,8 @@ def test_worker_sleeping_before_can_do_is_woken_by_can_do_with_work(w: World) ->
     assert wk.take() == [res(PT.NOOP)]
 
 
-def test_all_sleepers_woken_by_default(w: World) -> None:
-    c = w.end()
-    sleepers = [w.end() for _ in range(3)]
-    for s in sleepers:
-        s.can_do(b"f")
-        s.send(PT.PRE_SLEEP)
-    c.submit(b"f")
-    assert [s.take() for s in sleepers] == [[res(PT.NOOP)]] * 3
-
-
-def test_worker_wakeup_one_rotates_over_sleepers() -> None:
-    w = World(worker_wakeup=1)
+def test_one_sleeper_woken_per_ready_job_the_last_asleep_first(w: World) -> None:
+    """server/wakeups.py: not every sleeper for every job (the reference's default)."""
     c = w.end()
     sleepers = [w.end() for _ in range(3)]
     for s in sleepers:
@@ -476,9 +466,84 @@ def test_worker_wakeup_one_rotates_over_sleepers() -> None:
     for _ in range(3):
         c.submit(b"f")
         woken.append([i for i, s in enumerate(sleepers) if s.take()])
-    assert woken == [[0], [1], [2]]
-    c.submit(b"f")  # everyone has a pending NOOP
+    assert woken == [[2], [1], [0]]
+    c.submit(b"f")  # nobody left asleep
     assert [s.take() for s in sleepers] == [[], [], []]
+    assert w.m.functions[b"f"].waking == 3
+
+
+def test_a_woken_worker_that_takes_other_work_passes_its_wakeup_on(w: World) -> None:
+    c, a, b = w.end(), w.end(), w.end()
+    a.can_do(b"f")
+    a.send(PT.PRE_SLEEP)
+    b.can_do(b"f", b"g")
+    b.send(PT.PRE_SLEEP)
+    c.submit(b"f")
+    assert (a.take(), b.take()) == ([], [res(PT.NOOP)])  # b fell asleep last
+    c.submit(b"g", data=b"urgent", ptype=PT.SUBMIT_JOB_HIGH)  # b is woken: no NOOP
+    assert b.take() == []
+    reply = b.grab()  # b takes the high-priority g job, so f's job needs someone else
+    assert reply.type is PT.JOB_ASSIGN and reply.args[1] == b"g"
+    assert a.take() == [res(PT.NOOP)]
+    assert a.grab().args[1] == b"f"
+
+
+def test_a_woken_worker_that_grabs_nothing_or_sleeps_again_wakes_the_next(w: World) -> None:
+    c, a, b = w.end(), w.end(), w.end()
+    for x in (a, b):
+        x.can_do(b"f")
+        x.send(PT.PRE_SLEEP)
+    c.submit(b"f")
+    assert b.take() == [res(PT.NOOP)]
+    b.send(PT.CANT_DO, b"f")  # gives the function up before grabbing
+    assert a.take() == [res(PT.NOOP)]
+    a.send(PT.PRE_SLEEP)  # sleeps again without grabbing: woken again at once (work waits)
+    assert a.take() == [res(PT.NOOP)]
+    assert a.grab().type is PT.JOB_ASSIGN
+    assert w.m.functions[b"f"].waking == 0
+
+
+def test_a_woken_worker_that_leaves_wakes_the_next(w: World) -> None:
+    c, a, b = w.end(), w.end(), w.end()
+    for x in (a, b):
+        x.can_do(b"f")
+        x.send(PT.PRE_SLEEP)
+    c.submit(b"f")
+    assert (a.take(), b.take()) == ([], [res(PT.NOOP)])
+    b.close()
+    assert a.take() == [res(PT.NOOP)]
+
+
+def test_a_silent_woken_worker_is_replaced_after_the_grace(w: World) -> None:
+    """A peer gone quiet without closing must not hold a job back for ever."""
+    from server.wakeups import GRACE
+
+    c, a, b = w.end(), w.end(), w.end()
+    for x in (a, b):
+        x.can_do(b"f")
+        x.send(PT.PRE_SLEEP)
+    c.submit(b"f")
+    assert b.take() == [res(PT.NOOP)]
+    assert w.m.next_deadline() == T0 + GRACE
+    w.m.tick(T0 + GRACE / 2)
+    assert a.take() == []
+    w.m.tick(T0 + GRACE)
+    assert a.take() == [res(PT.NOOP)]
+    assert a.grab().type is PT.JOB_ASSIGN
+    assert b.grab() == res(PT.NO_JOB)  # the late answer is harmless
+    assert w.m.functions[b"f"].waking == 0
+    assert w.m.next_deadline() is None
+
+
+def test_worker_wakeup_is_accepted_and_wakes_no_more_than_the_work() -> None:
+    w = World(worker_wakeup=1)
+    c = w.end()
+    sleepers = [w.end() for _ in range(3)]
+    for s in sleepers:
+        s.can_do(b"f")
+        s.send(PT.PRE_SLEEP)
+    c.submit(b"f")
+    assert [bool(s.take()) for s in sleepers] == [False, False, True]
 
 
 def test_requeue_wakes_sleepers(w: World) -> None:
@@ -1164,6 +1229,7 @@ def test_several_epoch_jobs_due_together_send_one_noop(w: World) -> None:
     wk.send(PT.PRE_SLEEP)
     w.m.tick(T0 + 5)
     assert wk.take() == [res(PT.NOOP)]
+    assert wk.grab().type is PT.JOB_ASSIGN
     assert w.m.next_deadline() is None
 
 
