@@ -57,6 +57,7 @@ logger = get_logger("gearman_cli.client")
 
 if TYPE_CHECKING:
     from ._task import When
+    from ._tls import SslArg
 
 __all__ = ["CONNECT_TIMEOUT", "Client", "IdleTimeout"]
 
@@ -92,7 +93,11 @@ class Client(TaskQueue):
         exceptions: bool = True,
         connect_timeout: float = CONNECT_TIMEOUT,
         client_id: str | bytes | None = None,
+        ssl: SslArg = None,
     ) -> None:
+        from ._tls import resolve
+
+        self._tls = resolve(ssl)
         self._pool = ServerPool()
         if servers is not None:
             for address in to_addresses(servers):
@@ -124,7 +129,7 @@ class Client(TaskQueue):
         if conn is not None and not conn.sock.closed:
             return conn
         try:
-            sock = SyncConnection(server, self._connect_timeout)
+            sock = SyncConnection(server, self._connect_timeout, self._tls)
         except OSError:
             self._pool.mark_down(server)
             raise

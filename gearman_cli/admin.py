@@ -23,7 +23,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -49,6 +49,10 @@ from ._admin_core import (
     word,
 )
 from ._connection import CONNECT_TIMEOUT, RECEIVE_SIZE, open_stream
+from ._tls import resolve as resolve_tls
+
+if TYPE_CHECKING:
+    from ._tls import SslArg
 from ._errors import ConnectionLostError
 from ._servers import ServerAddress, ServerSpec, default_servers, to_addresses
 
@@ -71,13 +75,15 @@ class AsyncAdmin:
     """
 
     def __init__(
-        self, server: ServerSpec | None = None, *, connect_timeout: float = CONNECT_TIMEOUT
+        self, server: ServerSpec | None = None, *, connect_timeout: float = CONNECT_TIMEOUT,
+        ssl: SslArg = None,
     ) -> None:
         self.server: ServerAddress = (
             to_addresses(server)[0] if server is not None else default_servers()[0]
         )
         self._connect_timeout = connect_timeout
-        self._stream: trio.SocketStream | None = None
+        self._tls = resolve_tls(ssl)
+        self._stream: trio.abc.Stream | None = None
         self._parser = Parser(max_line_length=MAX_LINE)
         self._lock = trio.Lock()
 
@@ -96,7 +102,7 @@ class AsyncAdmin:
     async def connect(self) -> None:
         """Open the connection (``OSError`` when the server cannot be reached)."""
         if self._stream is None:
-            self._stream = await open_stream(self.server, self._connect_timeout)
+            self._stream = await open_stream(self.server, self._connect_timeout, self._tls)
             self._parser = Parser(max_line_length=MAX_LINE)
 
     async def aclose(self) -> None:
