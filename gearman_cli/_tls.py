@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -121,3 +122,35 @@ def handshake_failure(exc: BaseException) -> str:
     if isinstance(cause, OSError) and cause.strerror:
         return f"TLS handshake failed: {cause.strerror}"
     return f"TLS handshake failed: {cause or 'connection closed (not a TLS server?)'}"
+
+
+# ---------------------------------------------------------------------- command lines
+
+#: The destinations of ``--ssl-ca-file``, ``--ssl-certificate``, ``--ssl-key``
+#: (``_argv.tls_options``).
+_FILE_DESTS = ("ssl_ca_file", "ssl_certificate", "ssl_key")
+
+
+def from_command_line(values: Mapping[str, Any],
+                      environ: Mapping[str, str] | None = None) -> ssl.SSLContext | None:
+    """The context the flags (over ``GEARMAN_SSL*``) ask for; None for plaintext.
+    ``TlsSetupError`` when a file cannot be used."""
+    env = TlsSettings.from_env(environ)
+    settings = TlsSettings(
+        enabled=bool(env.enabled or values.get("ssl") or any(
+            values.get(dest) for dest in _FILE_DESTS)),
+        ca_file=values.get("ssl_ca_file") or env.ca_file,
+        certificate=values.get("ssl_certificate") or env.certificate,
+        key=values.get("ssl_key") or env.key,
+    )
+    return settings.context()
+
+
+def cli_context(values: Mapping[str, Any]) -> ssl.SSLContext | None:
+    """``from_command_line`` for the tools: a file that cannot be used is a usage error."""
+    from ._argv import UsageError
+
+    try:
+        return from_command_line(values)
+    except TlsSetupError as exc:
+        raise UsageError(str(exc)) from None
