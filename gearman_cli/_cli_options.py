@@ -22,7 +22,7 @@ class ExitCode(enum.IntEnum):
     #: gearman: a job failed (WORK_FAIL) or raised (WORK_EXCEPTION);
     #: gearadmin: the server answered a command with ERR.
     JOB_FAILED = 1
-    #: Bad usage: unknown option, missing argument, no function, no command, -S.
+    #: Bad usage: unknown option, missing argument, no function, no command, a TLS file.
     USAGE = 2
     #: No server could be reached, or the connection was lost or refused a request.
     NO_SERVER = 3
