@@ -91,17 +91,21 @@ def _client_main(port: int, ca_file: str | None, jobs: int, window: int,
                         wrong += 1
 
             out.put((time.monotonic(), 0))  # the clock starts
+            cpu0 = time.process_time()
             async with trio.open_nursery() as nursery:
                 for _ in range(window):
                     nursery.start_soon(lane)
-            return time.monotonic(), wrong
+            ended = time.monotonic()
+            out.put((time.process_time() - cpu0, 0))
+            return ended, wrong
 
-    out.put(trio.run(main))
+    result = trio.run(main)
+    out.put(result)
 
 
 def one_run(tls: bool, jobs: int, window: int, certs: dict[str, str], logdir: str
-            ) -> tuple[float, float, str]:
-    """jobs/s, server CPU microseconds per job, and a FAILED note (or "")."""
+            ) -> tuple[float, float, float, str]:
+    """jobs/s, server and load CPU microseconds per job, and a FAILED note (or "")."""
     port = free_port()
     args = [sys.executable, "-m", "server", "-p", str(port), "-L", "127.0.0.1",
             "-l", os.path.join(logdir, f"{port}.log"), "-P", os.path.join(logdir, f"{port}.pid")]
@@ -119,12 +123,16 @@ def one_run(tls: bool, jobs: int, window: int, certs: dict[str, str], logdir: st
         client.start()
         started, _ = out.get(timeout=60)
         cpu0 = cpu_seconds(server.pid)
-        ended, wrong = out.get(timeout=300)
+        worker0 = cpu_seconds(worker.pid) if worker.pid else 0.0
+        client_cpu, _ = out.get(timeout=300)
         cpu1 = cpu_seconds(server.pid)
+        worker1 = cpu_seconds(worker.pid) if worker.pid else 0.0
+        ended, wrong = out.get(timeout=30)
         client.join(30)
         note = f"FAILED ({wrong} wrong results)" if wrong or client.exitcode else ""
         seconds = ended - started
-        return jobs / seconds, (cpu1 - cpu0) * 1e6 / jobs, note
+        load = (client_cpu + worker1 - worker0) * 1e6 / jobs
+        return jobs / seconds, (cpu1 - cpu0) * 1e6 / jobs, load, note
     finally:
         worker.kill()
         worker.join()
@@ -151,26 +159,28 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=20000)
     ap.add_argument("--window", type=int, default=200, help="jobs in flight")
     opts = ap.parse_args()
-    results: dict[str, list[tuple[float, float, str]]] = {"plain": [], "tls": []}
+    results: dict[str, list[tuple[float, float, float, str]]] = {"plain": [], "tls": []}
     with tempfile.TemporaryDirectory() as tmp:
         certs = make_certs(tmp)
         for run in range(opts.runs):
             for mode in ("plain", "tls"):
-                rate, cpu, note = one_run(mode == "tls", opts.jobs, opts.window, certs, tmp)
-                results[mode].append((rate, cpu, note))
-                print(f"run {run + 1} {mode:5}: {rate:9.0f} jobs/s, server {cpu:6.1f} us/job"
-                      f" {note}", file=sys.stderr)
+                rate, cpu, load, note = one_run(mode == "tls", opts.jobs, opts.window, certs,
+                                                tmp)
+                results[mode].append((rate, cpu, load, note))
+                print(f"run {run + 1} {mode:5}: {rate:9.0f} jobs/s, server {cpu:6.1f} us/job,"
+                      f" load {load:6.1f} us/job {note}", file=sys.stderr)
     rows = {}
     for mode, runs in results.items():
-        failed = [n for _, _, n in runs if n]
-        rows[mode] = (statistics.median(r for r, _, _ in runs),
-                      statistics.median(c for _, c, _ in runs), failed[0] if failed else "")
+        failed = [n for *_, n in runs if n]
+        rows[mode] = (statistics.median(r[0] for r in runs),
+                      statistics.median(r[1] for r in runs),
+                      statistics.median(r[2] for r in runs), failed[0] if failed else "")
     plain, tls = rows["plain"], rows["tls"]
     print(f"round trips, {opts.jobs} jobs x {PAYLOAD} B, {opts.window} in flight, "
           f"medians of {opts.runs} runs")
-    print(f"{'':22}{'jobs/s':>10}{'server us/job':>15}")
-    for name, (rate, cpu, note) in (("plaintext", plain), ("--ssl (TLS 1.3)", tls)):
-        print(f"{name:22}{rate:10.0f}{cpu:15.1f}  {note}")
+    print(f"{'':22}{'jobs/s':>10}{'server us/job':>15}{'load us/job':>13}")
+    for name, (rate, cpu, load, note) in (("plaintext", plain), ("--ssl (TLS 1.3)", tls)):
+        print(f"{name:22}{rate:10.0f}{cpu:15.1f}{load:13.1f}  {note}")
     print(f"TLS rate / plaintext rate: {tls[0] / plain[0]:.2f} "
           f"(cost {100 * (1 - tls[0] / plain[0]):.0f}%); "
           f"server CPU per job x{tls[1] / plain[1]:.2f}")
