@@ -115,7 +115,7 @@ def plaintext_reply(port: int, data: bytes) -> bytes:
 
 def test_gear_port_answers_over_tls_and_logs_the_version(
         pki: Pki, start_inprocess: Start, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="server")
     srv = start_inprocess(*pki.server_args())
     assert tls_echo(srv.port, pki.client_context()) == ECHO_RES
     # The server name is verified too: the certificate names 127.0.0.1 and localhost.
@@ -128,7 +128,7 @@ def test_gear_port_answers_over_tls_and_logs_the_version(
 def test_plaintext_gets_a_closed_connection_and_one_log_line(
         pki: Pki, start_inprocess: Start, caplog: pytest.LogCaptureFixture,
         request_bytes: bytes) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="server")
     srv = start_inprocess(*pki.server_args())
     assert plaintext_reply(srv.port, request_bytes) == b""
     lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
@@ -140,6 +140,7 @@ def test_plaintext_gets_a_closed_connection_and_one_log_line(
 
 def test_a_silent_peer_is_dropped_after_the_handshake_timeout(
         pki: Pki, start_inprocess: Start, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="server")
     srv = start_inprocess(*pki.server_args("--ssl-handshake-timeout", "0.3"))
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
         assert sock.recv(100) == b""  # closed by the server, not by our 10 s timeout
@@ -170,7 +171,7 @@ def verifying(pki: Pki, start_inprocess: Start) -> InProcessServer:
 
 def test_a_verified_client_certificate_gives_the_connection_its_identity(
         pki: Pki, verifying: InProcessServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="server")
     alice = pki.client_file("alice.pem", None, "worker1.example.org", common_name="alice")
     context = pki.client_context(alice)
     with socket.create_connection(("127.0.0.1", verifying.port), timeout=5) as raw, \
@@ -197,6 +198,7 @@ def test_without_a_common_name_the_first_dns_name_is_the_identity(
 
 def test_missing_client_certificate_is_refused(
         pki: Pki, verifying: InProcessServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="server")
     assert refused(verifying.port, pki.client_context())
     assert any("refused" in r.getMessage() and "certificate" in r.getMessage()
                for r in caplog.records)
@@ -204,6 +206,7 @@ def test_missing_client_certificate_is_refused(
 
 def test_expired_client_certificate_is_refused(
         pki: Pki, verifying: InProcessServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="server")
     past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
     old = pki.client_file("old.pem", None, "old.example.org", common_name="old",
                           not_before=past, not_after=past + datetime.timedelta(days=1))
