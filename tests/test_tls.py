@@ -391,3 +391,26 @@ def test_server_refuses_to_start_with_an_unusable_key(pki: Pki, tmp_path: Path) 
     config = ServerConfig(tls=TlsConfig(certificate=Path(pki.cert), key=garbage))
     with pytest.raises(StartupError, match="--ssl-key"):
         Server(config)
+
+
+def test_metrics_over_tls_and_identity_on_memcached(pki: Pki, start_inprocess: Start) -> None:
+    srv = start_inprocess(*pki.server_args("--ssl-ca-file", pki.ca_file, "--ssl-verify-client",
+                                           "--metrics-port", "0", "-r", "memcached",
+                                           "--memcached-port", "0"))
+    dave = pki.client_context(pki.client_file("dave.pem", None, common_name="dave"))
+    metrics_port = srv.server.metrics_addresses[0][1]
+    with socket.create_connection(("127.0.0.1", metrics_port), timeout=5) as raw, \
+            dave.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200") and b"gearman" in reply
+    assert refused(metrics_port, pki.client_context())  # no certificate: refused here too
+    memcached_port = srv.server.frontend_addresses["memcached"][0][1]
+    with socket.create_connection(("127.0.0.1", memcached_port), timeout=5) as raw, \
+            dave.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"version\r\n")
+        assert sock.recv(100).startswith(b"VERSION ")
+        kinds = {c.kind: c.identity for c in list(srv.server.manager.conns.values())}
+        assert kinds == {"memcached": "dave"}
