@@ -414,3 +414,29 @@ def test_metrics_over_tls_and_identity_on_memcached(pki: Pki, start_inprocess: S
         assert sock.recv(100).startswith(b"VERSION ")
         kinds = {c.kind: c.identity for c in list(srv.server.manager.conns.values())}
         assert kinds == {"memcached": "dave"}
+
+
+@pytest.mark.slow  # waits for the kernel's buffers to fill, then for --write-timeout
+def test_a_tls_peer_that_does_not_read_is_paused_then_dropped(
+        pki: Pki, start_inprocess: Start, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="server")
+    srv = start_inprocess(*pki.server_args("--write-timeout", "1"))
+    context = pki.client_context()
+    chunk = encode_req(int(PacketType.ECHO_REQ), b"x" * 60000) * 16
+    sent = 0
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.settimeout(2)
+        try:
+            while sent < 200 * 1024 * 1024:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except (TimeoutError, ConnectionResetError, BrokenPipeError, ssl.SSLError):
+            pass
+        # The server stopped reading it long before 200 MiB, and held at most its bound.
+        assert sent < 64 * 1024 * 1024
+        for peer in srv.server.gear.peers():
+            assert len(peer.out) <= peer.hard_limit
+        # Others are still served meanwhile.
+        assert tls_echo(srv.port, context) == ECHO_RES
+    assert any("took no data for 1 s" in r.getMessage() for r in caplog.records)
