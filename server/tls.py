@@ -172,6 +172,8 @@ async def handshake(stream: trio.SocketStream, context: ssl.SSLContext, timeout:
         log.warning("%s: refused: no TLS handshake within %g s", where, timeout)
     except trio.BrokenResourceError as exc:
         log.warning("%s: refused: TLS handshake failed: %s", where, _reason(exc))
+    except Exception:  # a bug costs this connection, never the server
+        log.exception("%s: refused after an unexpected error in the TLS handshake", where)
     else:
         return TlsStream(ssl_stream)
     await trio.aclose_forcefully(stream)
