@@ -366,8 +366,8 @@ class GearFrontEnd:
         writes, and the clean-up when either side ends it."""
         config = self.config
         peer = self.peer_class(stream, config.max_outgoing_buffer, self._dirty,
-                        Parser(max_packet_size=config.max_packet_size), self._overfull,
-                        config.write_timeout, self.traffic)
+                               Parser(max_packet_size=config.max_packet_size),
+                               self._overfull, config.write_timeout, self.traffic)
         conn = self.manager.connect(peer, address, port)
         peer.cid = conn.id
         peer.conn = conn

@@ -198,7 +198,9 @@ async def serve_listeners(host: Host, listeners: list[trio.SocketListener],
     accept: AcceptHandler = handler
     context = host.tls_context
     tls = host.config.tls
-    if context is not None and tls is not None:
+    if tls is not None:
+        if context is None:  # fail closed: never plaintext on a port meant for TLS
+            raise RuntimeError("--ssl is set but the host has no TLS context")
         accept = over_tls(handler, context, tls.handshake_timeout, name)
     try:
         async with trio.open_nursery() as nursery:
