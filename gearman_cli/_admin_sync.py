@@ -51,7 +51,10 @@ class AdminTimeout(ConnectionLostError):
 class Admin:
     """Blocking admin client. Each call opens a connection, sends the command, reads the
     whole reply and closes; ``with Admin(...) as admin:`` keeps one connection for several
-    calls. ``timeout`` (seconds, ``None`` = wait for ever) bounds each read."""
+    calls. ``timeout`` (seconds, ``None`` = wait for ever) bounds each read.
+    ``ssl``: an ``ssl.SSLContext`` (see ``tls_context``), True, False, or None (TLS when
+    the ``GEARMAN_SSL*`` variables ask for it); the server's certificate and host name are
+    always verified (docs/security.md)."""
 
     def __init__(
         self,

@@ -84,6 +84,9 @@ class Client(TaskQueue):
     them; ``None`` uses ``add_server`` calls or else ``GEARMAN_SERVERS`` (else
     ``localhost:4730``, read once). With ``exceptions=True`` every connection sends
     ``OPTION_REQ exceptions`` so WORK_EXCEPTION reaches us.
+    ``ssl``: an ``ssl.SSLContext`` (see ``tls_context``), True, False, or None (TLS when
+    the ``GEARMAN_SSL*`` variables ask for it); the server's certificate and host name are
+    always verified (docs/security.md).
     """
 
     def __init__(

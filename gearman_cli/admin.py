@@ -72,6 +72,9 @@ class AsyncAdmin:
 
     ``server`` defaults to the first of ``GEARMAN_SERVERS`` (else ``localhost:4730``).
     Commands are sent and answered one at a time, in order.
+    ``ssl``: an ``ssl.SSLContext`` (see ``tls_context``), True, False, or None (TLS when
+    the ``GEARMAN_SSL*`` variables ask for it); the server's certificate and host name are
+    always verified (docs/security.md).
     """
 
     def __init__(

@@ -133,6 +133,9 @@ class AsyncClient(TaskQueue):
     them; ``None`` uses ``add_server`` calls or else ``GEARMAN_SERVERS`` (else
     ``localhost:4730``). With ``exceptions=True`` every connection sends
     ``OPTION_REQ exceptions`` so WORK_EXCEPTION reaches us (§1.3).
+    ``ssl``: an ``ssl.SSLContext`` (see ``tls_context``), True, False, or None (TLS when
+    the ``GEARMAN_SSL*`` variables ask for it); the server's certificate and host name are
+    always verified (docs/security.md).
     """
 
     def __init__(

@@ -96,6 +96,9 @@ class AsyncWorker:
     (PRE_SLEEP, once every outstanding grab came back empty) until the server sends NOOP;
     with ``idle_poll`` seconds it also grabs again after that long without a NOOP (off by
     default: no polling).
+    ``ssl``: an ``ssl.SSLContext`` (see ``tls_context``), True, False, or None (TLS when
+    the ``GEARMAN_SSL*`` variables ask for it); the server's certificate and host name are
+    always verified (docs/security.md).
     """
 
     def __init__(

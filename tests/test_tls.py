@@ -21,8 +21,17 @@ import pytest
 import trio
 import trustme
 
-from gearman_cli import Admin, AsyncAdmin, AsyncClient, Client, ConnectionLostError, NoServerError
-from gearman_cli._tls import TlsSettings, TlsSetupError, tls_context
+from gearman_cli import (
+    Admin,
+    AsyncAdmin,
+    AsyncClient,
+    Client,
+    ConnectionLostError,
+    NoServerError,
+    TlsSetupError,
+    tls_context,
+)
+from gearman_cli._tls import TlsSettings
 from protocol import PacketType, encode_req
 from server.app import Server
 from server.cli import CliError, parse_args
