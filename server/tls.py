@@ -21,6 +21,7 @@ from typing import Any, Final
 import trio
 
 from .config import TlsConfig
+from .jobs import Conn
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class TlsStream(trio.abc.Stream):
         return f" over {self.version}{who}"
 
 
-def adopt(conn: Any, stream: object) -> str:
+def adopt(conn: Conn, stream: object) -> str:
     """Give a new connection its certificate's identity (before any request is read);
     returns what its "accepted" log line adds (nothing for a plaintext connection)."""
     if isinstance(stream, TlsStream):
