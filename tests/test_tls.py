@@ -449,3 +449,23 @@ def test_a_tls_peer_that_does_not_read_is_paused_then_dropped(
         # Others are still served meanwhile.
         assert tls_echo(srv.port, context) == ECHO_RES
     assert any("took no data for 1 s" in r.getMessage() for r in caplog.records)
+
+
+def test_half_a_handshake_and_bad_packets_over_tls_cost_only_their_connection(
+        pki: Pki, start_inprocess: Start, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="server")
+    srv = start_inprocess(*pki.server_args())
+    # A ClientHello cut short, then the client is gone.
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    # A bad packet inside TLS: the ERROR reply is sent over TLS, then the close.
+    context = pki.client_context()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"\0REQ\x00\x00\x00\xff\x00\x00\x00\x00")
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"\0RES\x00\x00\x00\x13")  # ERROR
+    assert tls_echo(srv.port, context) == ECHO_RES  # the server goes on
+    assert any("refused: TLS handshake failed" in r.getMessage() for r in caplog.records)
