@@ -29,6 +29,8 @@ _WHERE = {
     "ServerAddress": "._servers",
     "default_servers": "._servers",
     "parse_servers": "._servers",
+    "TlsSetupError": "._tls",
+    "tls_context": "._tls",
     "Admin": "._admin_sync",
     "AdminReply": "._admin_core",
     "FunctionStatus": "._admin_core",
@@ -77,10 +79,12 @@ __all__ = [
     "TaskCallback",
     "TaskCallbacks",
     "TaskState",
+    "TlsSetupError",
     "Worker",
     "WorkerInfo",
     "default_servers",
     "parse_servers",
+    "tls_context",
 ]
 
 
@@ -114,6 +118,7 @@ if TYPE_CHECKING:
     )
     from ._servers import DEFAULT_PORT, ServerAddress, default_servers, parse_servers
     from ._task import BackgroundBatch, JobStatus, Task, TaskCallback, TaskCallbacks, TaskState
+    from ._tls import TlsSetupError, tls_context
     from .admin import AsyncAdmin
     from .client import AsyncClient
     from .worker import AsyncWorker, Job, JobCallback, Worker

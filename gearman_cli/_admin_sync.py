@@ -9,7 +9,7 @@ from __future__ import annotations
 import _socket
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol import NEED_DATA, AdminCommand, ConnectionClosed, Parser, RemoteProtocolError
 
@@ -35,6 +35,9 @@ from ._errors import ConnectionLostError
 from ._servers import ServerAddress, ServerSpec, default_servers, to_addresses
 from ._sync import RECEIVE_SIZE, connect
 
+if TYPE_CHECKING:
+    from ._tls import SslArg
+
 __all__ = ["Admin", "AdminTimeout"]
 
 #: Default time allowed for a connect, in seconds.
@@ -48,7 +51,10 @@ class AdminTimeout(ConnectionLostError):
 class Admin:
     """Blocking admin client. Each call opens a connection, sends the command, reads the
     whole reply and closes; ``with Admin(...) as admin:`` keeps one connection for several
-    calls. ``timeout`` (seconds, ``None`` = wait for ever) bounds each read."""
+    calls. ``timeout`` (seconds, ``None`` = wait for ever) bounds each read.
+    ``ssl``: an ``ssl.SSLContext`` (see ``tls_context``), True, False, or None (TLS when
+    the ``GEARMAN_SSL*`` variables ask for it); the server's certificate and host name are
+    always verified (docs/security.md)."""
 
     def __init__(
         self,
@@ -56,7 +62,11 @@ class Admin:
         *,
         connect_timeout: float = CONNECT_TIMEOUT,
         timeout: float | None = None,
+        ssl: SslArg = None,
     ) -> None:
+        from ._tls import resolve
+
+        self._tls = resolve(ssl)
         self.server: ServerAddress = (
             to_addresses(server)[0] if server is not None else default_servers()[0]
         )
@@ -79,7 +89,7 @@ class Admin:
     def connect(self) -> None:
         """Open the connection (``OSError`` when the server cannot be reached)."""
         if self._sock is None:
-            sock = connect(self.server, self._connect_timeout)
+            sock = connect(self.server, self._connect_timeout, self._tls)
             sock.settimeout(self._timeout)
             self._sock = sock
             self._parser = Parser(max_line_length=MAX_LINE)

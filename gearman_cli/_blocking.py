@@ -57,6 +57,7 @@ logger = get_logger("gearman_cli.client")
 
 if TYPE_CHECKING:
     from ._task import When
+    from ._tls import SslArg
 
 __all__ = ["CONNECT_TIMEOUT", "Client", "IdleTimeout"]
 
@@ -83,6 +84,9 @@ class Client(TaskQueue):
     them; ``None`` uses ``add_server`` calls or else ``GEARMAN_SERVERS`` (else
     ``localhost:4730``, read once). With ``exceptions=True`` every connection sends
     ``OPTION_REQ exceptions`` so WORK_EXCEPTION reaches us.
+    ``ssl``: an ``ssl.SSLContext`` (see ``tls_context``), True, False, or None (TLS when
+    the ``GEARMAN_SSL*`` variables ask for it); the server's certificate and host name are
+    always verified (docs/security.md).
     """
 
     def __init__(
@@ -92,7 +96,11 @@ class Client(TaskQueue):
         exceptions: bool = True,
         connect_timeout: float = CONNECT_TIMEOUT,
         client_id: str | bytes | None = None,
+        ssl: SslArg = None,
     ) -> None:
+        from ._tls import resolve
+
+        self._tls = resolve(ssl)
         self._pool = ServerPool()
         if servers is not None:
             for address in to_addresses(servers):
@@ -124,7 +132,7 @@ class Client(TaskQueue):
         if conn is not None and not conn.sock.closed:
             return conn
         try:
-            sock = SyncConnection(server, self._connect_timeout)
+            sock = SyncConnection(server, self._connect_timeout, self._tls)
         except OSError:
             self._pool.mark_down(server)
             raise

@@ -133,7 +133,7 @@ class AdminRun:
 
     def main(self) -> int:
         opts = self.opts
-        admin = Admin(opts.server, timeout=opts.timeout)
+        admin = Admin(opts.server, timeout=opts.timeout, ssl=opts.tls or False)
         try:
             with admin:
                 for command in opts.commands:

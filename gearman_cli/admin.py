@@ -23,7 +23,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -49,6 +49,10 @@ from ._admin_core import (
     word,
 )
 from ._connection import CONNECT_TIMEOUT, RECEIVE_SIZE, open_stream
+from ._tls import resolve as resolve_tls
+
+if TYPE_CHECKING:
+    from ._tls import SslArg
 from ._errors import ConnectionLostError
 from ._servers import ServerAddress, ServerSpec, default_servers, to_addresses
 
@@ -68,16 +72,21 @@ class AsyncAdmin:
 
     ``server`` defaults to the first of ``GEARMAN_SERVERS`` (else ``localhost:4730``).
     Commands are sent and answered one at a time, in order.
+    ``ssl``: an ``ssl.SSLContext`` (see ``tls_context``), True, False, or None (TLS when
+    the ``GEARMAN_SSL*`` variables ask for it); the server's certificate and host name are
+    always verified (docs/security.md).
     """
 
     def __init__(
-        self, server: ServerSpec | None = None, *, connect_timeout: float = CONNECT_TIMEOUT
+        self, server: ServerSpec | None = None, *, connect_timeout: float = CONNECT_TIMEOUT,
+        ssl: SslArg = None,
     ) -> None:
         self.server: ServerAddress = (
             to_addresses(server)[0] if server is not None else default_servers()[0]
         )
         self._connect_timeout = connect_timeout
-        self._stream: trio.SocketStream | None = None
+        self._tls = resolve_tls(ssl)
+        self._stream: trio.abc.Stream | None = None
         self._parser = Parser(max_line_length=MAX_LINE)
         self._lock = trio.Lock()
 
@@ -96,7 +105,7 @@ class AsyncAdmin:
     async def connect(self) -> None:
         """Open the connection (``OSError`` when the server cannot be reached)."""
         if self._stream is None:
-            self._stream = await open_stream(self.server, self._connect_timeout)
+            self._stream = await open_stream(self.server, self._connect_timeout, self._tls)
             self._parser = Parser(max_line_length=MAX_LINE)
 
     async def aclose(self) -> None:

@@ -49,7 +49,7 @@ import time
 from collections.abc import Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -58,6 +58,10 @@ from protocol import Packet, PacketType, Priority, encode_req
 from ._blocking import Client
 from ._client_core import ConnCore, give_up_after
 from ._connection import CONNECT_TIMEOUT, Connection, open_stream
+from ._tls import resolve as resolve_tls
+
+if TYPE_CHECKING:
+    from ._tls import SslArg
 from ._errors import ConnectionLostError, GearmanError, NoServerError
 from ._servers import ServerAddress, ServerPool, ServerSpec, to_addresses, why
 from ._task import (
@@ -129,6 +133,9 @@ class AsyncClient(TaskQueue):
     them; ``None`` uses ``add_server`` calls or else ``GEARMAN_SERVERS`` (else
     ``localhost:4730``). With ``exceptions=True`` every connection sends
     ``OPTION_REQ exceptions`` so WORK_EXCEPTION reaches us (§1.3).
+    ``ssl``: an ``ssl.SSLContext`` (see ``tls_context``), True, False, or None (TLS when
+    the ``GEARMAN_SSL*`` variables ask for it); the server's certificate and host name are
+    always verified (docs/security.md).
     """
 
     def __init__(
@@ -139,7 +146,9 @@ class AsyncClient(TaskQueue):
         connect_timeout: float = CONNECT_TIMEOUT,
         client_id: str | bytes | None = None,
         pool: ServerPool | None = None,
+        ssl: SslArg = None,
     ) -> None:
+        self._tls = resolve_tls(ssl)
         self._pool = pool if pool is not None else ServerPool()
         if servers is not None:
             for address in to_addresses(servers):
@@ -228,7 +237,7 @@ class AsyncClient(TaskQueue):
         event = self._connecting[server] = trio.Event()
         try:
             try:
-                stream = await open_stream(server, self._connect_timeout)
+                stream = await open_stream(server, self._connect_timeout, self._tls)
             except OSError:
                 self._pool.mark_down(server)
                 raise

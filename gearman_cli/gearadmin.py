@@ -9,11 +9,12 @@ from __future__ import annotations
 import sys
 
 from . import _signals
-from ._argv import ArgParser, Option, UsageError, int_range, positive_float
+from ._argv import ArgParser, Option, UsageError, int_range, positive_float, tls_options
 
 TYPE_CHECKING = False  # not typing's: start-up time
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import Any
 
     from ._cli_options import AdminCommand, AdminOptions, TopOptions
 
@@ -113,7 +114,7 @@ OPTIONS = [
            help="Seconds between two refreshes of --top."),
     Option("--sort", dest="sort", takes_value=True, metavar="COLUMN", convert=_sort_key,
            help="The column --top sorts by first (default: function)."),
-    Option("-S", "--ssl", dest="ssl", help="Enable SSL connections (not supported yet)."),
+    *tls_options(),
 ]
 
 PARSER = ArgParser(
@@ -138,8 +139,9 @@ def parse(argv: Sequence[str]) -> AdminOptions | TopOptions | None:
     v = parsed.values
     if parsed.args and not v["watch"]:
         raise UsageError(f"Got unexpected extra argument ({' '.join(parsed.args)})")
-    if v["ssl"]:
-        raise UsageError("-S: TLS is not supported yet")
+    from ._tls import cli_context
+
+    tls = cli_context(v)
     # Commands in the order given (the reference runs them in a fixed order).
     commands: list[AdminCommand] = []
     for opt, value in parsed.order:
@@ -169,7 +171,7 @@ def parse(argv: Sequence[str]) -> AdminOptions | TopOptions | None:
             raise UsageError(f"--top cannot be combined with {commands[0].flag}")
         if v["json"]:
             raise UsageError("--top cannot be combined with --json")
-        return _top_options(hosts, port, v["interval"], v["sort"], timeout_ms)
+        return _top_options(hosts, port, v["interval"], v["sort"], timeout_ms, tls)
     if v["sort"] is not None or any(opt.dest == "interval" for opt, _ in parsed.order):
         raise UsageError("--interval and --sort go with --top")
     if not commands:
@@ -180,11 +182,12 @@ def parse(argv: Sequence[str]) -> AdminOptions | TopOptions | None:
         json=bool(v["json"]),
         table=None,
         timeout=timeout_ms / 1000 if timeout_ms else None,
+        tls=tls,
     )
 
 
 def _top_options(hosts: list[str], port: int, interval: float, sort: str | None,
-                 timeout_ms: int | None) -> TopOptions:
+                 timeout_ms: int | None, tls: Any = None) -> TopOptions:
     from ._cli_options import TopOptions
     from ._servers import parse_server
 
@@ -197,7 +200,7 @@ def _top_options(hosts: list[str], port: int, interval: float, sort: str | None,
         if server not in servers:
             servers.append(server)
     return TopOptions(servers=tuple(servers), interval=interval, sort=sort or "function",
-                      timeout=timeout_ms / 1000 if timeout_ms else None)
+                      timeout=timeout_ms / 1000 if timeout_ms else None, tls=tls)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import os
 import sys
 
 from . import _signals
-from ._argv import ArgParser, Option, UsageError, int_range, positive_float
+from ._argv import ArgParser, Option, UsageError, int_range, positive_float, tls_options
 
 TYPE_CHECKING = False  # not typing's: `gearman --help` imports nothing it does not need
 if TYPE_CHECKING:
@@ -65,7 +65,6 @@ OPTIONS = [
     Option("-d", "--daemon", dest="daemon",
            help="Detach: fork, new session, stdio to /dev/null (a worker first checks "
                 "that a server answers, and exits 3 if none does)."),
-    Option("-S", "--ssl", dest="ssl", help="Enable SSL connections (not supported yet)."),
     Option("-v", "--verbose", dest="verbose",
            help="Print 'Task created: HANDLE' to stdout for each job created."),
     Option("-b", "--background", dest="background", help="Run jobs in the background."),
@@ -95,6 +94,7 @@ OPTIONS = [
     Option("--job-timeout", dest="job_timeout", takes_value=True, metavar="SECONDS",
            convert=positive_float,
            help="Worker: kill the command's process group and fail the job after SECONDS."),
+    *tls_options(),
 ]
 
 PARSER = ArgParser(
@@ -117,10 +117,9 @@ def parse(argv: Sequence[str]) -> GearmanOptions | None:
         sys.stdout.write(PARSER.help_text())
         return None
     from ._cli_options import GearmanOptions, resolve_servers
+    from ._tls import cli_context
 
     v = parsed.values
-    if v["ssl"]:
-        raise UsageError("-S: TLS is not supported yet")
     if not v["functions"]:
         raise UsageError("no function given (use -f FUNCTION)")
     try:
@@ -155,6 +154,7 @@ def parse(argv: Sequence[str]) -> GearmanOptions | None:
         window=v["window"],
         concurrency=v["concurrency"] if v["concurrency"] is not None else 1,
         job_timeout=v["job_timeout"],
+        tls=cli_context(v),
     )
 
 
@@ -197,7 +197,7 @@ def _reachable(opts: GearmanOptions) -> str | None:
     reasons = []
     for server in opts.servers:
         try:
-            connect(server, timeout).close()
+            connect(server, timeout, opts.tls).close()
             return None
         except OSError as exc:
             reasons.append(f"{server}: {why(exc)}")

@@ -67,13 +67,17 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import trio
 
 from protocol import Packet, PacketType, encode_req
 
 from ._connection import CONNECT_TIMEOUT, Connection, open_stream
+from ._tls import resolve as resolve_tls
+
+if TYPE_CHECKING:
+    from ._tls import SslArg
 from ._job import _ASSIGN, _GRAB, _PRE_SLEEP, Job, JobCallback, _Function, _Session
 from ._servers import ServerAddress, ServerPool, ServerSpec, to_addresses
 
@@ -92,6 +96,9 @@ class AsyncWorker:
     (PRE_SLEEP, once every outstanding grab came back empty) until the server sends NOOP;
     with ``idle_poll`` seconds it also grabs again after that long without a NOOP (off by
     default: no polling).
+    ``ssl``: an ``ssl.SSLContext`` (see ``tls_context``), True, False, or None (TLS when
+    the ``GEARMAN_SSL*`` variables ask for it); the server's certificate and host name are
+    always verified (docs/security.md).
     """
 
     def __init__(
@@ -105,9 +112,11 @@ class AsyncWorker:
         reconnect_max: float = 5.0,
         exception_packet: Literal["exception", "fail"] = "exception",
         idle_poll: float | None = None,
+        ssl: SslArg = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        self._tls = resolve_tls(ssl)
         self._pool = ServerPool()
         if servers is not None:
             for address in to_addresses(servers):
@@ -268,7 +277,7 @@ class AsyncWorker:
         lost = False
         while True:
             try:
-                stream = await open_stream(server, self._connect_timeout)
+                stream = await open_stream(server, self._connect_timeout, self._tls)
             except OSError as exc:
                 # One warning per second at most; the other attempts log at DEBUG.
                 now = trio.current_time()
@@ -531,6 +540,7 @@ class Worker:
         reconnect_max: float = 5.0,
         exception_packet: Literal["exception", "fail"] = "exception",
         idle_poll: float | None = None,
+        ssl: SslArg = None,
     ) -> None:
         self._worker = AsyncWorker(
             servers,
@@ -541,6 +551,7 @@ class Worker:
             reconnect_max=reconnect_max,
             exception_packet=exception_packet,
             idle_poll=idle_poll,
+            ssl=ssl,
         )
 
     def add_server(self, host: str, port: int = 4730) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -20,8 +21,9 @@ from protocol import PacketType
 
 from .admin import AdminContext
 from .config import ServerConfig
+from .daemon import StartupError
 from .events import Events
-from .gear import GearFrontEnd
+from .gear import GearFrontEnd, GearPeer
 from .host import Address, FrontEnd
 from .manager import Limits, Manager
 from .persistence import Persistence
@@ -75,7 +77,18 @@ class Server:
         self.addresses: list[Address] = []
         #: Where each ``-r`` front-end listens, by name, once serving.
         self.frontend_addresses: dict[str, list[Address]] = {}
-        self.gear = GearFrontEnd(self, config.port)
+        #: ``--ssl``: built here, so that a bad certificate stops start-up before binding.
+        self._tls_context: ssl.SSLContext | None = None
+        peer_class: type[GearPeer] = GearPeer
+        if config.tls is not None:
+            from .gear_tls import TlsGearPeer
+            from .tls import TlsSetupError, server_context
+            try:
+                self._tls_context = server_context(config.tls)
+            except TlsSetupError as exc:
+                raise StartupError(str(exc)) from None
+            peer_class = TlsGearPeer
+        self.gear = GearFrontEnd(self, config.port, peer_class)
         self.frontends: list[FrontEnd] = [self.gear, *self._extra_frontends()]
         self.persistence: Persistence | None = None
         self._shutdown = trio.Event()
@@ -148,6 +161,10 @@ class Server:
     @property
     def admin(self) -> AdminContext:
         return self._admin
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        return self._tls_context
 
     @property
     def http_addresses(self) -> list[Address]:

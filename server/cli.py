@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from click.core import ParameterSource
 
 from protocol import __version__
 from server import logs
-from server.config import ServerConfig
+from server.config import ServerConfig, TlsConfig
 from server.store import registry
 
 PROG = "gearmand"
@@ -132,6 +132,42 @@ def _default(name: str) -> Any:
     raise KeyError(name)
 
 
+def _default_tls(name: str) -> Any:
+    for field in dataclasses.fields(TlsConfig):
+        if field.name == name:
+            return field.default
+    raise KeyError(name)
+
+
+def _tls_config(values: Mapping[str, Any], given: Callable[[str], bool]) -> TlsConfig | None:
+    """``--ssl`` and its files, checked now (each file read, the key matched to the
+    certificate), so that a bad one is one line and exit 1 before anything is bound."""
+    if not values["ssl"]:
+        for name in SSL_OPTIONS:
+            if given(name):
+                raise CliError(f"--{name.replace('_', '-')} without --ssl: the server would "
+                               "speak plaintext; add --ssl (or drop the option)")
+        return None
+    if not values["ssl_certificate"] or not values["ssl_key"]:
+        raise CliError("--ssl needs --ssl-certificate FILE and --ssl-key FILE")
+    timeout = values["ssl_handshake_timeout"]
+    if not 0 < timeout < float("inf"):
+        raise CliError("invalid value for --ssl-handshake-timeout: it must be a finite "
+                       "number of seconds, more than 0")
+    ca_file = values["ssl_ca_file"]
+    tls = TlsConfig(certificate=Path(values["ssl_certificate"]).absolute(),
+                    key=Path(values["ssl_key"]).absolute(),
+                    ca_file=Path(ca_file).absolute() if ca_file else None,
+                    verify_client=values["ssl_verify_client"], handshake_timeout=timeout)
+    from server.tls import TlsSetupError, server_context  # imports trio: only with --ssl
+
+    try:
+        server_context(tls)
+    except TlsSetupError as exc:
+        raise CliError(str(exc)) from None
+    return tls
+
+
 def _opt(*decls: str, section: str = GENERAL, **kwargs: Any) -> _Option:
     kwargs.setdefault("show_default", "default" in kwargs and kwargs["default"] is not None
                       and not kwargs.get("is_flag", False))
@@ -152,8 +188,9 @@ def _queue_opt(queue: registry.QueueType, option: registry.QueueOption) -> _Opti
 #: (name, value) pairs.
 QUEUE_OPTIONS: tuple[_Option, ...] = tuple(_queue_opt(q, o) for q, o in registry.all_options())
 
-#: Accepted by the parser, refused at once: we have no TLS (spec §4.2).
-REFUSED_SSL = ("ssl", "ssl_ca_file", "ssl_certificate", "ssl_key")
+#: The options that only mean something with ``--ssl``.
+SSL_OPTIONS = ("ssl_ca_file", "ssl_certificate", "ssl_key", "ssl_verify_client",
+               "ssl_handshake_timeout")
 
 PARAMS: list[click.Parameter] = [
     _opt("-b", "--backlog", type=_Int(1), default=_default("backlog"), metavar="N",
@@ -278,10 +315,24 @@ PARAMS: list[click.Parameter] = [
     _opt("-p", "--port", section=GEAR, default=DEFAULT_PORT, metavar="PORT",
          help="Port or service name the server should listen on. GEARMAND_PORT in the "
               "environment replaces the default; 0 picks a free port."),
-    _opt("--ssl", section=GEAR, is_flag=True, help="Refused: TLS is not supported yet."),
-    _opt("--ssl-ca-file", section=GEAR, metavar="FILE", help="Refused with --ssl."),
-    _opt("--ssl-certificate", section=GEAR, metavar="FILE", help="Refused with --ssl."),
-    _opt("--ssl-key", section=GEAR, metavar="FILE", help="Refused with --ssl."),
+    _opt("--ssl", section=GEAR, is_flag=True,
+         help="TLS (1.2 or later) on every listener: the Gear port, and the HTTP, "
+              "memcached and metrics ports. A plaintext connection is closed; there is "
+              "no fallback. Needs --ssl-certificate and --ssl-key."),
+    _opt("--ssl-ca-file", section=GEAR, metavar="FILE",
+         help="With --ssl: CA certificates (PEM) that sign client certificates. A client "
+              "certificate sent is then verified (and its identity given to the "
+              "connection); with --ssl-verify-client one is required."),
+    _opt("--ssl-certificate", section=GEAR, metavar="FILE",
+         help="With --ssl: the server's certificate chain (PEM, the server's first)."),
+    _opt("--ssl-key", section=GEAR, metavar="FILE",
+         help="With --ssl: the certificate's private key (PEM, unencrypted)."),
+    _opt("--ssl-verify-client", section=GEAR, is_flag=True,
+         help="With --ssl and --ssl-ca-file: refuse a connection without a client "
+              "certificate verified by that CA."),
+    _opt("--ssl-handshake-timeout", section=GEAR, type=float,
+         default=_default_tls("handshake_timeout"), metavar="SECONDS",
+         help="With --ssl: time a new connection has to finish its TLS handshake."),
     *QUEUE_OPTIONS,
 ]
 
@@ -422,10 +473,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     if values["version"]:
         raise Exit(VERSION_LINE)
 
-    for name in REFUSED_SSL:
-        if given(name):
-            raise CliError(f"--{name.replace('_', '-')}: TLS is not supported by this server "
-                           "yet; put a TLS proxy in front of it")
+    tls = _tls_config(values, given)
     protocols: list[str] = []
     for protocol in values["protocol"]:
         if protocol not in ("http", "memcached"):
@@ -508,6 +556,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         events_function=values["events_function"],
         events_payloads=values["events_payloads"],
         events_buffer=values["events_buffer"],
+        tls=tls,
         **prefix_kw,
     )
     return Invocation(

@@ -7,6 +7,22 @@ import socket
 from pathlib import Path
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """``--ssl`` and its files: every listener speaks TLS only (no plaintext fallback)."""
+
+    certificate: Path
+    key: Path
+    #: CA bundle for client certificates: a client certificate sent is verified against
+    #: it (and required with ``verify_client``); None = client certificates not asked for.
+    ca_file: Path | None = None
+    #: ``--ssl-verify-client``: a connection without a certificate verified by
+    #: ``ca_file`` is refused.
+    verify_client: bool = False
+    #: ``--ssl-handshake-timeout``: seconds a new connection has to finish its handshake.
+    handshake_timeout: float = 10.0
+
+
 def default_handle_prefix() -> str:
     """``H:<nodename>`` as the reference builds it (spec §2.1)."""
     return "H:" + socket.gethostname().split(".")[0]
@@ -85,3 +101,5 @@ class ServerConfig:
     events_payloads: bool = False
     #: ``--events-buffer``: events pending delivery before new ones are dropped.
     events_buffer: int = 10_000
+    #: ``--ssl``: TLS on every listener (Gear, HTTP, memcached, metrics); None = plaintext.
+    tls: TlsConfig | None = None

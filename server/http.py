@@ -19,7 +19,7 @@ import trio
 
 from protocol import PacketType, Priority
 
-from .host import Host, PacketPeer, TaskFrontEnd
+from .host import Host, PacketPeer, Stream, TaskFrontEnd
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class _Answer:
 class HttpConnection:
     """One HTTP client: requests read with h11, each answered from the manager's packets."""
 
-    def __init__(self, host: Host, stream: trio.SocketStream, address: str,
+    def __init__(self, host: Host, stream: Stream, address: str,
                  port: int = 0, *, metrics_only: bool = False) -> None:
         config = host.config
         #: ``--metrics-port``: only ``GET /metrics`` and the web monitor (``/`` and
@@ -407,7 +407,7 @@ class HttpFrontEnd(TaskFrontEnd):
 
     name = "http"
 
-    def open(self, stream: trio.SocketStream, address: str, port: int) -> HttpConnection:
+    def open(self, stream: Stream, address: str, port: int) -> HttpConnection:
         return HttpConnection(self.host, stream, address, port)
 
 
@@ -418,5 +418,5 @@ class MetricsFrontEnd(TaskFrontEnd):
 
     name = "metrics"
 
-    def open(self, stream: trio.SocketStream, address: str, port: int) -> HttpConnection:
+    def open(self, stream: Stream, address: str, port: int) -> HttpConnection:
         return HttpConnection(self.host, stream, address, port, metrics_only=True)

@@ -29,7 +29,7 @@ import trio
 
 from protocol import PacketType, Priority
 
-from .host import Host, PacketPeer, TaskFrontEnd
+from .host import Host, PacketPeer, Stream, TaskFrontEnd
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class _Closed(Exception):
 class MemcachedConnection:
     """One memcached client: commands read from its stream, answered in order."""
 
-    def __init__(self, host: Host, stream: trio.SocketStream, address: str, port: int,
+    def __init__(self, host: Host, stream: Stream, address: str, port: int,
                  started: float) -> None:
         config = host.config
         self.host = host
@@ -359,6 +359,6 @@ class MemcachedFrontEnd(TaskFrontEnd):
         super().__init__(host, port)
         self.started = time.time()
 
-    def open(self, stream: trio.SocketStream, address: str,
+    def open(self, stream: Stream, address: str,
              port: int) -> MemcachedConnection:
         return MemcachedConnection(self.host, stream, address, port, self.started)

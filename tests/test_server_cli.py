@@ -209,12 +209,15 @@ def test_unknown_options_and_arguments_are_one_clear_line() -> None:
     assert refused("--back", "3") == "unrecognised option '--back'"
 
 
-@pytest.mark.parametrize("args", [("--ssl",), ("--ssl-key", "k.pem"), ("--ssl-ca-file=ca",),
-                                  ("--ssl-certificate", "c.pem")])
-def test_tls_options_are_refused_by_name(args: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("args", [("--ssl-key", "k.pem"), ("--ssl-ca-file=ca",),
+                                  ("--ssl-certificate", "c.pem"), ("--ssl-verify-client",)])
+def test_tls_files_without_ssl_are_refused_by_name(args: tuple[str, ...]) -> None:
+    """Never a plaintext server to someone who gave it a certificate (tests/test_tls.py
+    has the rest of --ssl's checks)."""
     option = args[0].split("=")[0]
     message = refused(*args)
-    assert message.startswith(option + ":") and "TLS" in message
+    assert message.startswith(option + " without --ssl")
+    assert refused("--ssl") == "--ssl needs --ssl-certificate FILE and --ssl-key FILE"
 
 
 def test_protocols_http_only() -> None:
