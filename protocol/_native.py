@@ -98,7 +98,7 @@ class NativeFinder:
 
 #: The modules scripts/build_native.py compiles together (GEARMAN_NATIVE=1 insists on them).
 GROUP = frozenset({"protocol._parser", "server.jobs", "server.core", "server.manager",
-                   "server.wakeups", "server.gear"})
+                   "server.wakeups", "server.gear", "server.gear_tls"})
 
 
 def install() -> NativeFinder | None:

@@ -46,14 +46,17 @@ class TlsGearPeer(GearPeer):
                 self._wake = trio.Event()
                 while out and not self.broken:
                     chunk = bytes(out[:_CHUNK])
+                    failed = False
                     with trio.move_on_after(timeout) as waited:
                         try:
                             await stream.send_all(chunk)
                         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                             log.info("connection %d: write failed: %s", self.cid,
                                      exc.__cause__ or exc)
-                            self.broken = True
-                            break
+                            failed = True
+                    if failed:  # (no break inside the with: mypyc cannot compile one)
+                        self.broken = True
+                        break
                     if waited.cancelled_caught:
                         log.warning("connection %d: peer took no data for %.0f s "
                                     "(%d bytes pending); dropping", self.cid,
