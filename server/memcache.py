@@ -218,8 +218,8 @@ class MemcachedConnection:
         return problem[1] if problem is not None else None
 
     async def _submit_background(self, function: bytes, data: bytes) -> bytes:
-        self.manager.submit(self.conn, function, b"", data, int(Priority.NORMAL), True,
-                            time.time())
+        self.manager.submit_checked(self.conn, function, b"", data, int(Priority.NORMAL),
+                                    True, time.time())
         self.host.changed()
         ptype, args = await self.peer.next_packet()
         if ptype is PT.JOB_CREATED:
@@ -256,8 +256,8 @@ class MemcachedConnection:
         now = time.time()
         for key in keys:
             function, _, arg = key.partition(b"/")
-            self.manager.submit(self.conn, function, b"", arg, int(Priority.NORMAL), False,
-                                now)
+            self.manager.submit_checked(self.conn, function, b"", arg,
+                                        int(Priority.NORMAL), False, now)
         self.host.changed()
         results: list[bytes | None] = [None] * len(keys)
         bodies: dict[bytes, tuple[int, bytearray]] = {}
