@@ -293,8 +293,10 @@ class Acl:
         self.rules = rules
         #: connection id -> (the connection, its rights).
         self._rights: dict[int, tuple[Conn, Rights]] = {}
-        #: Tenant -> internal names of its functions (for its limits), seeded by a scan.
+        #: Tenant -> internal names of its functions (for its limits): those named since
+        #: the rules were loaded, and those a scan found (once, for tenants in ``_seeded``).
         self._names: dict[str, set[bytes]] = {}
+        self._seeded: set[str] = set()
 
     @classmethod
     def from_file(cls, path: str | Path) -> Acl:
@@ -336,6 +338,7 @@ class Acl:
             return False
         self.rules = rules
         self._names.clear()
+        self._seeded.clear()
         for conn_id, (conn, _) in list(self._rights.items()):
             rights = self._resolve(conn)
             if rights.tenant != conn.tenant:
@@ -366,10 +369,7 @@ class Acl:
             return None
         if rights.tenant is None:
             return name
-        key = rights.prefix + name
-        if rights.tenant in self._names:
-            self._names[rights.tenant].add(key)
-        return key
+        return rights.prefix + name
 
     def may_keep(self, conn: Conn, name: bytes) -> bool:
         """Whether a worker may still do internal function ``name`` (after a reload)."""
@@ -396,18 +396,21 @@ class Acl:
         """Whether a job is in the connection's namespace (handles are server-wide)."""
         return prefix_of(job.function.name) == self.rights(conn).prefix
 
-    def queue_full(self, conn: Conn, functions: Mapping[bytes, Function], size: int) -> bool:
-        """Whether a new job of ``size`` bytes would take the connection's tenant past
-        one of its limits. O(the tenant's functions); a full scan once per tenant and reload."""
+    def queue_full(self, conn: Conn, key: bytes, functions: Mapping[bytes, Function],
+                   size: int) -> bool:
+        """Whether a new job of ``size`` bytes for function ``key`` would take the
+        connection's tenant past one of its limits. O(the tenant's functions); a full
+        scan once per tenant and reload."""
         tenant = self.rights(conn).tenant
         limits = self.rules.tenants.get(tenant) if tenant is not None else None
         if limits is None or (limits.max_jobs is None and limits.max_bytes is None):
             return False
         assert tenant is not None
-        names = self._names.get(tenant)
-        if names is None:
+        names = self._names.setdefault(tenant, set())
+        if tenant not in self._seeded:  # functions made before (replayed, registered)
+            self._seeded.add(tenant)
             prefix = tenant.encode() + SEP
-            names = self._names[tenant] = {n for n in functions if n.startswith(prefix)}
+            names.update(n for n in functions if n.startswith(prefix))
         jobs = 0
         for name in list(names):
             fn = functions.get(name)
@@ -416,5 +419,6 @@ class Acl:
                 continue
             jobs += fn.queued
             size += fn.bytes_queued
+        names.add(key)
         return ((limits.max_jobs is not None and jobs + 1 > limits.max_jobs)
                 or (limits.max_bytes is not None and size > limits.max_bytes))

@@ -166,7 +166,7 @@ class Manager(JobCore):
         joins = index_key(key, unique, data)
         if joins is not None and joins in self.unique_index:
             return False
-        if not self.acl.queue_full(conn, self.functions, len(data)):
+        if not self.acl.queue_full(conn, key, self.functions, len(data)):
             return False
         log.warning("connection %d: tenant %s is at its queue limit; submit refused",
                     conn.id, conn.tenant)
