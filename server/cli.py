@@ -240,7 +240,7 @@ PARAMS: list[click.Parameter] = [
          help="Access rules (TOML): which peers (by TLS identity or by address/CIDR) may "
               "register and submit which functions, read or change the server by admin "
               "commands, and their tenant (its own function names, limits). SIGHUP "
-              "reloads it; a bad file keeps the rules in force. See docs/acl.md."),
+              "reloads it; a bad file keeps the rules in force. See man gearmand."),
     _opt("--max-packet-size", section=OURS, type=_Int(1024),
          default=_default("max_packet_size"), metavar="BYTES",
          help="Largest packet a peer may send."),

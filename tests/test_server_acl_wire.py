@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -210,3 +211,27 @@ def test_gear_library_survives_the_error_and_sighup_reloads(
         assert srv.proc.poll() is None
     finally:
         client.shutdown()
+
+
+def test_a_tenants_stored_job_comes_back_into_the_tenant(
+        start_inprocess: Callable[..., object], tmp_path: Path) -> None:
+    from tests.wire import connect
+
+    path = tmp_path / "acl.toml"
+    path.write_text(RULES.replace('register = "ok-*"', 'register = "*"'))
+    args = ("--acl-file", str(path), "-q", "libsqlite3",
+            f"--libsqlite3-db={tmp_path / 'q.db'}")
+    first: Any = start_inprocess(*args)
+    with connect(first.port) as client:
+        client.send(PT.SUBMIT_JOB_BG, b"ok-stored", b"u1", b"payload")
+        handle = client.recv().args[0]
+    first.stop()
+    second: Any = start_inprocess(*args)
+    assert b"t\x1fok-stored" in second.server.manager.functions
+    with connect(second.port) as worker:
+        assert worker.admin("status") == b"ok-stored\t1\t0\t0\n.\n"
+        worker.send(PT.CAN_DO, b"ok-stored")
+        assign = worker.request(PT.GRAB_JOB_UNIQ)
+        assert assign.type == PT.JOB_ASSIGN_UNIQ
+        assert assign.args[1:] == (b"ok-stored", b"u1", b"payload")
+    assert handle.startswith(b"H:")
