@@ -331,7 +331,14 @@ class MemcachedConnection:
             await self._send(b"CLIENT_ERROR only plain stats are supported\r\n")
             return
         manager = self.manager
-        functions = manager.functions.values()
+        admin = self.host.admin
+        if admin.acl is not None:
+            refused = admin.refusal(self.conn, "stats")  # admin-read
+            if refused is not None:
+                await self._send(b"SERVER_ERROR " + refused[4:])
+                return
+        view = admin.view(self.conn)  # with tenants, the asker's own functions only
+        functions = [fn for fn in manager.functions.values() if view.sees(fn.name)]
         now = time.time()
         stats = {
             b"pid": os.getpid(),
@@ -339,11 +346,13 @@ class MemcachedConnection:
             b"time": int(now),
             b"version": self.host.config.version,
             b"curr_connections": len(manager.conns),
-            b"functions": len(manager.functions),
-            b"jobs": len(manager.jobs),
+            b"functions": len(functions),
+            b"jobs": len(manager.jobs) if view.prefix is None
+            else sum(fn.total for fn in functions),
             b"jobs_queued": sum(fn.queued for fn in functions),
             b"jobs_running": sum(fn.running for fn in functions),
-            b"workers": sum(1 for c in manager.conns.values() if c.abilities),
+            b"workers": sum(1 for c in manager.conns.values()
+                            if c.abilities and view.sees_conn(c)),
         }
         out = b"".join(b"STAT %s %s\r\n" % (name, str(value).encode())
                        for name, value in stats.items())

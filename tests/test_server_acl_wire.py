@@ -120,6 +120,10 @@ async def test_memcached(server: Server) -> None:
         b"SERVER_ERROR no submit right for function private\r\n"
     assert await mc.ask(b"set ok-3 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
     assert server.manager.functions[b"t\x1fok-3"].queued == 1
+    server.manager.restore(b"global-fn", b"", b"x", 1, 0.0, b"", "k", 0.0)
+    stats = await mc.ask(b"stats\r\n", b"END\r\n")
+    # the tenant's own functions (ok-mine, ok-3) and job only
+    assert b"STAT functions 2\r\n" in stats and b"STAT jobs 1\r\n" in stats
 
 
 async def test_metrics_need_admin_read(nursery: trio.Nursery, tmp_path: Path) -> None:
