@@ -181,6 +181,8 @@ def parse(text: str, name: str = "ACL file") -> Rules:
         raise AclError(f"{name}: rules are written [[rule]]")
     for number, table in enumerate(entries, 1):
         where = f"{name}: rule {number}"
+        if not isinstance(table, dict):
+            raise AclError(f"{where}: rules are written [[rule]]")
         extra = set(table) - _RULE_KEYS
         if extra:
             raise AclError(f"{where}: unknown key {sorted(extra)[0]!r}")

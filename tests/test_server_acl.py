@@ -413,6 +413,9 @@ def test_reload_moving_a_connection_to_another_tenant_takes_its_rights(
 @pytest.mark.parametrize(("text", "message"), [
     ("[[rule]", "not valid TOML"),
     ("[other]\n", "unknown section 'other'"),
+    ("rule = [1]\n", "rule 1: rules are written"),
+    ("rule = 1\n", "rules are written"),
+    ("tenants = 1\n", "must be a table of tables"),
     ("[[rule]]\nsubmit = '*'\n", "rule 1: it needs an address or an identity"),
     ("[[rule]]\naddress = 'example.com'\n", "rule 1: 'example.com' is not an IP address"),
     ("[[rule]]\naddress = []\n", "rule 1: address must be a string or a non-empty list"),
