@@ -464,3 +464,18 @@ def test_without_acl_admin_write_is_loopback_only(line: bytes) -> None:
     assert handle_admin(ctx, remote, parse_admin_line(b"status")) == b".\n"
     local = m.connect(FakePeer(), "127.0.0.1")
     assert not handle_admin(ctx, local, parse_admin_line(line)).startswith(b"ERR PERM")
+
+
+def test_long_listings_are_checked_and_filtered_too() -> None:
+    from server.admin import CHUNKED_ROWS, admin_listing
+
+    w = World()
+    for i in range(CHUNKED_ROWS):
+        w.m.function(b"f%d" % i).pinned = True
+    w.m.function(b"alpha\x1fmine").pinned = True
+    cmd = parse_admin_line(b"status")
+    assert admin_listing(w.ctx, w.conn(address="192.0.2.1"), cmd) is None  # refused
+    rows = admin_listing(w.ctx, w.conn("CN=alpha-1"), cmd)
+    assert rows is not None and b"".join(rows) == b"mine\t0\t0\t0\n.\n"
+    rows = admin_listing(w.ctx, w.conn("CN=root"), cmd)
+    assert rows is not None and len(b"".join(rows).splitlines()) == CHUNKED_ROWS + 2
