@@ -479,3 +479,16 @@ def test_long_listings_are_checked_and_filtered_too() -> None:
     assert rows is not None and b"".join(rows) == b"mine\t0\t0\t0\n.\n"
     rows = admin_listing(w.ctx, w.conn("CN=root"), cmd)
     assert rows is not None and len(b"".join(rows).splitlines()) == CHUNKED_ROWS + 2
+
+
+def test_the_memo_of_checked_names_is_bounded_and_stays_right() -> None:
+    w = World()
+    client = w.conn(address="10.0.0.1")
+    for i in range(5000):
+        w.m.submit_checked(client, b"public-%d" % i, b"", b"", 1, True, NOW)
+    memo = w.acl.rights(client).memo["submit"]
+    assert 0 < len(memo) <= 4096
+    assert denied(w.submit(client, b"private"))
+    assert denied(w.submit(client, b"private"))  # remembered as refused, still refused
+    assert w.submit(client, b"public-1").type == PT.JOB_CREATED
+    assert w.submit(client, b"public-\x01").args[0] == b"INVALID_ARGUMENT"
