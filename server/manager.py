@@ -187,7 +187,9 @@ class Manager(JobCore):
                      what: bytes = b"Function name") -> tuple[bytes, bytes] | None:
         # With access rules, a name reaching the core is internal (its plain part was
         # checked on the way in by ``Acl.key``, which refuses the separator).
-        return super().name_problem(plain(name) if self.acl is not None else name, what)
+        if self.acl is not None and what == b"Function name":
+            name = plain(name)
+        return super().name_problem(name, what)
 
     def acl_reloaded(self, now: float) -> None:
         """The rules changed: workers give up the functions they may no longer do."""

@@ -188,7 +188,11 @@ def test_bad_names_are_refused_before_the_rules() -> None:
         (reply,) = w.send(root, PT.CAN_DO, name)
         assert reply.args[0] == b"INVALID_ARGUMENT"
         assert w.submit(root, name).args[0] == b"INVALID_ARGUMENT"
-    assert not w.m.functions
+        assert w.m.submit_checked(root, name, b"", b"", 1, True, NOW) is None
+        (reply,) = w.send(root, PT.SET_CLIENT_ID, name)
+        assert reply.args == (b"INVALID_ARGUMENT", b"Client id contains control characters")
+        assert w.admin(root, b"create function " + name).startswith(b"ERR INVALID_ARGUMENT")
+    assert not w.m.functions and root.client_id == b"-"
 
 
 # ---------------------------------------------------------------------- tenants
