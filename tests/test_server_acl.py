@@ -496,3 +496,13 @@ def test_the_memo_of_checked_names_is_bounded_and_stays_right() -> None:
     assert denied(w.submit(client, b"private"))  # remembered as refused, still refused
     assert w.submit(client, b"public-1").type == PT.JOB_CREATED
     assert w.submit(client, b"public-\x01").args[0] == b"INVALID_ARGUMENT"
+
+
+def test_every_admin_command_is_classified() -> None:
+    # A command added later must be given a right (or be knowingly free, as version).
+    from server import admin
+
+    commands = set(admin._COMMANDS) | set(admin._LISTINGS)
+    assert admin._MUTATING | admin._READING | {"version"} == commands
+    assert not admin._MUTATING & admin._READING
+    assert admin._SERVER_WIDE <= admin._MUTATING
