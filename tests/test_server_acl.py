@@ -506,3 +506,18 @@ def test_every_admin_command_is_classified() -> None:
     assert admin._MUTATING | admin._READING | {"version"} == commands
     assert not admin._MUTATING & admin._READING
     assert admin._SERVER_WIDE <= admin._MUTATING
+
+
+def test_the_documented_examples_parse() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    doc = (repo / "docs" / "acl.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    rules = parse(example)
+    assert [r.rights.tenant for r in rules.rules] == [None, "media", "billing"]
+    assert rules.tenants["media"].max_jobs == 10000
+    page = (repo / "man" / "gearmand.8").read_text()
+    section = page.split('.SH "ACCESS RULES"', 1)[1]
+    example = section.split(".EX\n", 1)[1].split(".EE", 1)[0].replace("\\-", "-")
+    rules = parse(example)
+    assert [r.rights.tenant for r in rules.rules] == [None, "media"]
+    assert rules.default.allows("submit", b"public-x")
