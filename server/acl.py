@@ -35,6 +35,8 @@ RIGHTS: Final = ("register", "submit", "admin-read", "admin-write")
 _TENANT_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _RULE_KEYS: Final = frozenset(("address", "identity", "tenant", *RIGHTS))
 _TENANT_KEYS: Final = frozenset(("max-queued-jobs", "max-queued-bytes"))
+#: Refusals logged per connection: a peer retrying in a loop cannot fill the log.
+LOGGED_REFUSALS: Final = 20
 #: Function names remembered per right and rule (``Rights.memo``).
 _MEMO: Final = 4096
 
@@ -307,6 +309,8 @@ class Acl:
         #: the rules were loaded, and those a scan found (once, for tenants in ``_seeded``).
         self._names: dict[str, set[bytes]] = {}
         self._seeded: set[str] = set()
+        #: connection id -> requests refused (logged up to ``LOGGED_REFUSALS``).
+        self._refusals: dict[int, int] = {}
 
     @classmethod
     def from_file(cls, path: str | Path) -> Acl:
@@ -335,6 +339,10 @@ class Acl:
 
     def forget(self, conn: Conn) -> None:
         self._rights.pop(conn.id, None)
+        refused = self._refusals.pop(conn.id, 0)
+        if refused > LOGGED_REFUSALS:
+            log.warning("PERMISSION_DENIED %s: closed after %d refusals", who(conn),
+                        refused)
 
     def reload(self) -> bool:
         """Read the file again (SIGHUP). A file that cannot be used keeps the old rules
@@ -360,8 +368,14 @@ class Acl:
         return True
 
     def deny(self, conn: Conn, rights: Rights, text: str) -> bytes:
-        """Log a refusal (with who asked and the rule that applied); its text."""
-        log.warning("PERMISSION_DENIED %s by %s: %s", who(conn), rights.source, text)
+        """Log a refusal (with who asked and the rule that applied); its text. Past
+        ``LOGGED_REFUSALS`` of one connection, one more line says the rest are not."""
+        count = self._refusals[conn.id] = self._refusals.get(conn.id, 0) + 1
+        if count <= LOGGED_REFUSALS:
+            log.warning("PERMISSION_DENIED %s by %s: %s", who(conn), rights.source, text)
+        elif count == LOGGED_REFUSALS + 1:
+            log.warning("PERMISSION_DENIED %s: more refusals of this connection are not "
+                        "logged", who(conn))
         return text.encode()
 
     def key(self, conn: Conn, right: str, name: bytes, max_name: int) -> bytes | None:

@@ -521,3 +521,17 @@ def test_the_documented_examples_parse() -> None:
     rules = parse(example)
     assert [r.rights.tenant for r in rules.rules] == [None, "media"]
     assert rules.default.allows("submit", b"public-x")
+
+
+def test_refusals_of_one_connection_are_logged_up_to_a_bound(
+        caplog: pytest.LogCaptureFixture) -> None:
+    w = World()
+    client = w.conn(address="10.0.0.1")
+    with caplog.at_level(logging.WARNING, logger="server.acl"):
+        for _ in range(acl_module.LOGGED_REFUSALS + 30):
+            assert denied(w.submit(client, b"private"))
+        w.m.disconnect(client, NOW)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == acl_module.LOGGED_REFUSALS + 2
+    assert "more refusals of this connection are not logged" in lines[-2]
+    assert lines[-1].endswith("closed after 50 refusals")
