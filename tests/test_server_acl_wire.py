@@ -239,3 +239,67 @@ def test_a_tenants_stored_job_comes_back_into_the_tenant(
         assert assign.type == PT.JOB_ASSIGN_UNIQ
         assert assign.args[1:] == (b"ok-stored", b"u1", b"payload")
     assert handle.startswith(b"H:")
+
+
+TENANTS_BY_ADDRESS = """
+[tenants.a]
+[tenants.b]
+[[rule]]
+address = "127.0.0.1"
+register = "*"
+submit = "*"
+admin-read = true
+[[rule]]
+address = "127.0.0.2"
+tenant = "a"
+register = "*"
+submit = "*"
+admin-read = true
+[[rule]]
+address = "127.0.0.3"
+tenant = "b"
+register = "*"
+submit = "*"
+admin-read = true
+"""
+
+
+def test_two_tenants_by_address_share_a_server(start_inprocess: Callable[..., object],
+                                               tmp_path: Path) -> None:
+    """End to end: peers from 127.0.0.2 (tenant a) and 127.0.0.3 (tenant b) use the same
+    function names and unique keys and never meet; 127.0.0.1 (no tenant) sees both."""
+    from tests.wire import Wire
+
+    path = tmp_path / "acl.toml"
+    path.write_text(TENANTS_BY_ADDRESS)
+    srv: Any = start_inprocess("--acl-file", str(path))
+    peers = {name: [Wire(srv.port, source=address) for _ in range(2)]
+             for name, address in (("a", "127.0.0.2"), ("b", "127.0.0.3"))}
+    try:
+        handles = {}
+        for name, (client, worker) in peers.items():
+            worker.send(PT.CAN_DO, b"resize")
+            worker.sync()
+            created = client.request(PT.SUBMIT_JOB_BG, b"resize", b"same", name.encode())
+            assert created.type == PT.JOB_CREATED
+            handles[name] = created.args[0]
+        assert handles["a"] != handles["b"]
+        for name, (client, worker) in peers.items():
+            other = handles["b" if name == "a" else "a"]
+            assign = worker.request(PT.GRAB_JOB_UNIQ)
+            assert assign.args == (handles[name], b"resize", b"same", name.encode())
+            assert worker.request(PT.GRAB_JOB).type == PT.NO_JOB
+            status = client.request(PT.GET_STATUS, other)
+            assert status.args == (other, b"0", b"0", b"0", b"0")
+            unique = client.request(PT.GET_STATUS_UNIQUE, b"same")
+            assert unique.args[:3] == (b"same", b"1", b"1")
+            assert client.admin("status") == b"resize\t1\t1\t1\n.\n"
+            assert handles[name] in client.admin("show jobs")
+            assert other not in client.admin("show jobs")
+        with Wire(srv.port) as root:
+            assert root.admin("status") == b"a:resize\t1\t1\t1\nb:resize\t1\t1\t1\n.\n"
+            assert root.request(PT.GET_STATUS_UNIQUE, b"same").args[1] == b"0"
+    finally:
+        for pair in peers.values():
+            for wire in pair:
+                wire.close()
