@@ -407,18 +407,21 @@ class Acl:
         """Whether a worker may still do internal function ``name`` (after a reload)."""
         return self.rights(conn).allows("register", plain(name))
 
-    def admin(self, conn: Conn, right: str, server_wide: bool = False) -> bytes | None:
+    def admin(self, conn: Conn, right: str, server_wide: bool = False,
+              log: bool = True) -> bytes | None:
         """None when ``conn`` may run an admin command needing ``right``; else the
-        refusal's text (logged). ``server_wide`` commands (shutdown, verbose) need an
-        identity without a tenant."""
+        refusal's text (logged, unless not ``log``). ``server_wide`` commands
+        (shutdown, verbose) need an identity without a tenant."""
         rights = self.rights(conn)
         allowed = rights.admin_write if right == "admin-write" else rights.admin_read
+        why = None
         if allowed and server_wide and rights.tenant is not None:
-            return self.deny(conn, rights, f"{right} of the whole server needs an "
-                             "identity without a tenant")
-        if not allowed:
-            return self.deny(conn, rights, f"no {right} right")
-        return None
+            why = f"{right} of the whole server needs an identity without a tenant"
+        elif not allowed:
+            why = f"no {right} right"
+        if why is None:
+            return None
+        return self.deny(conn, rights, why) if log else why.encode()
 
     def view(self, conn: Conn) -> View:
         rights = self.rights(conn)

@@ -48,8 +48,9 @@ class AdminContext:
         """The functions (and workers, jobs) ``conn`` sees: all, or its tenant's."""
         return ALL if self.acl is None else self.acl.view(conn)
 
-    def refusal(self, conn: Conn, name: str) -> bytes | None:
-        """``ERR PERMISSION_DENIED ...`` when ``conn`` may not run admin command ``name``."""
+    def refusal(self, conn: Conn, name: str, log: bool = True) -> bytes | None:
+        """``ERR PERMISSION_DENIED ...`` when ``conn`` may not run admin command ``name``
+        (logged, unless not ``log``)."""
         if self.acl is None:
             if name in _MUTATING and not (self.admin_from_anywhere
                                           or _loopback(conn.address)):
@@ -60,7 +61,7 @@ class AdminContext:
             else None
         if right is None:
             return None
-        why = self.acl.admin(conn, right, server_wide=name in _SERVER_WIDE)
+        why = self.acl.admin(conn, right, server_wide=name in _SERVER_WIDE, log=log)
         return None if why is None else text.err("PERMISSION_DENIED", why)
 
     def uptime(self, now: float) -> float:
@@ -179,7 +180,7 @@ def admin_listing(ctx: AdminContext, conn: Conn, cmd: AdminCommand) -> Iterator[
     listing = _LISTINGS.get(cmd.name)
     if listing is None or not 1 <= len(cmd.words) <= MAX_WORDS:
         return None
-    if ctx.acl is not None and ctx.refusal(conn, cmd.name) is not None:
+    if ctx.acl is not None and ctx.refusal(conn, cmd.name, log=False) is not None:
         return None  # handle_admin answers (and logs) the refusal
     rows, size = listing
     if size(ctx.manager) < CHUNKED_ROWS:

@@ -470,7 +470,7 @@ def test_without_acl_admin_write_is_loopback_only(line: bytes) -> None:
     assert not handle_admin(ctx, local, parse_admin_line(line)).startswith(b"ERR PERM")
 
 
-def test_long_listings_are_checked_and_filtered_too() -> None:
+def test_long_listings_are_checked_and_filtered_too(caplog: pytest.LogCaptureFixture) -> None:
     from server.admin import CHUNKED_ROWS, admin_listing
 
     w = World()
@@ -478,7 +478,11 @@ def test_long_listings_are_checked_and_filtered_too() -> None:
         w.m.function(b"f%d" % i).pinned = True
     w.m.function(b"alpha\x1fmine").pinned = True
     cmd = parse_admin_line(b"status")
-    assert admin_listing(w.ctx, w.conn(address="192.0.2.1"), cmd) is None  # refused
+    refused = w.conn(address="192.0.2.1")
+    with caplog.at_level(logging.WARNING, logger="server.acl"):
+        assert admin_listing(w.ctx, refused, cmd) is None  # handle_admin refuses it...
+        assert handle_admin(w.ctx, refused, cmd).startswith(b"ERR PERMISSION_DENIED")
+    assert len(caplog.records) == 1  # ...and logs it, once
     rows = admin_listing(w.ctx, w.conn("CN=alpha-1"), cmd)
     assert rows is not None and b"".join(rows) == b"mine\t0\t0\t0\n.\n"
     rows = admin_listing(w.ctx, w.conn("CN=root"), cmd)
