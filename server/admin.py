@@ -15,7 +15,9 @@ from protocol import AdminCommand
 from protocol import admin as text
 
 from . import stats
+from .acl import ALL, Acl, View
 from .events import LinePeer
+from .jobs import name_problem
 from .manager import Conn, Manager
 
 #: The reference closes the connection past five words; we answer instead (decisions.md).
@@ -39,6 +41,28 @@ class AdminContext:
     #: The server's own counters beyond the core's (traffic, store commits), for the
     #: statistics; set by the server.
     server_stats: Callable[[], dict[str, object]] | None = None
+    #: Access rules (``--acl-file``); None: admin-write from loopback only.
+    acl: Acl | None = None
+
+    def view(self, conn: Conn) -> View:
+        """The functions (and workers, jobs) ``conn`` sees: all, or its tenant's."""
+        return ALL if self.acl is None else self.acl.view(conn)
+
+    def refusal(self, conn: Conn, name: str, log: bool = True) -> bytes | None:
+        """``ERR PERMISSION_DENIED ...`` when ``conn`` may not run admin command ``name``
+        (logged, unless not ``log``)."""
+        if self.acl is None:
+            if name in _MUTATING and not (self.admin_from_anywhere
+                                          or _loopback(conn.address)):
+                return text.err("PERMISSION_DENIED",
+                                "Administrative commands are only accepted from loopback")
+            return None
+        right = "admin-write" if name in _MUTATING else "admin-read" if name in _READING \
+            else None
+        if right is None:
+            return None
+        why = self.acl.admin(conn, right, server_wide=name in _SERVER_WIDE, log=log)
+        return None if why is None else text.err("PERMISSION_DENIED", why)
 
     def uptime(self, now: float) -> float:
         return max(0.0, now - self.started)
@@ -62,9 +86,9 @@ def handle_admin(ctx: AdminContext, conn: Conn, cmd: AdminCommand) -> bytes:
     listing = _LISTINGS.get(name)
     if handler is None and listing is None:
         return text.unknown_command(words[0])
-    if name in _MUTATING and not (ctx.admin_from_anywhere or _loopback(conn.address)):
-        return text.err("PERMISSION_DENIED",
-                        "Administrative commands are only accepted from loopback")
+    refused = ctx.refusal(conn, name)
+    if refused is not None:
+        return refused
     if listing is not None:
         return b"".join(listing[0](ctx, conn, words))
     assert handler is not None
@@ -72,23 +96,29 @@ def handle_admin(ctx: AdminContext, conn: Conn, cmd: AdminCommand) -> bytes:
 
 
 def _workers(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> Iterator[bytes]:
+    view = ctx.view(conn)
     for c in sorted(list(ctx.manager.conns.values()), key=lambda c: c.id):
-        yield (f"{c.id} {c.address} ".encode() + c.client_id + b" :"
-               + b"".join(b" " + fname for fname in reversed(c.abilities)) + b"\n")
+        if view.sees_conn(c):
+            yield (f"{c.id} {c.address} ".encode() + c.client_id + b" :"
+                   + b"".join(b" " + view.show(f) for f in reversed(c.abilities)) + b"\n")
     yield text.END
 
 
 def _status(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> Iterator[bytes]:
+    view = ctx.view(conn)
     for name, fn in sorted(ctx.manager.functions.items()):
-        yield text.row((name, fn.total, fn.running, len(fn.workers)))
+        if view.sees(name):
+            yield text.row((view.show(name), fn.total, fn.running, len(fn.workers)))
     yield text.END
 
 
 def _prioritystatus(ctx: AdminContext, conn: Conn,
                     words: tuple[bytes, ...]) -> Iterator[bytes]:
+    view = ctx.view(conn)
     for name, fn in sorted(ctx.manager.functions.items()):
-        yield text.row((name, fn.live[0], fn.live[1] + fn.scheduled, fn.live[2],
-                        len(fn.workers)))
+        if view.sees(name):
+            yield text.row((view.show(name), fn.live[0], fn.live[1] + fn.scheduled,
+                            fn.live[2], len(fn.workers)))
     yield text.END
 
 
@@ -97,12 +127,15 @@ def _show(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> Iterator[b
         yield text.unknown_command(words[0])
         return
     what = b" ".join(w.lower() for w in words[1:])
+    view = ctx.view(conn)
     if what == b"jobs":
         for j in ctx.manager.iter_jobs():
-            yield text.row((j.handle, j.retries, int(j.cancelled), int(j.background)))
+            if view.sees(j.function.name):
+                yield text.row((j.handle, j.retries, int(j.cancelled), int(j.background)))
     elif what == b"unique jobs":
         for j in ctx.manager.iter_jobs():
-            yield j.unique + b"\n"
+            if view.sees(j.function.name):
+                yield j.unique + b"\n"
     else:
         yield text.err("UNKNOWN_SHOW_ARGUMENTS")
         return
@@ -115,12 +148,13 @@ def _stats(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> Iterator[
     if len(words) == 2 and words[1].lower() == b"json":
         yield stats.json_reply(ctx.manager, version=ctx.version, uptime=ctx.uptime(now),
                                now=now,
-                               server=ctx.server_stats() if ctx.server_stats else None)
+                               server=ctx.server_stats() if ctx.server_stats else None,
+                               view=ctx.view(conn))
         return
     if len(words) > 1:
         yield text.invalid_arguments(words[0])
         return
-    for name, st, fn in stats.functions(ctx.manager):
+    for name, st, fn in stats.functions(ctx.manager, ctx.view(conn)):
         yield text.row(stats.row(name, st, fn, now))
     yield text.END
 
@@ -146,6 +180,8 @@ def admin_listing(ctx: AdminContext, conn: Conn, cmd: AdminCommand) -> Iterator[
     listing = _LISTINGS.get(cmd.name)
     if listing is None or not 1 <= len(cmd.words) <= MAX_WORDS:
         return None
+    if ctx.acl is not None and ctx.refusal(conn, cmd.name, log=False) is not None:
+        return None  # handle_admin answers (and logs) the refusal
     rows, size = listing
     if size(ctx.manager) < CHUNKED_ROWS:
         return None
@@ -157,6 +193,9 @@ def _cancel(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
         return text.unknown_command(words[0])
     if len(words) != 3 or words[1].lower() != b"job":
         return text.err("UNKNOWN_ERROR")
+    job = ctx.manager.jobs.get(words[2])
+    if job is not None and not ctx.view(conn).sees(job.function.name):
+        return text.err("UNKNOWN_JOB")  # another tenant's: as if it did not exist
     if ctx.manager.cancel(words[2]):
         return text.ok()
     return text.err("UNKNOWN_JOB")
@@ -165,17 +204,17 @@ def _cancel(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
 def _create(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
     if len(words) != 3 or words[1].lower() != b"function":
         return text.invalid_arguments(words[0])
-    problem = ctx.manager.name_problem(words[2])
+    problem = name_problem(words[2], ctx.manager.limits.max_name)
     if problem is not None:
         return text.err(problem[0].decode(), problem[1].decode())
-    ctx.manager.function(words[2]).pinned = True
+    ctx.manager.function(ctx.view(conn).key(words[2])).pinned = True
     return text.ok()
 
 
 def _drop(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
     if len(words) != 3 or words[1].lower() != b"function":
         return text.invalid_arguments(words[0])
-    problem = ctx.manager.drop_function(words[2])
+    problem = ctx.manager.drop_function(ctx.view(conn).key(words[2]))
     if problem is None:
         return text.ok()
     return text.err_raw(problem)
@@ -198,7 +237,7 @@ def _maxqueue(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
         limits = [sizes[0], sizes[1], 0]
     else:
         limits = sizes[:3]
-    fn = ctx.manager.functions.get(words[1])
+    fn = ctx.manager.functions.get(ctx.view(conn).key(words[1]))
     if fn is not None:
         fn.maxqueue = limits
     return text.ok()
@@ -233,7 +272,9 @@ def _watch(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
     peer = conn.peer
     if events is None or not hasattr(peer, "out"):
         return text.err("NOT_SUPPORTED", "watch is served on the Gear port only")
-    events.watch(conn.id, cast(LinePeer, peer), frozenset(words[1:]))
+    view = ctx.view(conn)
+    events.watch(conn.id, cast(LinePeer, peer), frozenset(view.key(w) for w in words[1:]),
+                 view.prefix)
     return text.ok()
 
 
@@ -248,4 +289,12 @@ _COMMANDS: dict[str, Callable[[AdminContext, Conn, tuple[bytes, ...]], bytes]] =
     "shutdown": _shutdown,
     "watch": _watch,
 }
-_MUTATING = frozenset({"shutdown", "cancel", "drop", "maxqueue", "create"})
+#: admin-write: every command that changes the server (``verbose``, which only reads
+#: the level here, is the reference's way to change it and counted as writing).
+_MUTATING = frozenset({"shutdown", "cancel", "drop", "maxqueue", "create", "verbose"})
+#: admin-write commands that act on the whole server, not one tenant's functions.
+_SERVER_WIDE = frozenset({"shutdown", "verbose"})
+#: admin-read: what lists functions, workers, jobs, statistics or events. ``version``
+#: needs no right (clients use it as a ping).
+_READING = frozenset({"workers", "status", "prioritystatus", "show", "stats", "watch",
+                      "getpid"})

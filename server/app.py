@@ -19,6 +19,7 @@ import trio
 
 from protocol import PacketType
 
+from .acl import Acl, AclError
 from .admin import AdminContext
 from .config import ServerConfig
 from .daemon import StartupError
@@ -64,6 +65,14 @@ class Server:
         self._manager.attach_events(self.events)
         if config.events_function is not None:
             self.events.add_hook(self._events_hook(config.events_function.encode()))
+        self.acl: Acl | None = None
+        if config.acl_file is not None:
+            from .daemon import StartupError
+            try:
+                self.acl = Acl.from_file(config.acl_file)
+            except AclError as exc:
+                raise StartupError(str(exc)) from None
+            self._manager.attach_acl(self.acl)
         self._admin = AdminContext(
             manager=self._manager,
             version=config.version,
@@ -72,6 +81,7 @@ class Server:
             shutdown=self.shutdown,
             admin_from_anywhere=config.admin_from_anywhere,
             server_stats=self.server_stats,
+            acl=self.acl,
         )
         #: Where the Gear front-end listens, once serving.
         self.addresses: list[Address] = []
@@ -129,6 +139,12 @@ class Server:
             from .http import MetricsFrontEnd
             extra.append(MetricsFrontEnd(self, config.metrics_port))
         return extra
+
+    def reload_acl(self) -> None:
+        """SIGHUP: read the ACL file again; a bad one keeps the rules in force (logged)."""
+        if self.acl is not None and self.acl.reload():
+            self._manager.acl_reloaded(time.time())
+            self.changed()
 
     def server_stats(self) -> dict[str, object]:
         """Counters beyond the core's: Gear traffic and the store's commits."""

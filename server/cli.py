@@ -269,8 +269,15 @@ PARAMS: list[click.Parameter] = [
          help="How long SIGUSR1 and the 'shutdown graceful' admin command wait for "
               "running work."),
     _opt("--admin-from-anywhere", section=OURS, is_flag=True,
-         help="Accept mutating admin commands (shutdown, cancel job, drop function, "
-              "maxqueue, create function) from any address, not only loopback."),
+         help="Without --acl-file, admin-write commands (shutdown, cancel job, drop "
+              "function, maxqueue, create function, verbose) are refused from peers not "
+              "on loopback; this accepts them from any address. With --acl-file the "
+              "rules decide and this flag has no effect."),
+    _opt("--acl-file", section=OURS, metavar="FILE",
+         help="Access rules (TOML): which peers (by TLS identity or by address/CIDR) may "
+              "register and submit which functions, read or change the server by admin "
+              "commands, and their tenant (its own function names, limits). SIGHUP "
+              "reloads it; a bad file keeps the rules in force. See man gearmand."),
     _opt("--max-packet-size", section=OURS, type=_Int(1024),
          default=_default("max_packet_size"), metavar="BYTES",
          help="Largest packet a peer may send."),
@@ -341,7 +348,8 @@ COMMAND = _Command(
     params=PARAMS,
     help="The Gearman job server (pure Python, trio).",
     epilog="Signals: SIGTERM and SIGINT stop the server; SIGUSR1 stops it gracefully "
-           "(no new connections, running work may finish); SIGHUP reopens the log file.",
+           "(no new connections, running work may finish); SIGHUP reopens the log file "
+           "and reloads the --acl-file.",
     context_settings={"help_option_names": [], "allow_extra_args": True,
                       "max_content_width": 100},
     add_help_option=False,
@@ -503,6 +511,16 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     level_name = logs.raise_level(base, values["v_count"])
 
     notes: list[str] = []
+    acl_file: Path | None = None
+    if values["acl_file"] is not None:
+        from server.acl import AclError, load  # the rules module only when asked for
+        acl_file = Path(values["acl_file"]).absolute()
+        try:
+            load(acl_file)
+        except AclError as exc:
+            raise CliError(f"--acl-file: {exc}") from None
+        if values["admin_from_anywhere"]:
+            notes.append("--admin-from-anywhere has no effect with --acl-file")
     if given("http_port") and "http" not in protocols:
         notes.append("--http-port has no effect without -r http")
     if given("memcached_port") and "memcached" not in protocols:
@@ -542,6 +560,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         http_idle_timeout=values["http_idle_timeout"],
         http_request_timeout=values["http_request_timeout"],
         admin_from_anywhere=values["admin_from_anywhere"],
+        acl_file=acl_file,
         queue_type=_queue_type(values["queue_type"]),
         queue_options=_queue_options(values, (o.name for o in QUEUE_OPTIONS
                                               if o.name is not None and given(o.name))),

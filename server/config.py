@@ -72,6 +72,8 @@ class ServerConfig:
     max_worker_functions: int = 10_000
     #: Mutating admin commands (shutdown, cancel job, ...) from non-loopback peers.
     admin_from_anywhere: bool = False
+    #: ``--acl-file``: access rules and tenants (docs/acl.md); None = none.
+    acl_file: Path | None = None
     #: Persistent queue: "builtin" (memory only) or a store name, with its options.
     queue_type: str = "builtin"
     queue_options: tuple[tuple[str, str], ...] = ()

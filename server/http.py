@@ -33,13 +33,14 @@ _METHODS: Final = (b"GET", b"POST", b"PUT")
 _ALLOW: Final = b"GET, POST, PUT"
 _PRIORITIES: Final = {b"high": Priority.HIGH, b"normal": Priority.NORMAL, b"low": Priority.LOW}
 _REASONS: Final = {
-    200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-    408: b"Request Timeout",
+    200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
+    405: b"Method Not Allowed", 408: b"Request Timeout",
     413: b"Content Too Large", 500: b"Internal Server Error", 503: b"Service Unavailable",
 }
 #: HTTP status for an ERROR packet answering the submit; any other code is a 500.
 _ERROR_STATUS: Final = {b"QUEUE_ERROR": 503, b"ARGUMENT_TOO_LARGE": 400,
-                        b"INVALID_ARGUMENT": 400, b"TOO_MANY_FUNCTIONS": 503}
+                        b"INVALID_ARGUMENT": 400, b"TOO_MANY_FUNCTIONS": 503,
+                        b"PERMISSION_DENIED": 403}
 #: Headers that may come as trailers of a streamed (chunked) answer.
 _TRAILERS: Final = b"X-Gearman-Command, X-Gearman-Work-Status, X-Gearman-Work-Warning"
 #: Printable ASCII except "%": what a warning keeps as is in a header; the rest is %XX.
@@ -236,8 +237,8 @@ class HttpConnection:
             elif name == b"x-gearman-priority":
                 priority = _PRIORITIES.get(value.lower(), Priority.NORMAL)
         workload = b"" if request.method == b"GET" else body
-        self.manager.submit(self.conn, function, unique, workload, int(priority), background,
-                            time.time())
+        self.manager.submit_checked(self.conn, function, unique, workload, int(priority),
+                                    background, time.time())
         # The submit may have woken workers on other connections.
         self.host.changed()
         failure: Exception | None = None
@@ -262,18 +263,23 @@ class HttpConnection:
         if request.method != b"GET":
             await self._simple(405, [(b"Allow", b"GET")])
             return
+        admin = self.host.admin
+        if admin.refusal(self.conn, "stats") is not None:  # admin-read, with --acl-file
+            await self._simple(403)
+            return
+        view = admin.view(self.conn)
         extra: Headers = []
         if path == b"/metrics":
             from .metrics import CONTENT_TYPE, render  # prometheus_client only when asked
 
-            content_type, page = CONTENT_TYPE, render(self.host.admin)
+            content_type, page = CONTENT_TYPE, render(admin, view)
         else:
             from . import web
 
             if path == b"/":
                 content_type, page = web.PAGE_TYPE, web.page()
             else:
-                content_type, page = web.JSON_TYPE, web.stats_json(self.host.admin)
+                content_type, page = web.JSON_TYPE, web.stats_json(admin, view)
                 extra.append((b"Cache-Control", b"no-store"))
         await self._send(h11.Response(status_code=200, reason=b"OK", headers=[
             (b"Content-Type", content_type), (b"Content-Length", b"%d" % len(page)),

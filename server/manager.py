@@ -14,9 +14,20 @@ from typing import Final
 
 from protocol import SUBMIT_KINDS, PacketType
 
+from .acl import Acl, plain, prefix_of
 from .core import PRIORITIES, JobCore
 from .events import Events
-from .jobs import MAX_HANDLE, MAX_UNIQUE, Conn, Function, Job, Limits, Peer, next_cron_time
+from .jobs import (
+    MAX_HANDLE,
+    MAX_UNIQUE,
+    Conn,
+    Function,
+    Job,
+    Limits,
+    Peer,
+    index_key,
+    next_cron_time,
+)
 from .jobs import parse_int as _parse_int
 
 __all__ = ["PRIORITIES", "Conn", "Function", "Job", "Limits", "Manager", "next_cron_time"]
@@ -81,6 +92,8 @@ class Manager(JobCore):
         self.events: Events | None = None
         #: Job lines are logged (``log_jobs`` is also on while events are listened to).
         self.logging_jobs = self.log_jobs
+        #: Access rules and tenants (``attach_acl``); None = everyone may do everything.
+        self.acl: Acl | None = None
 
     def connect(self, peer: Peer, address: str = "-", port: int = 0,
                 kind: str = "gear") -> Conn:
@@ -112,6 +125,93 @@ class Manager(JobCore):
         super().disconnect(conn, now)
         if self.events is not None and self.events.watchers:
             self.events.unwatch(conn.id)
+        if self.acl is not None:
+            self.acl.forget(conn)
+
+    # ------------------------------------------------------------------ access rules
+
+    def attach_acl(self, acl: Acl) -> None:
+        """Check each register and submit against ``acl``, with each tenant's function
+        names in its own namespace (``server.acl``). A server without pays nothing."""
+        self.acl = acl
+        dispatch = self._dispatch
+        for ptype in (PT.CAN_DO, PT.CAN_DO_TIMEOUT):
+            dispatch[ptype] = self._checked(dispatch[ptype], "register")
+        dispatch[PT.CANT_DO] = self._checked(dispatch[PT.CANT_DO], "")
+        for ptype in SUBMIT_KINDS:
+            dispatch[ptype] = self._checked(dispatch[ptype], "submit")
+
+    def _checked(self, handler: Callable[[Conn, tuple[bytes, ...], float], None],
+                 right: str) -> Callable[[Conn, tuple[bytes, ...], float], None]:
+        """``handler`` given the internal name of its function argument, once allowed."""
+        acl = self.acl
+        assert acl is not None
+
+        def checked(conn: Conn, args: tuple[bytes, ...], now: float) -> None:
+            if not right:  # CANT_DO: nothing to allow, only the name to find
+                handler(conn, (acl.rights(conn).prefix + args[0],), now)
+                return
+            key = acl.key(conn, right, args[0], self.limits.max_name)
+            if key is None or (right == "submit"
+                               and self._over_quota(conn, key, args[1], args[-1])):
+                return
+            handler(conn, (key, *args[1:]), now)
+
+        return checked
+
+    def _over_quota(self, conn: Conn, key: bytes, unique: bytes, data: bytes) -> bool:
+        """A new job would take the tenant past a limit: QUEUE_ERROR sent. A submit that
+        joins an existing job adds none, so it is never refused here."""
+        assert self.acl is not None
+        joins = index_key(key, unique, data)
+        if joins is not None and joins in self.unique_index:
+            return False
+        if not self.acl.queue_full(conn, key, self.functions, len(data)):
+            return False
+        log.warning("connection %d: tenant %s is at its queue limit; submit refused",
+                    conn.id, conn.tenant)
+        conn.peer.deliver(PT.ERROR, b"QUEUE_ERROR", b"Job queue is full")
+        return True
+
+    def submit_checked(self, conn: Conn, function: bytes, unique: bytes, data: bytes,
+                       priority: int, background: bool, now: float) -> Job | None:
+        """``submit`` for the other front-ends (HTTP, memcached): under the access rules."""
+        if self.acl is not None:
+            key = self.acl.key(conn, "submit", function, self.limits.max_name)
+            if key is None or self._over_quota(conn, key, unique, data):
+                return None
+            function = key
+        return self.submit(conn, function, unique, data, priority, background, now)
+
+    def name_problem(self, name: bytes,
+                     what: bytes = b"Function name") -> tuple[bytes, bytes] | None:
+        # With access rules, a name reaching the core is internal (its plain part was
+        # checked on the way in by ``Acl.key``, which refuses the separator).
+        if self.acl is not None and what == b"Function name":
+            name = plain(name)
+        return super().name_problem(name, what)
+
+    def acl_reloaded(self, now: float) -> None:
+        """The rules changed: workers give up the functions they may no longer do."""
+        acl = self.acl
+        assert acl is not None
+        for conn in list(self.conns.values()):
+            for name in [n for n in conn.abilities if not acl.may_keep(conn, n)]:
+                log.warning("connection %d: may no longer do %r after the ACL reload",
+                            conn.id, plain(name))
+                self._unregister(conn, name, now)
+
+    def _unique_job(self, conn: Conn, unique: bytes) -> Job | None:
+        """The job a submit of ``conn`` with this unique would join (GET_STATUS_UNIQUE)."""
+        if self.acl is None:
+            return self.job_by_unique(unique)
+        self.job_by_unique(unique)  # builds the by_unique index
+        assert self.by_unique is not None
+        same = self.by_unique.get(unique)
+        prefix = self.acl.rights(conn).prefix
+        mine = [j for j in (same if isinstance(same, list) else [same] if same else [])
+                if prefix_of(j.function.name) == prefix]
+        return min(mine, key=lambda j: j.number) if mine else None
 
     # ------------------------------------------------------------------ events
 
@@ -236,14 +336,14 @@ class Manager(JobCore):
         if job is None:
             conn.peer.deliver(PT.NO_JOB)
         else:
-            conn.peer.deliver(PT.JOB_ASSIGN, job.handle, job.function.name, job.data)
+            conn.peer.deliver(PT.JOB_ASSIGN, job.handle, self._shown(job), job.data)
 
     def _grab_job_uniq(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         job = self.grab(conn, now)
         if job is None:
             conn.peer.deliver(PT.NO_JOB)
         else:
-            conn.peer.deliver(PT.JOB_ASSIGN_UNIQ, job.handle, job.function.name, job.unique,
+            conn.peer.deliver(PT.JOB_ASSIGN_UNIQ, job.handle, self._shown(job), job.unique,
                               job.data)
 
     def _grab_job_all(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
@@ -251,12 +351,16 @@ class Manager(JobCore):
         if job is None:
             conn.peer.deliver(PT.NO_JOB)
         elif job.reducer:
-            conn.peer.deliver(PT.JOB_ASSIGN_ALL, job.handle, job.function.name, job.unique,
+            conn.peer.deliver(PT.JOB_ASSIGN_ALL, job.handle, self._shown(job), job.unique,
                               job.reducer, job.data)
         else:
             # As the reference: JOB_ASSIGN_UNIQ when there is no reducer (spec §1.3).
-            conn.peer.deliver(PT.JOB_ASSIGN_UNIQ, job.handle, job.function.name, job.unique,
+            conn.peer.deliver(PT.JOB_ASSIGN_UNIQ, job.handle, self._shown(job), job.unique,
                               job.data)
+
+    def _shown(self, job: Job) -> bytes:
+        """The job's function name as its worker knows it (a tenant's: plain)."""
+        return job.function.name if self.acl is None else plain(job.function.name)
 
     def _owned(self, conn: Conn, ptype: PacketType, handle: bytes) -> Job | None:
         job = conn.assigned.get(handle)
@@ -335,7 +439,8 @@ class Manager(JobCore):
             conn.peer.deliver(PT.ERROR, b"INVALID_ARGUMENT", b"Job handle contains NUL")
             return
         job = self.jobs.get(handle)
-        if job is None or job.cancelled:
+        if job is None or job.cancelled or (self.acl is not None
+                                            and not self.acl.sees(conn, job)):
             conn.peer.deliver(PT.STATUS_RES, handle, b"0", b"0", b"0", b"0")
             return
         running = b"1" if job.worker is not None else b"0"
@@ -352,7 +457,7 @@ class Manager(JobCore):
             return
         # The job a submit with this unique would join, in any function; jobs cancelled
         # or abandoned are no longer in the index.
-        job = self.job_by_unique(unique) if unique and unique != b"-" else None
+        job = self._unique_job(conn, unique) if unique and unique != b"-" else None
         if job is None:
             conn.peer.deliver(PT.STATUS_RES_UNIQUE, unique, b"0", b"0", b"0", b"0", b"0")
             return
