@@ -67,7 +67,6 @@ class Server:
             self.events.add_hook(self._events_hook(config.events_function.encode()))
         self.acl: Acl | None = None
         if config.acl_file is not None:
-            from .daemon import StartupError
             try:
                 self.acl = Acl.from_file(config.acl_file)
             except AclError as exc:

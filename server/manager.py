@@ -25,6 +25,7 @@ from .jobs import (
     Job,
     Limits,
     Peer,
+    creation_order,
     index_key,
     next_cron_time,
 )
@@ -211,7 +212,7 @@ class Manager(JobCore):
         prefix = self.acl.rights(conn).prefix
         mine = [j for j in (same if isinstance(same, list) else [same] if same else [])
                 if prefix_of(j.function.name) == prefix]
-        return min(mine, key=lambda j: j.number) if mine else None
+        return min(mine, key=creation_order) if mine else None
 
     # ------------------------------------------------------------------ events
 
