@@ -14,10 +14,11 @@ from typing import Final
 
 from protocol import SUBMIT_KINDS, PacketType
 
-from .core import PRIORITIES, JobCore
+from .core import PRIORITIES
 from .events import Events
 from .jobs import MAX_HANDLE, MAX_UNIQUE, Conn, Function, Job, Limits, Peer, next_cron_time
 from .jobs import parse_int as _parse_int
+from .outcomes import Outcomes
 
 __all__ = ["PRIORITIES", "Conn", "Function", "Job", "Limits", "Manager", "next_cron_time"]
 
@@ -36,7 +37,7 @@ _NOT_FOUND_TEXT: Final = {
 }
 
 
-class Manager(JobCore):
+class Manager(Outcomes):
     """The job core, driven by request packets (``handle_packet``) and by the server."""
 
     def __init__(
@@ -81,6 +82,8 @@ class Manager(JobCore):
         self.events: Events | None = None
         #: Job lines are logged (``log_jobs`` is also on while events are listened to).
         self.logging_jobs = self.log_jobs
+        #: Connections that asked for the ``attempts`` option.
+        self.attempt_conns: set[int] = set()
 
     def connect(self, peer: Peer, address: str = "-", port: int = 0,
                 kind: str = "gear") -> Conn:
@@ -110,6 +113,7 @@ class Manager(JobCore):
     def disconnect(self, conn: Conn, now: float) -> None:
         """Forget a connection (and its ``watch``, if any)."""
         super().disconnect(conn, now)
+        self.attempt_conns.discard(conn.id)
         if self.events is not None and self.events.watchers:
             self.events.unwatch(conn.id)
 
@@ -156,8 +160,13 @@ class Manager(JobCore):
 
     def _option(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         # As the reference, the name is compared up to a NUL (some clients send one).
-        if args[0].partition(b"\0")[0].lower() == b"exceptions":
+        option = args[0].partition(b"\0")[0].lower()
+        if option == b"exceptions":
             conn.exceptions = True
+            conn.peer.deliver(PT.OPTION_RES, args[0])
+        elif option == b"attempts":
+            # Ours: each JOB_ASSIGN* is preceded by OPTION_RES "attempt=N".
+            self.attempt_conns.add(conn.id)
             conn.peer.deliver(PT.OPTION_RES, args[0])
         else:
             conn.peer.deliver(PT.ERROR, b"UNKNOWN_OPTION",
@@ -228,15 +237,23 @@ class Manager(JobCore):
             if fn is not None:
                 fn.sleepers[conn] = None
 
-    def _grab_job(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
+    def _grabbed(self, conn: Conn, now: float) -> Job | None:
+        """``grab``; a worker that asked for the ``attempts`` option hears the attempt's
+        number first, as OPTION_RES ``attempt=N`` (docs/protocol.md)."""
         job = self.grab(conn, now)
+        if job is not None and conn.id in self.attempt_conns:
+            conn.peer.deliver(PT.OPTION_RES, b"attempt=%d" % job.assignment)
+        return job
+
+    def _grab_job(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
+        job = self._grabbed(conn, now)
         if job is None:
             conn.peer.deliver(PT.NO_JOB)
         else:
             conn.peer.deliver(PT.JOB_ASSIGN, job.handle, job.function.name, job.data)
 
     def _grab_job_uniq(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
-        job = self.grab(conn, now)
+        job = self._grabbed(conn, now)
         if job is None:
             conn.peer.deliver(PT.NO_JOB)
         else:
@@ -244,7 +261,7 @@ class Manager(JobCore):
                               job.data)
 
     def _grab_job_all(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
-        job = self.grab(conn, now)
+        job = self._grabbed(conn, now)
         if job is None:
             conn.peer.deliver(PT.NO_JOB)
         elif job.reducer:
@@ -290,22 +307,26 @@ class Manager(JobCore):
         if self.log_jobs:
             self.job_log(job, "complete", conn, args[1], now, "completed")
         job.function.stats.completed += 1
+        if job.background and self.results is not None:
+            self.record(job, True, args[1], now)
         self._finish(job, now)
 
     def _work_fail(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         job = self._owned(conn, PT.WORK_FAIL, args[0])
-        if job is None:
+        if job is None or self.failed_attempt(job, conn, now, "WORK_FAIL"):
             return
         if job.clients:
             self._broadcast(job, PT.WORK_FAIL, job.handle)
         if self.log_jobs:
             self.job_log(job, "failed (WORK_FAIL)", conn, None, now, "failed")
         job.function.stats.failed += 1
+        self.record(job, False, b"WORK_FAIL", now)
         self._finish(job, now)
 
     def _work_exception(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         job = self._owned(conn, PT.WORK_EXCEPTION, args[0])
-        if job is None:
+        if job is None or self.failed_attempt(
+                job, conn, now, "exception: " + args[1][:1024].decode("utf-8", "replace")):
             return
         for client in job.clients:
             if client.exceptions:
@@ -318,6 +339,7 @@ class Manager(JobCore):
             self.job_log(job, f"raised an exception: {text!r}", conn, args[1], now,
                          "exception")
         job.function.stats.exceptions += 1
+        self.record(job, False, args[1], now)
         self._finish(job, now)
 
     # ------------------------------------------------------------------ status
