@@ -162,6 +162,8 @@ class Outcomes(JobCore):
         if self.failed_attempt(job, worker, now, error):
             return
         job.function.stats.failed += 1
+        if self.log_jobs:
+            self.job_log(job, "failed: " + error, worker, None, now, "failed")
         if job.clients:
             self._broadcast(job, PT.WORK_FAIL, job.handle)
         elif job.background:
