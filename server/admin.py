@@ -6,9 +6,10 @@ come from ``protocol.admin`` so they match the reference exactly.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import cast
 
 from protocol import AdminCommand
@@ -16,7 +17,8 @@ from protocol import admin as text
 
 from . import stats
 from .events import LinePeer
-from .manager import Conn, Manager
+from .manager import Conn, Job, Manager
+from .results import Result, handle_key, unique_key
 
 #: The reference closes the connection past five words; we answer instead (decisions.md).
 MAX_WORDS = 5
@@ -39,6 +41,9 @@ class AdminContext:
     #: The server's own counters beyond the core's (traffic, store commits), for the
     #: statistics; set by the server.
     server_stats: Callable[[], dict[str, object]] | None = None
+    #: Answer a command later (its reply comes from a task; later replies wait behind
+    #: it): set by the server for replies read from a remote result cache.
+    defer: Callable[[Conn, Callable[[], Awaitable[bytes]]], None] | None = None
 
     def uptime(self, now: float) -> float:
         return max(0.0, now - self.started)
@@ -103,6 +108,10 @@ def _show(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> Iterator[b
     elif what == b"unique jobs":
         for j in ctx.manager.iter_jobs():
             yield j.unique + b"\n"
+    elif words[1].lower() == b"dead" and len(words) <= 3:
+        for d in ctx.manager.dead_letters.rows(words[2] if len(words) == 3 else None):
+            yield text.row((d.function, d.handle, d.unique, d.attempts, f"{d.first_failed:.3f}",
+                            f"{d.last_failed:.3f}", _one_line(d.error)))
     else:
         yield text.err("UNKNOWN_SHOW_ARGUMENTS")
         return
@@ -152,6 +161,76 @@ def admin_listing(ctx: AdminContext, conn: Conn, cmd: AdminCommand) -> Iterator[
     return rows(ctx, conn, cmd.words)
 
 
+def _one_line(error: str) -> bytes:
+    """An error text as one cell of a tab-separated row."""
+    return "".join(c if c.isprintable() and c != "\t" else " " for c in error)[:512].encode()
+
+
+def _dead_target(words: tuple[bytes, ...]) -> tuple[bytes, bytes | None] | None:
+    """``retry|drop dead FN HANDLE|all``: (function, handle or None for all)."""
+    if len(words) != 4 or words[1].lower() != b"dead":
+        return None
+    return words[2], None if words[3].lower() == b"all" else words[3]
+
+
+def _retry(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    target = _dead_target(words)
+    if target is None:
+        return text.invalid_arguments(words[0])
+    count = ctx.manager.retry_dead(target[0], target[1], ctx.clock())
+    if count == 0 and target[1] is not None:
+        return text.err("UNKNOWN_JOB")
+    return text.ok(str(count))
+
+
+def result_line(state: str, result: Result | None) -> bytes:
+    """The ``result`` reply: ``OK STATE`` and, done or failed, the attempts and the data
+    (or the failure's text) in base64."""
+    if result is None:
+        return text.ok(state)
+    return text.ok(f"{state} {result.attempts} {base64.b64encode(result.data).decode()}")
+
+
+def _job_state(job: Job | None) -> str | None:
+    if job is None or job.cancelled:
+        return None
+    return "running" if job.worker is not None else "queued"
+
+
+def _result(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    """``result HANDLE`` / ``result unique FUNCTION KEY``: queued, running, done, failed
+    or unknown (``server.results``)."""
+    m = ctx.manager
+    if len(words) == 2:
+        job, key = m.jobs.get(words[1]), handle_key(words[1])
+    elif len(words) == 4 and words[1].lower() == b"unique":
+        job, key = m.unique_index.get((words[2], words[3])), unique_key(words[2], words[3])
+    else:
+        return text.invalid_arguments(words[0])
+    state = _job_state(job)
+    cache = m.results
+    if state is not None or cache is None:
+        return text.ok(state or "unknown")
+    if not cache.remote:
+        raw = cache.backend.get(key, ctx.clock())
+        found = Result.decode(raw) if raw is not None else None
+        return result_line(found.state if found else "unknown", found)
+    if ctx.defer is None:
+        return text.err("NOT_SUPPORTED", "result is served on the Gear port only")
+
+    async def answer() -> bytes:
+        from .results_io import ResultCacheError, fetch
+
+        try:
+            found = await fetch(cache, key)
+        except ResultCacheError as exc:
+            return text.err("RESULT_CACHE_UNAVAILABLE", str(exc))
+        return result_line(found.state if found else "unknown", found)
+
+    ctx.defer(conn, answer)
+    return b""
+
+
 def _cancel(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
     if len(words) < 3:
         return text.unknown_command(words[0])
@@ -173,6 +252,12 @@ def _create(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
 
 
 def _drop(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    target = _dead_target(words)
+    if target is not None:
+        count = ctx.manager.drop_dead(*target)
+        if count == 0 and target[1] is not None:
+            return text.err("UNKNOWN_JOB")
+        return text.ok(str(count))
     if len(words) != 3 or words[1].lower() != b"function":
         return text.invalid_arguments(words[0])
     problem = ctx.manager.drop_function(words[2])
@@ -242,10 +327,12 @@ _COMMANDS: dict[str, Callable[[AdminContext, Conn, tuple[bytes, ...]], bytes]] =
     "create": _create,
     "drop": _drop,
     "maxqueue": _maxqueue,
+    "retry": _retry,
+    "result": _result,
     "getpid": _getpid,
     "verbose": _verbose,
     "version": _version,
     "shutdown": _shutdown,
     "watch": _watch,
 }
-_MUTATING = frozenset({"shutdown", "cancel", "drop", "maxqueue", "create"})
+_MUTATING = frozenset({"shutdown", "cancel", "drop", "maxqueue", "create", "retry"})

@@ -19,6 +19,8 @@ from click.core import ParameterSource
 from protocol import __version__
 from server import logs
 from server.config import ServerConfig
+from server.results import cache_url_problem
+from server.retry import PolicyError, RetryPolicy, parse_policy
 from server.store import registry
 
 PROG = "gearmand"
@@ -273,6 +275,24 @@ PARAMS: list[click.Parameter] = [
          help="Events carry the first 256 bytes of job data and results (as text)."),
     _opt("--events-buffer", section=OURS, type=_Int(1), default=_default("events_buffer"),
          metavar="N", help="Events pending delivery before new ones are dropped (counted)."),
+    _opt("--retry-policy", section=OURS, multiple=True, metavar="NAME=N[,backoff=MIN..MAX]",
+         help="Retry a failed, timed-out or lost background job of function NAME (* for "
+              "every function without its own) up to N attempts in all, after a back-off "
+              "doubling from MIN to MAX (default 1s..10m, jittered), then keep it as a dead "
+              "letter. Add ',foreground' to retry foreground jobs too. Repeatable."),
+    _opt("--max-dead-letters", section=OURS, type=_Int(1),
+         default=_default("max_dead_letters"), metavar="N",
+         help="Dead letters kept per function (the oldest is dropped past it)."),
+    _opt("--result-ttl", section=OURS, multiple=True, metavar="[NAME=]SECONDS",
+         help="Keep the result of a finished background job (of function NAME, or of "
+              "every function) for SECONDS, to be fetched by handle or unique key. "
+              "Repeatable. Off by default."),
+    _opt("--result-cache", section=OURS, default=_default("result_cache"), metavar="URL",
+         help="Where results are kept: memory, memcached://HOST:PORT or "
+              "redis://HOST:PORT[/DB]."),
+    _opt("--result-cache-bytes", section=OURS, type=_Int(1024),
+         default=_default("result_cache_bytes"), metavar="BYTES",
+         help="Bound of the memory result cache (least recently used evicted first)."),
     _opt("--memcached-port", section=MEMCACHED, type=_Int(0), default=11211,
          metavar="PORT", help="Port to listen on (with -r memcached)."),
     _opt("-p", "--port", section=GEAR, default=DEFAULT_PORT, metavar="PORT",
@@ -395,6 +415,34 @@ def _queue_options(values: Mapping[str, Any], given: Iterable[str]) -> tuple[tup
     return tuple(pairs)
 
 
+def _retry_policies(texts: Iterable[str]) -> tuple[tuple[bytes | None, RetryPolicy], ...]:
+    """``--retry-policy`` values, checked; the last one given for a name wins."""
+    policies: dict[bytes | None, RetryPolicy] = {}
+    for text in texts:
+        try:
+            name, policy = parse_policy(text)
+        except PolicyError as exc:
+            raise CliError(f"invalid value for --retry-policy: {exc}") from None
+        policies[name] = policy
+    return tuple(policies.items())
+
+
+def _result_ttls(texts: Iterable[str]) -> tuple[tuple[bytes | None, float], ...]:
+    """``--result-ttl [NAME=]SECONDS`` values, checked."""
+    ttls: dict[bytes | None, float] = {}
+    for text in texts:
+        name, _, number = text.rpartition("=")
+        try:
+            seconds = float(number)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds < float("inf"):
+            raise CliError(f"invalid value for --result-ttl: {text!r}: expected "
+                           "[NAME=]SECONDS, a finite number of seconds, not negative")
+        ttls[name.encode() if name and name != "*" else None] = seconds
+    return tuple(ttls.items())
+
+
 def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Invocation:
     """Turn gearmand's arguments into an :class:`Invocation`.
 
@@ -464,6 +512,14 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     if given("hashtable_buckets"):
         notes.append("--hashtable-buckets ignored: Python's hash tables size themselves")
 
+    policies = _retry_policies(values["retry_policy"])
+    result_ttls = _result_ttls(values["result_ttl"])
+    problem = cache_url_problem(values["result_cache"])
+    if problem is not None:
+        raise CliError(f"invalid value for --result-cache: {problem}")
+    if not result_ttls and (given("result_cache") or given("result_cache_bytes")):
+        notes.append("--result-cache and --result-cache-bytes have no effect without "
+                     "--result-ttl")
     retries: int = values["job_retries"]
     pid_file = Path(values["pid_file"]).absolute() if values["pid_file"] else None
     log_file = values["log_file"]
@@ -508,6 +564,11 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         events_function=values["events_function"],
         events_payloads=values["events_payloads"],
         events_buffer=values["events_buffer"],
+        retry_policies=policies,
+        max_dead_letters=values["max_dead_letters"],
+        result_ttls=result_ttls,
+        result_cache=values["result_cache"],
+        result_cache_bytes=values["result_cache_bytes"],
         **prefix_kw,
     )
     return Invocation(

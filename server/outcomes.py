@@ -107,6 +107,8 @@ class Outcomes(JobCore):
                             first_failed=state.first_failed, last_failed=now,
                             store_key=job.store_key)
         job.store_key = None  # the same stored record is rewritten as the dead letter
+        if letter.store_key is None and self.store is not None:
+            letter.store_key = self.new_store_key()
         self.record(job, False, error.encode(), now)
         self._forget(job)
         pushed = self.dead_letters.add(letter)

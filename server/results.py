@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import json
+import urllib.parse
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,28 @@ MAX_PENDING: Final = 10_000
 DEFAULT_BYTES: Final = 64 * 1024 * 1024
 #: Every key starts with this (other programs read the cache by these keys).
 KEY_PREFIX: Final = "gearmand:result:"
+
+
+def cache_url_problem(url: str) -> str | None:
+    """Why ``--result-cache URL`` cannot be used (one line), or None."""
+    if url in ("", "memory"):
+        return None
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        parsed.port  # noqa: B018 (raises ValueError when not a number)
+    except ValueError as exc:
+        return f"{url}: {exc}"
+    if parsed.scheme == "memcached":
+        if not parsed.hostname:
+            return f"{url}: expected memcached://HOST:PORT"
+        module = "pymemcache"
+    elif parsed.scheme in ("redis", "rediss", "unix"):
+        module = "redis"
+    else:
+        return f"{url}: expected memory, memcached://HOST:PORT or redis://HOST:PORT[/DB]"
+    if importlib.util.find_spec(module) is None:
+        return f"{url}: the {module} module is not installed (pip install 'gearman-py[queues]')"
+    return None
 
 
 def handle_key(handle: bytes) -> str:

@@ -19,6 +19,7 @@ from .jobs import Job
 from .manager import Manager
 from .results import (
     DEFAULT_BYTES,
+    KEY_PREFIX,
     MemoryBackend,
     Result,
     ResultBackend,
@@ -119,6 +120,13 @@ async def run_writer(cache: ResultCache) -> None:
 
     cache.wake = poke
     failing = False
+    try:
+        await trio.to_thread.run_sync(cache.backend.get, KEY_PREFIX + "probe", time.time(),
+                                      abandon_on_cancel=True)
+    except Exception as exc:
+        failing = True
+        log.error("result cache %s: unreachable (%s); results are lost until it answers "
+                  "(jobs run as usual)", cache.url, exc)
     try:
         while True:
             await wake.wait()
