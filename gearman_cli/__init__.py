@@ -33,6 +33,8 @@ _WHERE = {
     "AdminReply": "._admin_core",
     "FunctionStatus": "._admin_core",
     "JobInfo": "._admin_core",
+    "JobResult": "._admin_core",
+    "DeadLetterInfo": "._admin_core",
     "PriorityStatus": "._admin_core",
     "WorkerInfo": "._admin_core",
     "AsyncAdmin": ".admin",
@@ -61,6 +63,7 @@ __all__ = [
     "BackgroundBatch",
     "Client",
     "ConnectionLostError",
+    "DeadLetterInfo",
     "FunctionStatus",
     "GearmanError",
     "Job",
@@ -68,6 +71,7 @@ __all__ = [
     "JobExceptionError",
     "JobFailedError",
     "JobInfo",
+    "JobResult",
     "JobStatus",
     "NoServerError",
     "PriorityStatus",
@@ -100,7 +104,15 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._admin_core import AdminReply, FunctionStatus, JobInfo, PriorityStatus, WorkerInfo
+    from ._admin_core import (
+        AdminReply,
+        DeadLetterInfo,
+        FunctionStatus,
+        JobInfo,
+        JobResult,
+        PriorityStatus,
+        WorkerInfo,
+    )
     from ._admin_sync import Admin
     from ._blocking import Client
     from ._errors import (
