@@ -170,9 +170,10 @@ PARAMS: list[click.Parameter] = [
               "Default is the limit the process was started with."),
     _opt("-h", "--help", "help_", is_flag=True, help="Print this help menu."),
     _opt("-j", "--job-retries", type=_Int(-1), default=-1, metavar="N",
-         help="Assignments a job gets in all: when its worker is lost (or times out) "
-              "on the N-th, the job fails; 0 and 1 both fail it on the first loss. "
-              "-1 (the default) means no limit."),
+         help="Assignments a job gets in all: when its worker is lost on the N-th, the "
+              "job fails; 0 and 1 both fail it on the first loss. -1 (the default) means "
+              "no limit. (A job past its CAN_DO_TIMEOUT fails at once; a --retry-policy "
+              "replaces this for its functions.)"),
     _opt("--job-handle-prefix", metavar="PREFIX",
          help='Prefix used to generate a job handle string. If not provided, the default '
               '"H:<host_name>" is used.'),

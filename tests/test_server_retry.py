@@ -262,3 +262,20 @@ def test_memory_cache_evicts_least_recently_used_past_its_bound() -> None:
     assert backend.bytes <= 300 and backend.evicted == 1
     backend.put([("huge", b"v" * 1000, 60.0)], T0)  # larger than the bound: not kept
     assert backend.get("huge", T0) is None and backend.get("k3", T0) is not None
+
+
+def test_events_say_retrying_and_dead_with_the_attempt() -> None:
+    from test_server_events import listen
+
+    w = world({b"f": RetryPolicy(2, 1.0, 1.0)})
+    events, got = listen(w)
+    c, wk = w.end(), w.end()
+    wk.can_do(b"f")
+    h = c.submit(b"f", b"", b"x", PT.SUBMIT_JOB_BG)
+    run_and(w, wk, PT.WORK_FAIL)
+    w.m.tick(T0 + 1)
+    run_and(w, wk, PT.WORK_EXCEPTION, b"boom")
+    events.drain()
+    mine = [(e["event"], e.get("attempt")) for e in got if e["handle"] == h.decode()]
+    assert mine == [("submitted", None), ("started", 1), ("retrying", 1), ("started", 2),
+                    ("dead", 2)]
