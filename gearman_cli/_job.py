@@ -78,8 +78,8 @@ class Job:
         #: (all servers). Callbacks of concurrent jobs may start in any order; this does not.
         self.sequence = sequence
         #: Which attempt at this job this is (1 = the first run): our gearmand says so
-        #: to workers that ask (``OPTION_REQ attempts``; the worker does); None from a
-        #: server that does not.
+        #: to workers that ask (``AsyncWorker(attempts=True)`` sends ``OPTION_REQ
+        #: attempts``); None otherwise, or from a server that does not.
         self.attempt: int | None = None
         self._conn = conn
         self._in_thread = False

@@ -92,8 +92,8 @@ class AsyncWorker:
     (PRE_SLEEP, once every outstanding grab came back empty) until the server sends NOOP;
     with ``idle_poll`` seconds it also grabs again after that long without a NOOP (off by
     default: no polling). With ``attempts=True`` it asks the server (our gearmand) for
-    each job's attempt number (``Job.attempt``; docs/protocol.md), which a job retried
-    under a ``--retry-policy`` needs to know.
+    each job's attempt number (``Job.attempt``; gearmand(8), RETRIES AND DEAD LETTERS),
+    which a job retried under a ``--retry-policy`` may want to know.
     """
 
     def __init__(

@@ -239,7 +239,8 @@ class Manager(Outcomes):
 
     def _grabbed(self, conn: Conn, now: float) -> Job | None:
         """``grab``; a worker that asked for the ``attempts`` option hears the attempt's
-        number first, as OPTION_RES ``attempt=N`` (docs/protocol.md)."""
+        number first, as OPTION_RES ``attempt=N`` (gearmand(8), RETRIES AND DEAD
+        LETTERS)."""
         job = self.grab(conn, now)
         if job is not None and conn.id in self.attempt_conns:
             conn.peer.deliver(PT.OPTION_RES, b"attempt=%d" % job.assignment)
