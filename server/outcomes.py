@@ -68,8 +68,8 @@ class Outcomes(JobCore):
         """A running job failed (``error`` says how). With a retry policy: retried after
         a back-off, or made a dead letter; True. Without one: False (nothing done)."""
         policy = self.policy_for(job)
-        if policy is None:
-            return False
+        if policy is None or not (job.background or job.clients):
+            return False  # no policy, or nobody can still want the job
         self._unassign(job, now)
         state = job.retry
         if state is None:
@@ -156,6 +156,10 @@ class Outcomes(JobCore):
         """CAN_DO_TIMEOUT expired: the job fails (decisions.md "Job life"); a background
         job follows its retry policy, or is dropped and logged. The worker's late result
         gets JOB_NOT_FOUND."""
+        if job.cancelled:
+            self._unassign(job, now, ran=False)
+            self._forget(job)
+            return
         timeout = worker.abilities.get(job.function.name)
         error = f"timed out after {timeout:g} s" if timeout else "timed out"
         if self.log_jobs:
@@ -180,17 +184,23 @@ class Outcomes(JobCore):
     def retry_dead(self, function: bytes, handle: bytes | None, now: float) -> int:
         """Queue dead letters again as new background jobs (attempts start over); how
         many. With a store, each is acknowledged by its commit, as any submit."""
-        letters = self.dead_letters.take(function, handle)
-        if not letters:
-            return 0
+        letters = list(self.dead_letters.rows(function))
+        if handle is not None:
+            letters = [d for d in letters if d.handle == handle]
         conn = self._internal
-        if conn is None or conn.closed:
+        if letters and (conn is None or conn.closed):
             conn = self._internal = self.connect(_QuietPeer(), "internal", 0)
             conn.client_id = b"dead-letters"
+            conn.kind = "internal"
+        queued = 0
         for letter in letters:
-            self.submit(conn, letter.function, letter.unique, letter.data, letter.priority,
-                        True, now, reducer=letter.reducer)
-        return len(letters)
+            assert conn is not None
+            # A letter the submit refuses (its queue is full, say) stays a dead letter.
+            if self.submit(conn, letter.function, letter.unique, letter.data, letter.priority,
+                           True, now, reducer=letter.reducer) is not None:
+                self.dead_letters.take(function, letter.handle)
+                queued += 1
+        return queued
 
     def drop_dead(self, function: bytes, handle: bytes | None) -> int:
         """Forget dead letters (and their stored copies); how many."""

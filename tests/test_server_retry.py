@@ -279,3 +279,33 @@ def test_events_say_retrying_and_dead_with_the_attempt() -> None:
     mine = [(e["event"], e.get("attempt")) for e in got if e["handle"] == h.decode()]
     assert mine == [("submitted", None), ("started", 1), ("retrying", 1), ("started", 2),
                     ("dead", 2)]
+
+
+def test_a_dead_letter_the_queue_refuses_stays_dead() -> None:
+    w = world({b"f": RetryPolicy(1)})
+    c, wk = w.end(), w.end()
+    wk.can_do(b"f")
+    h = c.submit(b"f", b"", b"x", PT.SUBMIT_JOB_BG)
+    run_and(w, wk, PT.WORK_FAIL)
+    c.submit(b"f", b"", b"y", PT.SUBMIT_JOB_BG)
+    w.m.functions[b"f"].maxqueue = [1, 1, 1]  # full: one job queued
+    assert w.m.retry_dead(b"f", None, T0) == 0
+    assert [d.handle for d in w.m.dead_letters.rows()] == [h]
+    now = w.m.connections_now()
+    assert (now["client"], now["internal"]) == (1, 1)  # the internal one is not a client
+
+
+def test_cancelled_or_abandoned_jobs_are_not_retried() -> None:
+    w = world({None: RetryPolicy(3, 1.0, 1.0, foreground=True)})
+    c, wk = w.end(), w.end()
+    wk.send(PT.CAN_DO_TIMEOUT, b"f", b"1000")
+    h = c.submit(b"f", b"", b"x", PT.SUBMIT_JOB_BG)
+    assert wk.grab_handle() == h
+    assert w.m.cancel(h)
+    w.m.tick(T0 + 1)  # times out while cancelled: simply gone
+    assert w.m.jobs == {} and w.m.stats[b"f"].failed == 0
+    h2 = c.submit(b"f")
+    assert wk.grab_handle() == h2
+    c.close()  # its only client left: a failure now is not retried for nobody
+    wk.send(PT.WORK_FAIL, h2)
+    assert w.m.jobs == {} and len(w.m.dead_letters) == 0
