@@ -27,19 +27,24 @@ PT = PacketType
 IN_CI = os.environ.get("CI") == "true"
 
 
-def fail_next(port: int, function: bytes, how: PacketType = PT.WORK_FAIL) -> bytes:
-    """A raw worker takes the next job of ``function`` and fails it; its handle."""
-    peer = RawPeer(port)
+def grab_next(peer: RawPeer, function: bytes) -> tuple[bytes, ...]:
+    """JOB_ASSIGN's arguments for the next job of ``function`` (a stored job is queued
+    once its commit ends: poll)."""
     peer.send(encode_req(PT.CAN_DO, function))
     deadline = time.monotonic() + 10
     while True:
         peer.send(encode_req(PT.GRAB_JOB))
         (reply,) = peer.packets(1)
         if reply.type is PT.JOB_ASSIGN:
-            break
+            return reply.args
         assert time.monotonic() < deadline, "no job came"
         time.sleep(0.05)
-    handle = reply.args[0]
+
+
+def fail_next(port: int, function: bytes, how: PacketType = PT.WORK_FAIL) -> bytes:
+    """A raw worker takes the next job of ``function`` and fails it; its handle."""
+    peer = RawPeer(port)
+    handle = grab_next(peer, function)[0]
     extra = (b"it broke",) if how is PT.WORK_EXCEPTION else ()
     peer.send(encode_req(how, handle, *extra))
     peer.send(encode_req(PT.ECHO_REQ, b"sync"))
@@ -51,14 +56,12 @@ def fail_next(port: int, function: bytes, how: PacketType = PT.WORK_FAIL) -> byt
 def complete_next(port: int, function: bytes, result: bytes) -> bytes:
     """A raw worker takes the next job of ``function`` and completes it; its data."""
     peer = RawPeer(port)
-    peer.send(encode_req(PT.CAN_DO, function) + encode_req(PT.GRAB_JOB))
-    (reply,) = peer.packets(1)
-    assert reply.type is PT.JOB_ASSIGN, reply
-    peer.send(encode_req(PT.WORK_COMPLETE, reply.args[0], result))
+    handle, _, data = grab_next(peer, function)
+    peer.send(encode_req(PT.WORK_COMPLETE, handle, result))
     peer.send(encode_req(PT.ECHO_REQ, b"sync"))
     assert peer.packets(1)[0].type is PT.ECHO_RES
     peer.close()
-    return reply.args[2]
+    return data
 
 
 def dead_rows(server: RunningServer) -> list[list[bytes]]:
@@ -111,6 +114,23 @@ def test_dead_letters_survive_restarts_with_sqlite(
     third = start_server("ours", *args)
     assert dead_rows(third) == []
     assert b"dl" not in gearadmin(third, "--status").stdout
+
+
+def test_dead_letters_with_store_queue_on_shutdown(
+        start_server: Callable[..., RunningServer], tmp_path: Path) -> None:
+    args = ["-q", "libsqlite3", "--libsqlite3-db", str(tmp_path / "q.db"),
+            "--store-queue-on-shutdown", "--retry-policy", "*=1"]
+    first = start_server("ours", *args)
+    submit_background(first.port, [(PT.SUBMIT_JOB_BG, b"s", b"u", b"d")])
+    handle = fail_next(first.port, b"s")
+    first.proc.send_signal(signal.SIGTERM)  # a clean stop writes the snapshot
+    first.proc.wait(10)
+    second = start_server("ours", *args)
+    assert [(r[0], r[1], r[2]) for r in dead_rows(second)] == [(b"s", handle, b"u")]
+    second.proc.send_signal(signal.SIGTERM)
+    second.proc.wait(10)
+    third = start_server("ours", *args)  # written again at the second stop
+    assert [r[1] for r in dead_rows(third)] == [handle]
 
 
 def test_gearman_result_exit_statuses(start_server: Callable[..., RunningServer]) -> None:
