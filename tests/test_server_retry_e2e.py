@@ -15,7 +15,9 @@ import trio
 from gearman_cli import AdminError, AsyncAdmin, AsyncClient, AsyncWorker, Client, Job
 from server.app import Server
 from server.config import ServerConfig
+from server.metrics import render
 from server.retry import RetryPolicy
+from tests.test_server_stats import metrics_of
 
 
 @pytest.fixture
@@ -122,6 +124,9 @@ async def test_doomed_job_becomes_a_dead_letter_then_is_retried(srv: Server) -> 
                 assert failed.state == "failed" and b"cannot do bad" in (failed.data or b"")
                 status, doc = await http_get(srv.http_addresses[0][1], "/dead")
                 assert status == 200 and [d["handle"] for d in doc] == [bad.decode()]
+                m = metrics_of(render(srv.admin))
+                assert m[("gearman_dead_letters", (("function", "doomed"),))] == 1
+                assert m[("gearman_results_recorded_total", ())] >= 1
                 with pytest.raises(AdminError, match="UNKNOWN_JOB"):
                     await admin.retry_dead("doomed", "H:nope:9")
                 assert await admin.retry_dead("doomed") == 1
