@@ -167,10 +167,12 @@ def _one_line(error: str) -> bytes:
 
 
 def _dead_target(words: tuple[bytes, ...]) -> tuple[bytes, bytes | None] | None:
-    """``retry|drop dead FN HANDLE|all``: (function, handle or None for all)."""
-    if len(words) != 4 or words[1].lower() != b"dead":
+    """``retry|drop dead FN [HANDLE|all]``: (function, handle or None for all)."""
+    if len(words) not in (3, 4) or words[1].lower() != b"dead":
         return None
-    return words[2], None if words[3].lower() == b"all" else words[3]
+    if len(words) == 3 or words[3].lower() == b"all":
+        return words[2], None
+    return words[2], words[3]
 
 
 def _retry(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:

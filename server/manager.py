@@ -326,8 +326,8 @@ class Manager(Outcomes):
 
     def _work_exception(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         job = self._owned(conn, PT.WORK_EXCEPTION, args[0])
-        if job is None or self.failed_attempt(
-                job, conn, now, "exception: " + args[1][:1024].decode("utf-8", "replace")):
+        if job is None or (self.retry and self.failed_attempt(
+                job, conn, now, "exception: " + args[1][:1024].decode("utf-8", "replace"))):
             return
         for client in job.clients:
             if client.exceptions:

@@ -309,3 +309,40 @@ def test_cancelled_or_abandoned_jobs_are_not_retried() -> None:
     c.close()  # its only client left: a failure now is not retried for nobody
     wk.send(PT.WORK_FAIL, h2)
     assert w.m.jobs == {} and len(w.m.dead_letters) == 0
+
+
+def test_admin_dead_letter_commands() -> None:
+    from protocol import parse_admin_line
+    from server.admin import AdminContext, handle_admin
+
+    w = world({b"f": RetryPolicy(1)})
+    ctx = AdminContext(manager=w.m, version="1", verbose="ERROR", pid=1,
+                       shutdown=lambda graceful: None, clock=lambda: w.clock.now)
+    c, wk = w.end(), w.end()
+    wk.can_do(b"f")
+    handles = [c.submit(b"f", b"u%d" % i, b"x", PT.SUBMIT_JOB_BG) for i in range(3)]
+    for _ in handles:
+        run_and(w, wk, PT.WORK_EXCEPTION, b"bad\tinput\nhere")
+
+    def admin(line: bytes) -> bytes:
+        return handle_admin(ctx, c.conn, parse_admin_line(line))
+
+    rows = admin(b"show dead f").split(b"\n")
+    assert rows[0] == b"\t".join([b"f", handles[0], b"u0", b"1", b"%.3f" % T0, b"%.3f" % T0,
+                                  b"exception: bad input here"])
+    assert len(rows) == 5 and rows[3:] == [b".", b""]
+    assert admin(b"show dead g") == b".\n"
+    assert admin(b"retry dead f " + handles[0]) == b"OK 1\r\n"
+    assert admin(b"retry dead f nope") == b"ERR UNKNOWN_JOB\r\n"
+    assert admin(b"drop dead f " + handles[1]) == b"OK 1\r\n"
+    assert admin(b"drop dead f") == b"OK 1\r\n"
+    assert admin(b"drop dead").startswith(b"ERR INVALID_ARGUMENTS")
+    assert admin(b"result H:nope:1") == b"OK unknown\r\n"
+    assert admin(b"result").startswith(b"ERR INVALID_ARGUMENTS")
+    queued = c.submit(b"f", b"q", b"x", PT.SUBMIT_JOB_BG)
+    assert admin(b"result " + queued) == b"OK queued\r\n"
+    assert admin(b"result unique f q") == b"OK queued\r\n"
+    elsewhere = w.end("10.0.0.1").conn
+    for line in (b"retry dead f all", b"drop dead f all"):
+        assert handle_admin(ctx, elsewhere, parse_admin_line(line)).startswith(
+            b"ERR PERMISSION_DENIED")
