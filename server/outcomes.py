@@ -82,6 +82,7 @@ class Outcomes(JobCore):
                 self.job_log(job, f"attempt {job.assignment} failed ({error}); retrying in "
                              f"{delay:.3f} s", conn, None, now, "retrying")
             job.function.stats.requeued += 1
+            job.retries += 1  # the admin's ``show jobs`` column
             job.stamp = now
             job.when = now + delay
             self._enqueue(job, now)

@@ -74,7 +74,7 @@ def test_background_failure_is_retried_after_backoff_then_dead() -> None:
     wk.can_do(b"f")
     assert run_and(w, wk, PT.WORK_FAIL) == h
     job = w.m.jobs[h]
-    assert job.waiting and job.assignment == 1
+    assert job.waiting and job.assignment == 1 and job.retries == 1
     # Back-off after the first failure: between 1 and 2 seconds (jittered).
     assert T0 + 1.0 <= job.when <= T0 + 2.0
     assert wk.grab().type == PT.NO_JOB
