@@ -199,7 +199,7 @@ class Outcomes(JobCore):
             # A letter the submit refuses (its queue is full, say) stays a dead letter.
             if self.submit(conn, letter.function, letter.unique, letter.data, letter.priority,
                            True, now, reducer=letter.reducer) is not None:
-                self.dead_letters.take(function, letter.handle)
+                self.dead_letters.remove(letter)
                 queued += 1
         return queued
 

@@ -9,6 +9,7 @@ reach persistence only through ``DeadLetterStore`` (``server.persistence`` imple
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -132,14 +133,18 @@ class DeadLetterStore(Protocol):
 
 
 class DeadLetters:
-    """Every function's dead letters, oldest first; each function's list bounded."""
+    """Every function's dead letters, oldest first; each function's list bounded.
+
+    Handles are not unique across restarts (each run counts from 1), so letters are kept
+    by an id of their own and found by handle with a scan (admin commands only)."""
 
     def __init__(self, limit: int = MAX_DEAD_PER_FUNCTION) -> None:
         self.limit = limit
-        self.by_function: dict[bytes, OrderedDict[bytes, DeadLetter]] = {}
+        self.by_function: dict[bytes, OrderedDict[int, DeadLetter]] = {}
         self.store: DeadLetterStore | None = None
         #: Letters dropped because a function's list was full.
         self.overflowed = 0
+        self._ids = itertools.count()
 
     def __len__(self) -> int:
         return sum(len(d) for d in self.by_function.values())
@@ -147,7 +152,7 @@ class DeadLetters:
     def add(self, letter: DeadLetter, persist: bool = True) -> DeadLetter | None:
         """Keep ``letter`` (and store it); the oldest letter it pushed out, if any."""
         letters = self.by_function.setdefault(letter.function, OrderedDict())
-        letters[letter.handle] = letter
+        letters[next(self._ids)] = letter
         if persist and self.store is not None and letter.store_key is not None:
             self.store.keep(letter)
         if len(letters) > self.limit:
@@ -158,21 +163,29 @@ class DeadLetters:
         return None
 
     def take(self, function: bytes, handle: bytes | None) -> list[DeadLetter]:
-        """Remove and return one letter (by handle) or all of a function's (None)."""
+        """Remove and return a function's letters with that handle (after a restart,
+        several may have it), or all of them (None)."""
         letters = self.by_function.get(function)
         if not letters:
             return []
-        if handle is None:
-            taken = list(letters.values())
-            letters.clear()
-        else:
-            one = letters.pop(handle, None)
-            taken = [one] if one is not None else []
+        ids = [i for i, d in letters.items() if handle is None or d.handle == handle]
+        taken = [letters.pop(i) for i in ids]
         if not letters:
             del self.by_function[function]
         for letter in taken:
             self._unstore(letter)
         return taken
+
+    def remove(self, letter: DeadLetter) -> None:
+        """Remove this one letter (and its stored copy)."""
+        letters = self.by_function.get(letter.function, OrderedDict())
+        for i, d in letters.items():
+            if d is letter:
+                del letters[i]
+                self._unstore(letter)
+                break
+        if not letters:
+            self.by_function.pop(letter.function, None)
 
     def _unstore(self, letter: DeadLetter) -> None:
         if letter.store_key is not None and self.store is not None:

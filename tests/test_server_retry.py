@@ -346,3 +346,19 @@ def test_admin_dead_letter_commands() -> None:
     for line in (b"retry dead f all", b"drop dead f all"):
         assert handle_admin(ctx, elsewhere, parse_admin_line(line)).startswith(
             b"ERR PERMISSION_DENIED")
+
+
+def test_dead_letters_with_the_same_handle_are_kept_apart() -> None:
+    # Handles count from 1 in each run: a letter replayed from the store may share its
+    # handle with a letter of this run.
+    w = world({b"f": RetryPolicy(1)})
+    old = DeadLetter(b"f", b"H:test:1", b"old", b"o", 1, b"", 1, "WORK_FAIL", T0, T0)
+    w.m.dead_letters.add(old, persist=False)
+    c, wk = w.end(), w.end()
+    wk.can_do(b"f")
+    h = c.submit(b"f", b"new", b"n", PT.SUBMIT_JOB_BG)
+    assert h == b"H:test:1"
+    run_and(w, wk, PT.WORK_FAIL)
+    assert [d.unique for d in w.m.dead_letters.rows()] == [b"old", b"new"]
+    assert w.m.retry_dead(b"f", h, T0) == 2  # both: the handle names them both
+    assert len(w.m.dead_letters) == 0
