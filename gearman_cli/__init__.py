@@ -35,6 +35,8 @@ _WHERE = {
     "AdminReply": "._admin_core",
     "FunctionStatus": "._admin_core",
     "JobInfo": "._admin_core",
+    "JobResult": "._admin_core",
+    "DeadLetterInfo": "._admin_core",
     "PriorityStatus": "._admin_core",
     "WorkerInfo": "._admin_core",
     "AsyncAdmin": ".admin",
@@ -63,6 +65,7 @@ __all__ = [
     "BackgroundBatch",
     "Client",
     "ConnectionLostError",
+    "DeadLetterInfo",
     "FunctionStatus",
     "GearmanError",
     "Job",
@@ -70,6 +73,7 @@ __all__ = [
     "JobExceptionError",
     "JobFailedError",
     "JobInfo",
+    "JobResult",
     "JobStatus",
     "NoServerError",
     "PriorityStatus",
@@ -104,7 +108,15 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._admin_core import AdminReply, FunctionStatus, JobInfo, PriorityStatus, WorkerInfo
+    from ._admin_core import (
+        AdminReply,
+        DeadLetterInfo,
+        FunctionStatus,
+        JobInfo,
+        JobResult,
+        PriorityStatus,
+        WorkerInfo,
+    )
     from ._admin_sync import Admin
     from ._blocking import Client
     from ._errors import (

@@ -16,19 +16,25 @@ from protocol import NEED_DATA, AdminCommand, ConnectionClosed, Parser, RemotePr
 from ._admin_core import (
     MAX_LINE,
     AdminReply,
+    DeadLetterInfo,
     FunctionStatus,
     JobInfo,
+    JobResult,
     PriorityStatus,
     ReplyReader,
     WorkerInfo,
     checked,
     command_line,
+    dead_line,
     is_list_command,
     maxqueue_line,
     parse_prioritystatus,
+    parse_result,
+    parse_show_dead,
     parse_show_jobs,
     parse_status,
     parse_workers,
+    result_line,
     word,
 )
 from ._errors import ConnectionLostError
@@ -173,6 +179,30 @@ class Admin:
 
     def cancel_job(self, handle: str | bytes) -> None:
         self.command(b"cancel job " + word(handle), is_list=False)
+
+    def show_dead(self, function: str | bytes | None = None) -> list[DeadLetterInfo]:
+        """``show dead [FUNCTION]`` (our gearmand): the dead letters, oldest first."""
+        line = b"show dead" + (b" " + word(function) if function is not None else b"")
+        return parse_show_dead(self.command(line, is_list=True))
+
+    def retry_dead(self, function: str | bytes, handle: str | bytes | None = None) -> int:
+        """``retry dead FUNCTION HANDLE|all``: queue dead letters again (all when no
+        handle); how many. ``AdminError`` (``UNKNOWN_JOB``) for an unknown handle."""
+        reply = self.command(dead_line("retry", function, handle), is_list=False)
+        return int(reply.value or b"0")
+
+    def drop_dead(self, function: str | bytes, handle: str | bytes | None = None) -> int:
+        """``drop dead FUNCTION HANDLE|all``: forget dead letters; how many."""
+        reply = self.command(dead_line("drop", function, handle), is_list=False)
+        return int(reply.value or b"0")
+
+    def result(self, handle: str | bytes | None = None, *,
+               function: str | bytes | None = None,
+               unique: str | bytes | None = None) -> JobResult:
+        """``result HANDLE`` or ``result unique FUNCTION KEY`` (our gearmand with
+        ``--result-ttl``): the job's state, and its result once done or failed."""
+        return parse_result(self.command(result_line(handle, function, unique),
+                                              is_list=False))
 
     def create_function(self, name: str | bytes) -> None:
         self.command(b"create function " + word(name), is_list=False)

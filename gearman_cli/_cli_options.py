@@ -26,8 +26,10 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
     #: No server could be reached, or the connection was lost or refused a request.
     NO_SERVER = 3
-    #: The -t timeout elapsed with no progress.
+    #: The -t timeout elapsed with no progress; gearman --result: unknown or expired.
     TIMEOUT = 4
+    #: gearman --result: the job is still queued or running.
+    NOT_DONE = 5
     #: Interrupted by SIGINT, when dying by the signal itself did not work.
     INTERRUPTED = 130
 
@@ -55,6 +57,7 @@ class GearmanOptions(NamedTuple):
     concurrency: int = 1  # --concurrency: worker jobs at once
     job_timeout: float | None = None  # --job-timeout, seconds
     tls: Any = None  # -S / --ssl-*: an ssl.SSLContext, or None for plaintext
+    result: str | None = None  # --result HANDLE (or unique key with -f)
 
 
 class AdminCommand(NamedTuple):

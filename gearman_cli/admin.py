@@ -33,19 +33,25 @@ from ._admin_core import (
     LIST_COMMANDS,
     MAX_LINE,
     AdminReply,
+    DeadLetterInfo,
     FunctionStatus,
     JobInfo,
+    JobResult,
     PriorityStatus,
     ReplyReader,
     WorkerInfo,
     checked,
     command_line,
+    dead_line,
     is_list_command,
     maxqueue_line,
     parse_prioritystatus,
+    parse_result,
+    parse_show_dead,
     parse_show_jobs,
     parse_status,
     parse_workers,
+    result_line,
     word,
 )
 from ._connection import CONNECT_TIMEOUT, RECEIVE_SIZE, open_stream
@@ -60,8 +66,10 @@ __all__ = [
     "LIST_COMMANDS",
     "AdminReply",
     "AsyncAdmin",
+    "DeadLetterInfo",
     "FunctionStatus",
     "JobInfo",
+    "JobResult",
     "PriorityStatus",
     "WorkerInfo",
 ]
@@ -196,6 +204,30 @@ class AsyncAdmin:
     async def cancel_job(self, handle: str | bytes) -> None:
         """``cancel job H``; ``AdminError`` (``UNKNOWN_JOB``) for an unknown handle."""
         await self.command(b"cancel job " + word(handle), is_list=False)
+
+    async def show_dead(self, function: str | bytes | None = None) -> list[DeadLetterInfo]:
+        """``show dead [FUNCTION]`` (our gearmand): the dead letters, oldest first."""
+        line = b"show dead" + (b" " + word(function) if function is not None else b"")
+        return parse_show_dead(await self.command(line, is_list=True))
+
+    async def retry_dead(self, function: str | bytes, handle: str | bytes | None = None) -> int:
+        """``retry dead FUNCTION HANDLE|all``: queue dead letters again (all when no
+        handle); how many. ``AdminError`` (``UNKNOWN_JOB``) for an unknown handle."""
+        reply = await self.command(dead_line("retry", function, handle), is_list=False)
+        return int(reply.value or b"0")
+
+    async def drop_dead(self, function: str | bytes, handle: str | bytes | None = None) -> int:
+        """``drop dead FUNCTION HANDLE|all``: forget dead letters; how many."""
+        reply = await self.command(dead_line("drop", function, handle), is_list=False)
+        return int(reply.value or b"0")
+
+    async def result(self, handle: str | bytes | None = None, *,
+               function: str | bytes | None = None,
+               unique: str | bytes | None = None) -> JobResult:
+        """``result HANDLE`` or ``result unique FUNCTION KEY`` (our gearmand with
+        ``--result-ttl``): the job's state, and its result once done or failed."""
+        return parse_result(await self.command(result_line(handle, function, unique),
+                                              is_list=False))
 
     async def create_function(self, name: str | bytes) -> None:
         await self.command(b"create function " + word(name), is_list=False)

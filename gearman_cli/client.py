@@ -55,6 +55,7 @@ import trio
 
 from protocol import Packet, PacketType, Priority, encode_req
 
+from ._admin_core import JobResult
 from ._blocking import Client
 from ._client_core import ConnCore, give_up_after
 from ._connection import CONNECT_TIMEOUT, Connection, open_stream
@@ -532,6 +533,32 @@ class AsyncClient(TaskQueue):
                 return answer
         if answer is None:
             raise NoServerError("no server reachable for a status request")
+        return answer
+
+    async def result(self, handle: str | bytes | Task, *, unique: str | bytes | None = None,
+                     server: ServerAddress | None = None) -> JobResult:
+        """A background job's state and result from our gearmand's result cache (see
+        ``Client.result``): by handle (or a Task), or ``result(FUNCTION, unique=KEY)``."""
+        from .admin import AsyncAdmin
+
+        if isinstance(handle, Task):
+            server = server or handle.server
+            if handle.handle is None:
+                raise ValueError("the task has no handle yet")
+            handle = handle.handle
+        answer: JobResult | None = None
+        for address in self._status_servers(server):
+            try:
+                async with AsyncAdmin(address, connect_timeout=self._connect_timeout) as admin:
+                    answer = await (admin.result(function=handle, unique=unique)
+                                    if unique is not None else admin.result(handle))
+            except (OSError, ConnectionLostError) as exc:
+                logger.info("result from %s failed: %s", address, exc)
+                continue
+            if answer.state != "unknown":
+                return answer
+        if answer is None:
+            raise NoServerError("no server reachable for a result request")
         return answer
 
     async def echo(self, data: Bytesish = b"", *, server: ServerAddress | None = None) -> bytes:

@@ -43,7 +43,13 @@ COMMANDS = {
     "workers": "workers",
     "shutdown": "shutdown",
     "shutdown_graceful": "shutdown graceful",
+    "dead": "show dead",
+    "retry_dead": "retry dead",
+    "drop_dead": "drop dead",
 }
+
+#: Value options whose value may be two words: FUNCTION [HANDLE] (all when no handle).
+_DEAD = frozenset({"retry_dead", "drop_dead"})
 
 
 def _port(value: str) -> int:
@@ -101,6 +107,12 @@ OPTIONS = [
     _flag("--shutdown", "Shut the server down (our gearmand)."),
     _flag("--shutdown-graceful",
           "Stop accepting, finish running work, then shut down (our gearmand)."),
+    _flag("--dead", "Show the dead letters: jobs that used up their retries (our gearmand)."),
+    _value("--retry-dead", "'FUNCTION [HANDLE]'",
+           "Queue a function's dead letters again: the one with HANDLE, or all (our "
+           "gearmand)."),
+    _value("--drop-dead", "'FUNCTION [HANDLE]'",
+           "Forget a function's dead letters: the one with HANDLE, or all (our gearmand)."),
     Option("--watch", dest="watch",
            help="Stream job events (our gearmand) as JSON lines until Ctrl-C; the "
                 "arguments, if any, are the functions to watch."),
@@ -149,7 +161,13 @@ def parse(argv: Sequence[str]) -> AdminOptions | TopOptions | None:
         if line is None:
             continue
         flag = opt.names[0]
-        if opt.multiple:
+        if opt.dest in _DEAD:
+            words = value.split()
+            if not 1 <= len(words) <= 2:
+                raise UsageError(f"Invalid value for '{flag}': FUNCTION or 'FUNCTION HANDLE'")
+            commands.append(AdminCommand(flag, f"{line} {words[0]} "
+                                         f"{words[1] if len(words) == 2 else 'all'}"))
+        elif opt.multiple:
             if not value or any(c.isspace() for c in value):
                 raise UsageError(f"Invalid value for '{flag}': must be one word")
             commands.append(AdminCommand(flag, f"{line} {value}"))

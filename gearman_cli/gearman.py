@@ -91,6 +91,11 @@ OPTIONS = [
            convert=int_range(1),
            help="Worker: jobs run at once (default 1, as the C tool, so several "
                 "workers share the load)."),
+    Option("--result", dest="result", takes_value=True, metavar="HANDLE",
+           help="Print the result of the background job HANDLE (our gearmand, with "
+                "--result-ttl) and exit: 0 done, 1 failed (its error on stderr), 4 unknown "
+                "or expired, 5 still queued or running. With -f FUNCTION, HANDLE is the "
+                "job's unique key."),
     Option("--job-timeout", dest="job_timeout", takes_value=True, metavar="SECONDS",
            convert=positive_float,
            help="Worker: kill the command's process group and fail the job after SECONDS."),
@@ -120,8 +125,11 @@ def parse(argv: Sequence[str]) -> GearmanOptions | None:
     from ._tls import cli_context
 
     v = parsed.values
-    if not v["functions"]:
+    if not v["functions"] and v["result"] is None:
         raise UsageError("no function given (use -f FUNCTION)")
+    if v["result"] is not None and (len(v["functions"]) > 1 or v["worker"] or parsed.args):
+        raise UsageError("--result takes one handle (or -f FUNCTION and a unique key), "
+                         "and no jobs")
     try:
         servers = resolve_servers(v["host"], v["port"])
     except ValueError as exc:
@@ -155,6 +163,7 @@ def parse(argv: Sequence[str]) -> GearmanOptions | None:
         concurrency=v["concurrency"] if v["concurrency"] is not None else 1,
         job_timeout=v["job_timeout"],
         tls=cli_context(v),
+        result=v["result"],
     )
 
 
@@ -224,6 +233,10 @@ def run(opts: GearmanOptions) -> int:
                              f"{exc.strerror or exc}\n")
             return _USAGE
     try:
+        if opts.result is not None:
+            from ._cli_result import run_result
+
+            return run_result(opts)
         if opts.worker:
             from ._cli_worker import run_worker
 

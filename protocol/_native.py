@@ -97,8 +97,8 @@ class NativeFinder:
 
 
 #: The modules scripts/build_native.py compiles together (GEARMAN_NATIVE=1 insists on them).
-GROUP = frozenset({"protocol._parser", "server.jobs", "server.core", "server.manager",
-                   "server.wakeups", "server.gear", "server.gear_tls"})
+GROUP = frozenset({"protocol._parser", "server.jobs", "server.core", "server.outcomes",
+                   "server.manager", "server.wakeups", "server.gear", "server.gear_tls"})
 
 
 def install() -> NativeFinder | None:

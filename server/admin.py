@@ -6,9 +6,10 @@ come from ``protocol.admin`` so they match the reference exactly.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import cast
 
 from protocol import AdminCommand
@@ -18,7 +19,8 @@ from . import stats
 from .acl import ALL, Acl, View
 from .events import LinePeer
 from .jobs import name_problem
-from .manager import Conn, Manager
+from .manager import Conn, Job, Manager
+from .results import Result, handle_key, unique_key
 
 #: The reference closes the connection past five words; we answer instead (decisions.md).
 MAX_WORDS = 5
@@ -63,6 +65,9 @@ class AdminContext:
             return None
         why = self.acl.admin(conn, right, server_wide=name in _SERVER_WIDE, log=log)
         return None if why is None else text.err("PERMISSION_DENIED", why)
+    #: Answer a command later (its reply comes from a task; later replies wait behind
+    #: it): set by the server for replies read from a remote result cache.
+    defer: Callable[[Conn, Callable[[], Awaitable[bytes]]], None] | None = None
 
     def uptime(self, now: float) -> float:
         return max(0.0, now - self.started)
@@ -136,6 +141,13 @@ def _show(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> Iterator[b
         for j in ctx.manager.iter_jobs():
             if view.sees(j.function.name):
                 yield j.unique + b"\n"
+    elif words[1].lower() == b"dead" and len(words) <= 3:
+        only = view.key(words[2]) if len(words) == 3 else None
+        for d in ctx.manager.dead_letters.rows(only):
+            if view.sees(d.function):
+                yield text.row((view.show(d.function), d.handle, d.unique, d.attempts,
+                                f"{d.first_failed:.3f}", f"{d.last_failed:.3f}",
+                                _one_line(d.error)))
     else:
         yield text.err("UNKNOWN_SHOW_ARGUMENTS")
         return
@@ -188,6 +200,86 @@ def admin_listing(ctx: AdminContext, conn: Conn, cmd: AdminCommand) -> Iterator[
     return rows(ctx, conn, cmd.words)
 
 
+def _one_line(error: str) -> bytes:
+    """An error text as one cell of a tab-separated row."""
+    return "".join(c if c.isprintable() and c != "\t" else " " for c in error)[:512].encode()
+
+
+def _dead_target(words: tuple[bytes, ...]) -> tuple[bytes, bytes | None] | None:
+    """``retry|drop dead FN [HANDLE|all]``: (function, handle or None for all)."""
+    if len(words) not in (3, 4) or words[1].lower() != b"dead":
+        return None
+    if len(words) == 3 or words[3].lower() == b"all":
+        return words[2], None
+    return words[2], words[3]
+
+
+def _retry(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    target = _dead_target(words)
+    if target is None:
+        return text.invalid_arguments(words[0])
+    count = ctx.manager.retry_dead(ctx.view(conn).key(target[0]), target[1], ctx.clock())
+    if count == 0 and target[1] is not None:
+        return text.err("UNKNOWN_JOB")
+    return text.ok(str(count))
+
+
+def result_line(state: str, result: Result | None) -> bytes:
+    """The ``result`` reply: ``OK STATE`` and, done or failed, the attempts and the data
+    (or the failure's text) in base64."""
+    if result is None:
+        return text.ok(state)
+    return text.ok(f"{state} {result.attempts} {base64.b64encode(result.data).decode()}")
+
+
+def _job_state(job: Job | None) -> str | None:
+    if job is None or job.cancelled:
+        return None
+    return "running" if job.worker is not None else "queued"
+
+
+def _result(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    """``result HANDLE`` / ``result unique FUNCTION KEY``: queued, running, done, failed
+    or unknown (``server.results``)."""
+    m = ctx.manager
+    view = ctx.view(conn)  # another tenant's jobs and results read as unknown
+    if len(words) == 2:
+        job, key = m.jobs.get(words[1]), handle_key(words[1])
+    elif len(words) == 4 and words[1].lower() == b"unique":
+        function = view.key(words[2])
+        job, key = m.unique_index.get((function, words[3])), unique_key(function, words[3])
+    else:
+        return text.invalid_arguments(words[0])
+    if job is not None and not view.sees(job.function.name):
+        job = None
+    state = _job_state(job)
+    cache = m.results
+    if state is not None or cache is None:
+        return text.ok(state or "unknown")
+    if not cache.remote:
+        raw = cache.backend.get(key, ctx.clock())
+        found = Result.decode(raw) if raw is not None else None
+        if found is not None and not view.sees(found.function):
+            found = None
+        return result_line(found.state if found else "unknown", found)
+    if ctx.defer is None:
+        return text.err("NOT_SUPPORTED", "result is served on the Gear port only")
+
+    async def answer() -> bytes:
+        from .results_io import ResultCacheError, fetch
+
+        try:
+            found = await fetch(cache, key)
+        except ResultCacheError as exc:
+            return text.err("RESULT_CACHE_UNAVAILABLE", str(exc))
+        if found is not None and not view.sees(found.function):
+            found = None
+        return result_line(found.state if found else "unknown", found)
+
+    ctx.defer(conn, answer)
+    return b""
+
+
 def _cancel(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
     if len(words) < 3:
         return text.unknown_command(words[0])
@@ -212,6 +304,12 @@ def _create(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
 
 
 def _drop(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> bytes:
+    target = _dead_target(words)
+    if target is not None:
+        count = ctx.manager.drop_dead(ctx.view(conn).key(target[0]), target[1])
+        if count == 0 and target[1] is not None:
+            return text.err("UNKNOWN_JOB")
+        return text.ok(str(count))
     if len(words) != 3 or words[1].lower() != b"function":
         return text.invalid_arguments(words[0])
     problem = ctx.manager.drop_function(ctx.view(conn).key(words[2]))
@@ -283,6 +381,8 @@ _COMMANDS: dict[str, Callable[[AdminContext, Conn, tuple[bytes, ...]], bytes]] =
     "create": _create,
     "drop": _drop,
     "maxqueue": _maxqueue,
+    "retry": _retry,
+    "result": _result,
     "getpid": _getpid,
     "verbose": _verbose,
     "version": _version,
@@ -291,10 +391,11 @@ _COMMANDS: dict[str, Callable[[AdminContext, Conn, tuple[bytes, ...]], bytes]] =
 }
 #: admin-write: every command that changes the server (``verbose``, which only reads
 #: the level here, is the reference's way to change it and counted as writing).
-_MUTATING = frozenset({"shutdown", "cancel", "drop", "maxqueue", "create", "verbose"})
+_MUTATING = frozenset({"shutdown", "cancel", "drop", "maxqueue", "create", "verbose",
+                       "retry"})
 #: admin-write commands that act on the whole server, not one tenant's functions.
 _SERVER_WIDE = frozenset({"shutdown", "verbose"})
-#: admin-read: what lists functions, workers, jobs, statistics or events. ``version``
-#: needs no right (clients use it as a ping).
+#: admin-read: what lists functions, workers, jobs, results, statistics or events.
+#: ``version`` needs no right (clients use it as a ping).
 _READING = frozenset({"workers", "status", "prioritystatus", "show", "stats", "watch",
-                      "getpid"})
+                      "getpid", "result"})

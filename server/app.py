@@ -26,8 +26,10 @@ from .daemon import StartupError
 from .events import Events
 from .gear import GearFrontEnd, GearPeer
 from .host import Address, FrontEnd
-from .manager import Limits, Manager
+from .manager import Conn, Limits, Manager
 from .persistence import Persistence
+from .results_io import open_cache, run_writer
+from .retry import RetryPolicies
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,11 @@ class Server:
             limits=Limits(max_name=config.max_name_length, max_functions=config.max_functions,
                           max_worker_functions=config.max_worker_functions),
         )
+        self._manager.retry = RetryPolicies(dict(config.retry_policies))
+        self._manager.dead_letters.limit = config.max_dead_letters
+        if config.result_ttls:
+            self._manager.results = open_cache(config.result_cache, dict(config.result_ttls),
+                                               config.result_cache_bytes)
         self.events = Events(config.events_buffer, config.events_payloads,
                              config.events_function.encode()
                              if config.events_function is not None else None)
@@ -81,6 +88,7 @@ class Server:
             admin_from_anywhere=config.admin_from_anywhere,
             server_stats=self.server_stats,
             acl=self.acl,
+            defer=self._defer_admin,
         )
         #: Where the Gear front-end listens, once serving.
         self.addresses: list[Address] = []
@@ -120,6 +128,20 @@ class Server:
             manager.submit(conn, function, b"", line, 1, True, time.time())
 
         return submit
+
+    def _defer_admin(self, conn: Conn, answer: Callable[[], Awaitable[bytes]]) -> None:
+        """An admin reply that needs I/O (a remote result cache): its place in the
+        connection's output is held, and filled by a task."""
+        peer = conn.peer
+        if not isinstance(peer, GearPeer):
+            return
+        hold = peer.hold()
+
+        async def reply() -> None:
+            peer.release_raw(hold, await answer())
+            self.changed()
+
+        self.spawn(reply)
 
     def _extra_frontends(self) -> list[FrontEnd]:
         config = self._config
@@ -227,6 +249,9 @@ class Server:
                 await persistence.replay()
                 await nursery.start(persistence.run)
             nursery.start_soon(self._timer)
+            results = self._manager.results
+            if results is not None and results.remote:
+                nursery.start_soon(run_writer, results)
             nursery.start_soon(self._flusher)
             with trio.CancelScope() as accepting:
                 self._accepting = accepting

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,15 @@ from click.core import ParameterSource
 
 from protocol import __version__
 from server import logs
-from server.config import ServerConfig, TlsConfig
+from server.cli_checks import (
+    CliError,
+    default_tls,
+    result_ttls,
+    retry_policies,
+    tls_config,
+)
+from server.config import ServerConfig
+from server.results import cache_url_problem
 from server.store import registry
 
 PROG = "gearmand"
@@ -38,11 +46,7 @@ HTTP = "HTTP"
 MEMCACHED = "memcached"
 GEAR = "Gear"
 
-
-class CliError(click.ClickException):
-    """A usage or configuration error: one line on stderr, exit status 1 (as the reference)."""
-
-    exit_code = 1
+__all__ = ["CliError", "Exit", "Invocation", "help_text", "parse_args", "parse_port"]
 
 
 class Exit(Exception):
@@ -132,42 +136,6 @@ def _default(name: str) -> Any:
     raise KeyError(name)
 
 
-def _default_tls(name: str) -> Any:
-    for field in dataclasses.fields(TlsConfig):
-        if field.name == name:
-            return field.default
-    raise KeyError(name)
-
-
-def _tls_config(values: Mapping[str, Any], given: Callable[[str], bool]) -> TlsConfig | None:
-    """``--ssl`` and its files, checked now (each file read, the key matched to the
-    certificate), so that a bad one is one line and exit 1 before anything is bound."""
-    if not values["ssl"]:
-        for name in SSL_OPTIONS:
-            if given(name):
-                raise CliError(f"--{name.replace('_', '-')} without --ssl: the server would "
-                               "speak plaintext; add --ssl (or drop the option)")
-        return None
-    if not values["ssl_certificate"] or not values["ssl_key"]:
-        raise CliError("--ssl needs --ssl-certificate FILE and --ssl-key FILE")
-    timeout = values["ssl_handshake_timeout"]
-    if not 0 < timeout < float("inf"):
-        raise CliError("invalid value for --ssl-handshake-timeout: it must be a finite "
-                       "number of seconds, more than 0")
-    ca_file = values["ssl_ca_file"]
-    tls = TlsConfig(certificate=Path(values["ssl_certificate"]).absolute(),
-                    key=Path(values["ssl_key"]).absolute(),
-                    ca_file=Path(ca_file).absolute() if ca_file else None,
-                    verify_client=values["ssl_verify_client"], handshake_timeout=timeout)
-    from server.tls import TlsSetupError, server_context  # imports trio: only with --ssl
-
-    try:
-        server_context(tls)
-    except TlsSetupError as exc:
-        raise CliError(str(exc)) from None
-    return tls
-
-
 def _opt(*decls: str, section: str = GENERAL, **kwargs: Any) -> _Option:
     kwargs.setdefault("show_default", "default" in kwargs and kwargs["default"] is not None
                       and not kwargs.get("is_flag", False))
@@ -188,10 +156,6 @@ def _queue_opt(queue: registry.QueueType, option: registry.QueueOption) -> _Opti
 #: (name, value) pairs.
 QUEUE_OPTIONS: tuple[_Option, ...] = tuple(_queue_opt(q, o) for q, o in registry.all_options())
 
-#: The options that only mean something with ``--ssl``.
-SSL_OPTIONS = ("ssl_ca_file", "ssl_certificate", "ssl_key", "ssl_verify_client",
-               "ssl_handshake_timeout")
-
 PARAMS: list[click.Parameter] = [
     _opt("-b", "--backlog", type=_Int(1), default=_default("backlog"), metavar="N",
          help="Number of backlog connections for listen (the reference's default is 32; "
@@ -205,9 +169,10 @@ PARAMS: list[click.Parameter] = [
               "Default is the limit the process was started with."),
     _opt("-h", "--help", "help_", is_flag=True, help="Print this help menu."),
     _opt("-j", "--job-retries", type=_Int(-1), default=-1, metavar="N",
-         help="Assignments a job gets in all: when its worker is lost (or times out) "
-              "on the N-th, the job fails; 0 and 1 both fail it on the first loss. "
-              "-1 (the default) means no limit."),
+         help="Assignments a job gets in all: when its worker is lost on the N-th, the "
+              "job fails; 0 and 1 both fail it on the first loss. -1 (the default) means "
+              "no limit. (A job past its CAN_DO_TIMEOUT fails at once; a --retry-policy "
+              "replaces this for its functions.)"),
     _opt("--job-handle-prefix", metavar="PREFIX",
          help='Prefix used to generate a job handle string. If not provided, the default '
               '"H:<host_name>" is used.'),
@@ -317,6 +282,24 @@ PARAMS: list[click.Parameter] = [
          help="Events carry the first 256 bytes of job data and results (as text)."),
     _opt("--events-buffer", section=OURS, type=_Int(1), default=_default("events_buffer"),
          metavar="N", help="Events pending delivery before new ones are dropped (counted)."),
+    _opt("--retry-policy", section=OURS, multiple=True, metavar="NAME=N[,backoff=MIN..MAX]",
+         help="Retry a failed, timed-out or lost background job of function NAME (* for "
+              "every function without its own) up to N attempts in all, after a back-off "
+              "doubling from MIN to MAX (default 1s..10m, jittered), then keep it as a dead "
+              "letter. Add ',foreground' to retry foreground jobs too. Repeatable."),
+    _opt("--max-dead-letters", section=OURS, type=_Int(1),
+         default=_default("max_dead_letters"), metavar="N",
+         help="Dead letters kept per function (the oldest is dropped past it)."),
+    _opt("--result-ttl", section=OURS, multiple=True, metavar="[NAME=]SECONDS",
+         help="Keep the result of a finished background job (of function NAME, or of "
+              "every function) for SECONDS, to be fetched by handle or unique key. "
+              "Repeatable. Off by default."),
+    _opt("--result-cache", section=OURS, default=_default("result_cache"), metavar="URL",
+         help="Where results are kept: memory, memcached://HOST:PORT or "
+              "redis://HOST:PORT[/DB]."),
+    _opt("--result-cache-bytes", section=OURS, type=_Int(1024),
+         default=_default("result_cache_bytes"), metavar="BYTES",
+         help="Bound of the memory result cache (least recently used evicted first)."),
     _opt("--memcached-port", section=MEMCACHED, type=_Int(0), default=11211,
          metavar="PORT", help="Port to listen on (with -r memcached)."),
     _opt("-p", "--port", section=GEAR, default=DEFAULT_PORT, metavar="PORT",
@@ -338,7 +321,7 @@ PARAMS: list[click.Parameter] = [
          help="With --ssl and --ssl-ca-file: refuse a connection without a client "
               "certificate verified by that CA."),
     _opt("--ssl-handshake-timeout", section=GEAR, type=float,
-         default=_default_tls("handshake_timeout"), metavar="SECONDS",
+         default=default_tls("handshake_timeout"), metavar="SECONDS",
          help="With --ssl: time a new connection has to finish its TLS handshake."),
     *QUEUE_OPTIONS,
 ]
@@ -481,7 +464,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     if values["version"]:
         raise Exit(VERSION_LINE)
 
-    tls = _tls_config(values, given)
+    tls = tls_config(values, given)
     protocols: list[str] = []
     for protocol in values["protocol"]:
         if protocol not in ("http", "memcached"):
@@ -530,6 +513,14 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     if given("hashtable_buckets"):
         notes.append("--hashtable-buckets ignored: Python's hash tables size themselves")
 
+    policies = retry_policies(values["retry_policy"])
+    ttls = result_ttls(values["result_ttl"])
+    problem = cache_url_problem(values["result_cache"])
+    if problem is not None:
+        raise CliError(f"invalid value for --result-cache: {problem}")
+    if not ttls and (given("result_cache") or given("result_cache_bytes")):
+        notes.append("--result-cache and --result-cache-bytes have no effect without "
+                     "--result-ttl")
     retries: int = values["job_retries"]
     pid_file = Path(values["pid_file"]).absolute() if values["pid_file"] else None
     log_file = values["log_file"]
@@ -576,6 +567,11 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         events_payloads=values["events_payloads"],
         events_buffer=values["events_buffer"],
         tls=tls,
+        retry_policies=policies,
+        max_dead_letters=values["max_dead_letters"],
+        result_ttls=ttls,
+        result_cache=values["result_cache"],
+        result_cache_bytes=values["result_cache_bytes"],
         **prefix_kw,
     )
     return Invocation(

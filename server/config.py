@@ -6,6 +6,8 @@ import dataclasses
 import socket
 from pathlib import Path
 
+from .retry import MAX_DEAD_PER_FUNCTION, RetryPolicy
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TlsConfig:
@@ -105,3 +107,14 @@ class ServerConfig:
     events_buffer: int = 10_000
     #: ``--ssl``: TLS on every listener (Gear, HTTP, memcached, metrics); None = plaintext.
     tls: TlsConfig | None = None
+    #: ``--retry-policy``: (function name, or None for the default, policy) pairs.
+    retry_policies: tuple[tuple[bytes | None, RetryPolicy], ...] = ()
+    #: ``--max-dead-letters``: dead letters kept per function.
+    max_dead_letters: int = MAX_DEAD_PER_FUNCTION
+    #: ``--result-ttl``: (function name, or None for the default, seconds) pairs; none =
+    #: no result cache.
+    result_ttls: tuple[tuple[bytes | None, float], ...] = ()
+    #: ``--result-cache``: "memory", "memcached://HOST:PORT" or "redis://...".
+    result_cache: str = "memory"
+    #: ``--result-cache-bytes``: the bound of the in-memory result cache.
+    result_cache_bytes: int = 64 * 1024 * 1024

@@ -36,6 +36,8 @@ from .jobs import (
     log_job,
     name_problem,
 )
+from .results import ResultCache
+from .retry import DeadLetters, RetryPolicies
 from .wakeups import Wakeups
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,10 @@ class JobCore:
         self.store: JobStore | None = None
         self._store_prefix = f"{time.time_ns():x}.{os.getpid()}."
         self._store_keys = itertools.count(1)
+        #: Retry policies, dead letters and the result cache (``server.outcomes``).
+        self.retry = RetryPolicies()
+        self.dead_letters = DeadLetters()
+        self.results: ResultCache | None = None
 
     # ------------------------------------------------------------------ connections
 
@@ -394,7 +400,8 @@ class JobCore:
         return best
 
     def tick(self, now: float) -> None:
-        """Release jobs whose time has come and requeue jobs that ran too long."""
+        """Release jobs whose time has come (or whose retry is due); fail jobs that ran
+        too long."""
         scheduled = self._scheduled
         jobs = self.jobs
         while scheduled and scheduled[0][0] <= now:
@@ -414,10 +421,7 @@ class JobCore:
                 continue
             worker = timed.worker
             if worker is not None and timed.assignment == assignment:
-                if self.log_jobs:
-                    self.job_log(timed, "timed out", worker, None, now, "timed_out")
-                timed.function.stats.timed_out += 1
-                self._lost(timed, worker, now)
+                self._timed_out(timed, worker, now)
         self.wakeups.expire(now)
 
     # ------------------------------------------------------------------ workers
@@ -550,31 +554,12 @@ class JobCore:
             self._release(fn.name)
 
     def _lost(self, job: Job, worker: Conn, now: float) -> None:
-        """The worker running ``job`` is gone or gave up: requeue, or fail after retries."""
-        worker.assigned.pop(job.handle, None)
-        job.worker = None
-        job.function.running -= 1
-        job.numerator = job.denominator = b"0"
-        gone = job.cancelled or (not job.background and not job.clients)
-        job.retries += not gone
-        limit = self.job_retries
-        failed = not gone and limit is not None and job.retries >= max(limit, 1)
-        if self.log_jobs:
-            self.job_log(job, f"failed after {job.retries} retries" if failed else
-                         "lost its worker", worker, None, now,
-                         "dropped" if gone else "failed" if failed else "requeued")
-        if gone:
-            self._forget(job)
-            return
-        if failed:
-            job.function.stats.failed += 1
-            if job.clients:
-                self._broadcast(job, PT.WORK_FAIL, job.handle)
-            self._forget(job)
-            return
-        job.function.stats.requeued += 1
-        job.stamp = now
-        self._enqueue(job, now)
+        """The worker running ``job`` is gone or gave up (``server.outcomes``)."""
+        raise NotImplementedError
+
+    def _timed_out(self, job: Job, worker: Conn, now: float) -> None:
+        """``job`` ran past its CAN_DO_TIMEOUT (``server.outcomes``)."""
+        raise NotImplementedError
 
     def _detach(self, job: Job, client: Conn) -> None:
         """A foreground client stops waiting for ``job`` (spec §2.8, decisions.md)."""

@@ -138,6 +138,10 @@ class Events:
             event["run" if running else "wait"] = elapsed
         if kind in ("requeued", "failed", "timed_out"):
             event["retries"] = job.retries
+        # "started" is emitted as the assignment begins, before it is counted.
+        attempt = job.assignment + (kind == "started")
+        if attempt:
+            event["attempt"] = attempt
         if data is not None and kind != "submitted":
             event["result_size"] = len(data)
         if self.payloads:

@@ -221,6 +221,17 @@ class HttpConnection:
         if request.method not in _METHODS:
             await self._simple(405, [(b"Allow", _ALLOW)])
             return
+        if request.method == b"GET" and (path == b"/dead" or path.startswith((b"/dead/",
+                                                                             b"/jobs/"))):
+            from .http_jobs import job_page  # reserved paths (man/gearmand.8)
+
+            admin = self.host.admin  # admin-read with --acl-file; a tenant sees its own
+            if admin.refusal(self.conn, "result" if path.startswith(b"/jobs/")
+                             else "show") is not None:
+                await self._simple(403)
+                return
+            await self._page(*await job_page(self.manager, path, admin.view(self.conn)))
+            return
         # As the reference: leading "/"s stripped, the rest (query included) verbatim.
         function = request.target.lstrip(b"/")
         if not function:
@@ -381,6 +392,14 @@ class HttpConnection:
                                       reason=_REASONS.get(status, b"")))
         if body:
             await self._send(h11.Data(data=body))
+        await self._send(h11.EndOfMessage())
+
+    async def _page(self, status: int, body: bytes) -> None:
+        await self._send(h11.Response(status_code=status, reason=_REASONS.get(status, b""),
+                                      headers=[(b"Content-Type", b"application/json"),
+                                               (b"Content-Length", b"%d" % len(body)),
+                                               (b"Server", self.server_header)]))
+        await self._send(h11.Data(data=body))
         await self._send(h11.EndOfMessage())
 
     async def _simple(self, status: int, extra: Headers | None = None) -> None:

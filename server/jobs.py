@@ -229,6 +229,15 @@ class Function:
         return self.queued + self.running
 
 
+@dataclass(slots=True)
+class RetryState:
+    """A job's failures under a retry policy: kept while it waits and runs again."""
+
+    failures: int = 0
+    first_failed: float = 0.0
+    error: str = ""
+
+
 class Job:
     """One job (spec §2.1). ``queued`` is True while it sits live in a ready queue."""
 
@@ -236,7 +245,7 @@ class Job:
         "handle", "function", "unique", "data", "priority", "when", "reducer",
         "numerator", "denominator", "retries", "worker", "clients", "background",
         "queued", "waiting", "index_key", "store_key", "cancelled", "assignment",
-        "stored", "acks", "stamp",
+        "stored", "acks", "stamp", "retry",
     )
 
     def __init__(self, handle: bytes, function: Function, unique: bytes, data: bytes,
@@ -275,6 +284,8 @@ class Job:
         #: When it entered its queue (submit, requeue, its time came) until it is
         #: assigned; from then on, when it was assigned. For the stats' histograms.
         self.stamp = 0.0
+        #: Its failures so far, once it failed under a retry policy (``server.outcomes``).
+        self.retry: RetryState | None = None
 
     def unattach(self, client: Conn) -> None:
         """A client stops waiting for this job (every entry of it)."""

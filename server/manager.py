@@ -15,7 +15,7 @@ from typing import Final
 from protocol import SUBMIT_KINDS, PacketType
 
 from .acl import Acl, plain, prefix_of
-from .core import PRIORITIES, JobCore
+from .core import PRIORITIES
 from .events import Events
 from .jobs import (
     MAX_HANDLE,
@@ -30,6 +30,7 @@ from .jobs import (
     next_cron_time,
 )
 from .jobs import parse_int as _parse_int
+from .outcomes import Outcomes
 
 __all__ = ["PRIORITIES", "Conn", "Function", "Job", "Limits", "Manager", "next_cron_time"]
 
@@ -48,7 +49,7 @@ _NOT_FOUND_TEXT: Final = {
 }
 
 
-class Manager(JobCore):
+class Manager(Outcomes):
     """The job core, driven by request packets (``handle_packet``) and by the server."""
 
     def __init__(
@@ -95,6 +96,8 @@ class Manager(JobCore):
         self.logging_jobs = self.log_jobs
         #: Access rules and tenants (``attach_acl``); None = everyone may do everything.
         self.acl: Acl | None = None
+        #: Connections that asked for the ``attempts`` option.
+        self.attempt_conns: set[int] = set()
 
     def connect(self, peer: Peer, address: str = "-", port: int = 0,
                 kind: str = "gear") -> Conn:
@@ -124,6 +127,7 @@ class Manager(JobCore):
     def disconnect(self, conn: Conn, now: float) -> None:
         """Forget a connection (and its ``watch``, if any)."""
         super().disconnect(conn, now)
+        self.attempt_conns.discard(conn.id)
         if self.events is not None and self.events.watchers:
             self.events.unwatch(conn.id)
         if self.acl is not None:
@@ -257,8 +261,13 @@ class Manager(JobCore):
 
     def _option(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         # As the reference, the name is compared up to a NUL (some clients send one).
-        if args[0].partition(b"\0")[0].lower() == b"exceptions":
+        option = args[0].partition(b"\0")[0].lower()
+        if option == b"exceptions":
             conn.exceptions = True
+            conn.peer.deliver(PT.OPTION_RES, args[0])
+        elif option == b"attempts":
+            # Ours: each JOB_ASSIGN* is preceded by OPTION_RES "attempt=N".
+            self.attempt_conns.add(conn.id)
             conn.peer.deliver(PT.OPTION_RES, args[0])
         else:
             conn.peer.deliver(PT.ERROR, b"UNKNOWN_OPTION",
@@ -332,15 +341,24 @@ class Manager(JobCore):
         if woke is not None:
             self.wakeups.rebalance(woke, now)
 
-    def _grab_job(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
+    def _grabbed(self, conn: Conn, now: float) -> Job | None:
+        """``grab``; a worker that asked for the ``attempts`` option hears the attempt's
+        number first, as OPTION_RES ``attempt=N`` (gearmand(8), RETRIES AND DEAD
+        LETTERS)."""
         job = self.grab(conn, now)
+        if job is not None and conn.id in self.attempt_conns:
+            conn.peer.deliver(PT.OPTION_RES, b"attempt=%d" % job.assignment)
+        return job
+
+    def _grab_job(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
+        job = self._grabbed(conn, now)
         if job is None:
             conn.peer.deliver(PT.NO_JOB)
         else:
             conn.peer.deliver(PT.JOB_ASSIGN, job.handle, self._shown(job), job.data)
 
     def _grab_job_uniq(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
-        job = self.grab(conn, now)
+        job = self._grabbed(conn, now)
         if job is None:
             conn.peer.deliver(PT.NO_JOB)
         else:
@@ -348,7 +366,7 @@ class Manager(JobCore):
                               job.data)
 
     def _grab_job_all(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
-        job = self.grab(conn, now)
+        job = self._grabbed(conn, now)
         if job is None:
             conn.peer.deliver(PT.NO_JOB)
         elif job.reducer:
@@ -398,22 +416,26 @@ class Manager(JobCore):
         if self.log_jobs:
             self.job_log(job, "complete", conn, args[1], now, "completed")
         job.function.stats.completed += 1
+        if job.background and self.results is not None:
+            self.record(job, True, args[1], now)
         self._finish(job, now)
 
     def _work_fail(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         job = self._owned(conn, PT.WORK_FAIL, args[0])
-        if job is None:
+        if job is None or self.failed_attempt(job, conn, now, "WORK_FAIL"):
             return
         if job.clients:
             self._broadcast(job, PT.WORK_FAIL, job.handle)
         if self.log_jobs:
             self.job_log(job, "failed (WORK_FAIL)", conn, None, now, "failed")
         job.function.stats.failed += 1
+        self.record(job, False, b"WORK_FAIL", now)
         self._finish(job, now)
 
     def _work_exception(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         job = self._owned(conn, PT.WORK_EXCEPTION, args[0])
-        if job is None:
+        if job is None or (self.retry and self.failed_attempt(
+                job, conn, now, "exception: " + args[1][:1024].decode("utf-8", "replace"))):
             return
         for client in job.clients:
             if client.exceptions:
@@ -426,6 +448,7 @@ class Manager(JobCore):
             self.job_log(job, f"raised an exception: {text!r}", conn, args[1], now,
                          "exception")
         job.function.stats.exceptions += 1
+        self.record(job, False, args[1], now)
         self._finish(job, now)
 
     # ------------------------------------------------------------------ status

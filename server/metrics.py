@@ -103,6 +103,19 @@ class StatsCollector(Collector):
         for name, _, fn in stats.functions(manager, self.view):
             bytes_queued.add_metric([stats.label(name)], fn.bytes_queued if fn else 0)
         yield bytes_queued
+        dead = GaugeMetricFamily("gearman_dead_letters",
+                                 "Jobs that used up their retries, kept as dead letters.",
+                                 labels=fn_label)
+        for name, letters in sorted(manager.dead_letters.by_function.items()):
+            dead.add_metric([stats.label(name)], len(letters))
+        yield dead
+        if manager.results is not None:
+            yield CounterMetricFamily("gearman_results_recorded",
+                                      "Results of background jobs kept in the result cache.",
+                                      value=manager.results.recorded)
+            yield CounterMetricFamily("gearman_results_dropped",
+                                      "Results a remote result cache could not take.",
+                                      value=manager.results.dropped)
         yield GaugeMetricFamily("gearman_connections", "Connections open now.",
                                 value=len(manager.conns))
         by_kind = GaugeMetricFamily("gearman_connections_by_kind",

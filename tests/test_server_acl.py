@@ -141,7 +141,7 @@ def test_admin_read_denied_with_err_and_log(caplog: pytest.LogCaptureFixture) ->
                      b"getpid", b"watch"):
             assert w.admin(worker, line) == b"ERR PERMISSION_DENIED no+admin-read+right\r\n"
     assert sum("192.0.2.1" in r.getMessage() for r in caplog.records) == 7
-    assert w.admin(worker, b"version") == b"OK 1\n"  # no right needed
+    assert w.admin(worker, b"version") == b"OK 1\r\n"  # no right needed
 
 
 def test_admin_write_denied_with_err_and_log(caplog: pytest.LogCaptureFixture) -> None:
@@ -539,3 +539,40 @@ def test_refusals_of_one_connection_are_logged_up_to_a_bound(
     assert len(lines) == acl_module.LOGGED_REFUSALS + 2
     assert "more refusals of this connection are not logged" in lines[-2]
     assert lines[-1].endswith("closed after 50 refusals")
+
+
+# ------------------------------------------------------- dead letters and results
+
+
+def test_dead_letters_and_results_stay_in_their_tenant() -> None:
+    """``show dead``, ``retry``/``drop dead`` and ``result`` (server/retry.py,
+    server/results.py) name a tenant's functions plainly and never show another's."""
+    from server.results import MemoryBackend, ResultCache
+    from server.retry import RetryPolicies, RetryPolicy
+
+    w = World()
+    w.m.retry = RetryPolicies({None: RetryPolicy(1, 1.0, 1.0)})
+    w.m.results = ResultCache({None: 60.0}, MemoryBackend())
+    w.ctx.clock = lambda: NOW  # the manager's time, for the results' expiry
+    a, b, root = w.conn("CN=alpha-c"), w.conn("CN=beta"), w.conn("CN=root")
+    aw = w.conn("CN=alpha-w")
+    w.send(aw, PT.CAN_DO, b"resize")
+    failed = w.submit(a, b"resize", b"k", b"bad").args[0]
+    (assigned,) = w.send(aw, PT.GRAB_JOB)
+    w.send(aw, PT.WORK_FAIL, assigned.args[0])  # one attempt: a dead letter at once
+    done = w.submit(a, b"resize", b"k2", b"good").args[0]
+    (assigned,) = w.send(aw, PT.GRAB_JOB)
+    w.send(aw, PT.WORK_COMPLETE, assigned.args[0], b"resized")
+
+    mine = w.admin(a, b"show dead").splitlines()
+    assert len(mine) == 2 and mine[0].split(b"\t")[:2] == [b"resize", failed]
+    assert w.admin(b, b"show dead") == b".\n"
+    assert w.admin(b, b"show dead resize") == b".\n"
+    assert w.admin(root, b"show dead").split(b"\t")[0] == b"alpha:resize"
+    assert w.admin(a, b"result " + done).startswith(b"OK done 1 ")
+    assert w.admin(b, b"result " + done) == b"OK unknown\r\n"  # another tenant's handle
+    assert w.admin(a, b"result unique resize k2").startswith(b"OK done")
+    assert w.admin(b, b"result unique resize k2") == b"OK unknown\r\n"
+    assert w.admin(b, b"drop dead resize " + failed) == b"ERR UNKNOWN_JOB\r\n"
+    assert w.admin(b, b"retry dead resize all") == b"OK 0\r\n"
+    assert w.admin(a, b"retry dead resize " + failed) == b"OK 1\r\n"

@@ -892,33 +892,36 @@ def test_next_cron_time_matches_fields() -> None:
 # ---------------------------------------------------------------- CAN_DO_TIMEOUT
 
 
-def test_can_do_timeout_requeues_after_timeout(w: World) -> None:
+def test_can_do_timeout_fails_the_job(w: World) -> None:
+    # decisions.md "Job life": on expiry the job fails (as PROTOCOL and gearmand 1.0.x).
     c, wk, wk2 = w.end(), w.end(), w.end()
     h = c.submit(b"f")
     wk.send(PT.CAN_DO_TIMEOUT, b"f", b"3000")
     wk.grab()
     w.m.tick(T0 + 2.9)
     assert w.status(b"f") == (1, 1, 1)
-    w.m.tick(T0 + 3.0)
-    assert w.status(b"f") == (1, 0, 1)
-    assert w.m.jobs[h].retries == 1
     assert c.take() == []
+    w.m.tick(T0 + 3.0)
+    assert c.take() == [res(PT.WORK_FAIL, h)]
+    assert w.status(b"f") == (0, 0, 1)
+    assert w.m.jobs == {}
+    assert w.m.stats[b"f"].timed_out == 1 and w.m.stats[b"f"].failed == 1
     w.clock.now = T0 + 3.0
     wk.send(PT.WORK_COMPLETE, h, b"late")
     assert wk.take() == [res(PT.ERROR, b"JOB_NOT_FOUND", b"Job given in work result not found")]
     wk2.can_do(b"f")
-    assert wk2.grab_handle() == h
+    assert wk2.grab().type == PT.NO_JOB
 
 
 def test_can_do_timeout_below_one_second_is_raised(w: World) -> None:
     c, wk = w.end(), w.end()
-    c.submit(b"f")
+    h = c.submit(b"f")
     wk.send(PT.CAN_DO_TIMEOUT, b"f", b"1")
     wk.grab()
     w.m.tick(T0 + 0.5)
     assert w.status(b"f") == (1, 1, 1)
     w.m.tick(T0 + 1.0)
-    assert w.status(b"f") == (1, 0, 1)
+    assert c.take() == [res(PT.WORK_FAIL, h)]
 
 
 def test_can_do_timeout_cancelled_when_job_completes(w: World) -> None:
@@ -933,30 +936,31 @@ def test_can_do_timeout_cancelled_when_job_completes(w: World) -> None:
     assert w.m.jobs == {}
 
 
-def test_can_do_timeout_per_job_and_stale_timer_after_requeue(w: World) -> None:
+def test_can_do_timeout_background_without_policy_is_dropped(w: World) -> None:
     c, wk = w.end(), w.end()
-    h = c.submit(b"f")
-    wk.send(PT.CAN_DO_TIMEOUT, b"f", b"2000")
-    wk.grab()
-    w.m.tick(T0 + 2)  # requeued
-    w.clock.now = T0 + 2
-    assert wk.grab_handle() == h  # assigned again, timer re-armed to T0 + 4
-    w.m.tick(T0 + 3)
-    assert w.status(b"f") == (1, 1, 1)
-    w.m.tick(T0 + 4)
-    assert w.status(b"f") == (1, 0, 1)
-    assert w.m.jobs[h].retries == 2
-
-
-def test_can_do_timeout_counts_against_job_retries() -> None:
-    w = World(job_retries=1)
-    c, wk = w.end(), w.end()
-    h = c.submit(b"f")
+    c.submit(b"f", ptype=PT.SUBMIT_JOB_BG)
     wk.send(PT.CAN_DO_TIMEOUT, b"f", b"1000")
     wk.grab()
     w.m.tick(T0 + 1)
-    assert c.take() == [res(PT.WORK_FAIL, h)]
     assert w.m.jobs == {}
+    assert w.status(b"f") == (0, 0, 1)
+    assert len(w.m.dead_letters) == 0
+
+
+def test_can_do_timeout_stale_timer_after_requeue(w: World) -> None:
+    # A lost worker still re-queues; the first assignment's timer is then stale.
+    c, wk, wk2 = w.end(), w.end(), w.end()
+    h = c.submit(b"f")
+    wk.send(PT.CAN_DO_TIMEOUT, b"f", b"2000")
+    wk.grab()
+    w.clock.now = T0 + 1
+    wk.close()
+    wk2.send(PT.CAN_DO_TIMEOUT, b"f", b"2000")
+    assert wk2.grab_handle() == h  # timer armed to T0 + 3
+    w.m.tick(T0 + 2)
+    assert w.status(b"f") == (1, 1, 1)
+    w.m.tick(T0 + 3)
+    assert c.take() == [res(PT.WORK_FAIL, h)]
 
 
 def test_can_do_timeout_non_numeric_means_no_timeout(w: World) -> None:
