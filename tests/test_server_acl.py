@@ -141,7 +141,7 @@ def test_admin_read_denied_with_err_and_log(caplog: pytest.LogCaptureFixture) ->
                      b"getpid", b"watch"):
             assert w.admin(worker, line) == b"ERR PERMISSION_DENIED no+admin-read+right\r\n"
     assert sum("192.0.2.1" in r.getMessage() for r in caplog.records) == 7
-    assert w.admin(worker, b"version") == b"OK 1\r\n"  # no right needed
+    assert w.admin(worker, b"version") == b"OK 1\n"  # no right needed
 
 
 def test_admin_write_denied_with_err_and_log(caplog: pytest.LogCaptureFixture) -> None:
