@@ -43,6 +43,9 @@ class Outcomes(JobCore):
     """The job core with retries, dead letters and results."""
 
     _internal: Conn | None = None
+    #: Dead letters queued again whose new job waits for its store commit, by its handle:
+    #: the letter is let go only once the job is stored (a failed commit keeps it).
+    _reviving: dict[bytes, DeadLetter] | None = None
 
     def policy_for(self, job: Job) -> RetryPolicy | None:
         """The retry policy that applies to ``job`` now, if any."""
@@ -193,15 +196,36 @@ class Outcomes(JobCore):
             conn = self._internal = self.connect(_QuietPeer(), "internal", 0)
             conn.client_id = b"dead-letters"
             conn.kind = "internal"
+        if self._reviving is None:
+            self._reviving = {}
+        reviving = self._reviving.values()
         queued = 0
         for letter in letters:
             assert conn is not None
+            if any(r is letter for r in reviving):
+                continue  # queued again already, waiting for its commit
             # A letter the submit refuses (its queue is full, say) stays a dead letter.
-            if self.submit(conn, letter.function, letter.unique, letter.data, letter.priority,
-                           True, now, reducer=letter.reducer) is not None:
+            job = self.submit(conn, letter.function, letter.unique, letter.data,
+                              letter.priority, True, now, reducer=letter.reducer)
+            if job is None:
+                continue
+            queued += 1
+            if job.stored:
                 self.dead_letters.remove(letter)
-                queued += 1
+            else:
+                self._reviving[job.handle] = letter
         return queued
+
+    def persisted(self, job: Job, ok: bool, now: float) -> None:
+        letter = self._reviving.pop(job.handle, None) if self._reviving else None
+        super().persisted(job, ok, now)
+        if letter is None:
+            return
+        if ok:
+            self.dead_letters.remove(letter)
+        else:
+            log.warning("retry dead %r %r: the store did not take the job; it stays a "
+                        "dead letter", letter.function, letter.handle)
 
     def drop_dead(self, function: bytes, handle: bytes | None) -> int:
         """Forget dead letters (and their stored copies); how many."""

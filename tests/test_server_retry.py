@@ -180,6 +180,31 @@ def test_attempt_number_for_workers_that_ask() -> None:
     assert plain.grab() == res(PT.JOB_ASSIGN, h, b"f", b"x")
 
 
+def test_a_dead_letter_queued_again_stays_dead_until_the_store_takes_it() -> None:
+    """``retry dead`` with a store: the letter is let go only once its new job is
+    committed; a failed commit keeps it (it is never lost), and it can be retried again."""
+    from test_server_manager import FakeStore
+
+    w = world({b"f": RetryPolicy(1)})
+    store = FakeStore(w)
+    c, wk = w.end(), w.end()
+    wk.can_do(b"f")
+    c.send(PT.SUBMIT_JOB_BG, b"f", b"u", b"data")
+    store.commit()
+    c.take()
+    run_and(w, wk, PT.WORK_FAIL)
+    assert len(w.m.dead_letters) == 1
+    assert w.m.retry_dead(b"f", None, T0) == 1
+    assert w.m.retry_dead(b"f", None, T0) == 0  # already on its way: not twice
+    store.commit(ok=False)  # the store refuses the new job
+    assert [d.data for d in w.m.dead_letters.rows(b"f")] == [b"data"]
+    assert wk.grab() == res(PT.NO_JOB)
+    assert w.m.retry_dead(b"f", None, T0) == 1
+    store.commit(ok=True)
+    assert len(w.m.dead_letters) == 0
+    assert wk.grab().args[1:] == (b"f", b"data")
+
+
 def test_dead_letters_retry_and_drop() -> None:
     w = world({b"f": RetryPolicy(1)})
     c, wk = w.end(), w.end()
