@@ -133,6 +133,9 @@ class Server:
                                    "count": writer.commits,
                                    "sum": writer.commit_seconds_sum},
             }
+            cluster_stats = getattr(self.persistence, "cluster_stats", None)
+            if cluster_stats is not None:
+                report["cluster"] = cluster_stats()
         return report
 
     # ------------------------------------------------------------------ the Host
@@ -186,7 +189,11 @@ class Server:
         """Open and replay the store, start the front-ends, report the Gear addresses,
         serve until shutdown."""
         config = self._config
-        if config.queue_type.lower() != "builtin":
+        if config.queue_type.lower() == "postgres" and dict(config.queue_options).get(
+                "cluster"):
+            from .cluster.node import ClusterPersistence  # only a cluster member needs it
+            self.persistence = ClusterPersistence(self._manager, config, self.changed)
+        elif config.queue_type.lower() != "builtin":
             self.persistence = Persistence.open(self._manager, config, self.changed)
         persistence = self.persistence
         async with trio.open_nursery() as nursery:

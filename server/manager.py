@@ -16,7 +16,17 @@ from protocol import SUBMIT_KINDS, PacketType
 
 from .core import PRIORITIES, JobCore
 from .events import Events
-from .jobs import MAX_HANDLE, MAX_UNIQUE, Conn, Function, Job, Limits, Peer, next_cron_time
+from .jobs import (
+    MAX_HANDLE,
+    MAX_UNIQUE,
+    Conn,
+    Function,
+    Job,
+    Limits,
+    Peer,
+    index_key,
+    next_cron_time,
+)
 from .jobs import parse_int as _parse_int
 
 __all__ = ["PRIORITIES", "Conn", "Function", "Job", "Limits", "Manager", "next_cron_time"]
@@ -418,3 +428,54 @@ class Manager(JobCore):
         """Every job the server holds (queued, waiting, running), in handle order."""
         return iter(list(self.jobs.values()))
 
+
+    # ------------------------------------------------------------------ cluster
+
+    def share(self, job: Job) -> None:
+        """Cluster (``server.cluster``): a new background job goes to the shared queue.
+        Out of the local unique index at once: the shared table coalesces it."""
+        self._unindex(job)
+
+    def handed_off(self, job: Job, handle: bytes, now: float) -> None:
+        """Cluster: ``job`` is committed to the shared queue, where any server claims it.
+        Answer the submits waiting for it with ``handle`` (the job's handle in the
+        cluster: another one when it coalesced there) and drop the local copy."""
+        acks = job.acks or []
+        job.acks = None
+        if not job.stored:
+            job.stored = True
+            job.function.storing -= 1
+        job.store_key = None
+        if handle != job.handle:
+            job.function.stats.coalesced += 1
+        for conn, hold, _ in acks:
+            conn.peer.release(hold, PT.JOB_CREATED, handle)
+        self._forget(job)
+
+    def adopt(self, handle: bytes, function: bytes, unique: bytes, data: bytes,
+              priority: int, reducer: bytes, store_key: str, now: float) -> Job | None:
+        """Cluster: queue a job claimed from the shared queue, under its cluster handle;
+        None if this server holds that job already."""
+        if handle in self.jobs:
+            return None
+        fn = self.function(function)
+        job = Job(handle, fn, unique, data, priority, True, 0, reducer)
+        job.number = next(self._handles)
+        job.store_key, job.stamp = store_key, now
+        self.jobs[handle] = job
+        key = index_key(function, unique, data)
+        if key is not None and key not in self.unique_index:
+            self._index(job, key)
+        self._enqueue(job, now)
+        return job
+
+    def drop_claim(self, job: Job) -> None:
+        """Cluster: this server lost its claim on ``job`` (its lease ran out): if it has
+        not started, drop the local copy (another server runs it); the stored row is
+        no longer this server's to remove."""
+        if self.jobs.get(job.handle) is not job:
+            return
+        job.store_key = None
+        if job.queued:
+            self._abandon(job)
+            self._forget(job)

@@ -1,0 +1,333 @@
+"""The cluster's trio side: ``ClusterPersistence`` (the ``JobStore`` in cluster mode) and
+``ClusterNode`` (claims, lease renewals, notifications).
+
+A background submit is inserted into the shared table by the store writer (group
+commits, as every persistent queue) and acknowledged once committed; then the submitting
+server forgets it (``Manager.handed_off``). Every server claims rows for the functions
+its workers can do, as its workers have room (``demand``), and queues them in its own
+core (``Manager.adopt``); a finished job's row is deleted by the writer. While it holds
+rows, a server renews their lease; rows of a server that stopped renewing are claimed
+again by the others once the lease is over. No DB call runs on the trio thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from typing import Final
+
+import trio
+
+from server.config import ServerConfig
+from server.jobs import Job
+from server.manager import Manager
+from server.persistence import Persistence, stored_job
+from server.store import StoreError
+from server.store.base import table_name
+from server.store.writer import StoreWriter
+
+from .db import ClusterDB, ClusterStore, Listener
+
+log = logging.getLogger(__name__)
+
+#: Jobs claimed per worker of a function (running and queued here), and at most per claim.
+PER_WORKER: Final = 4
+MAX_CLAIM: Final = 100
+#: Seconds between two looks at the local demand when nothing else wakes the claimer
+#: (a worker that registers a function: memory only, no DB call unless there is room).
+LOCAL_CHECK: Final = 0.2
+#: Back-off of a call that failed: first and longest wait, in seconds.
+BACKOFF_MIN: Final = 0.2
+BACKOFF_MAX: Final = 5.0
+
+
+def cluster_options(options: dict[str, str]) -> tuple[str, float]:
+    """``--cluster`` and ``--cluster-lease``, checked: one clear error otherwise."""
+    name = options.get("cluster", "")
+    if not name or len(name) > 64 or not all(c.isprintable() and not c.isspace()
+                                             for c in name):
+        raise StoreError("--cluster: the cluster name must be one word of at most 64 "
+                         "printable characters")
+    raw = options.get("cluster-lease") or "30"
+    try:
+        lease = float(raw)
+    except ValueError:
+        raise StoreError(f"--cluster-lease: {raw!r} is not a number of seconds") from None
+    if not 1 <= lease <= 86400:
+        raise StoreError("--cluster-lease: the lease must be between 1 and 86400 seconds")
+    return name, lease
+
+
+class DbState:
+    """Logs each change of the database's reachability once."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.failures = 0
+
+    def ok(self) -> None:
+        if not self.up:
+            self.up = True
+            log.warning("cluster: PostgreSQL reachable again")
+
+    def failed(self, what: str, error: Exception) -> None:
+        self.failures += 1
+        if self.up:
+            self.up = False
+            log.error("cluster: PostgreSQL unreachable (%s): %s; retrying with back-off",
+                      what, error)
+
+
+class ClusterNode:
+    """One server's membership: what it claims, holds and renews."""
+
+    def __init__(self, manager: Manager, db: ClusterDB, listener: Listener, lease: float,
+                 changed: Callable[[], None]) -> None:
+        self.manager = manager
+        self.db = db
+        self.listener = listener
+        self.lease = lease
+        #: The fallback poll: a look at the table when no notification came for this long
+        #: (covers lost notifications, expired leases and jobs whose time came).
+        self.poll = max(0.5, min(5.0, lease / 2))
+        self.changed = changed
+        self.state = DbState()
+        #: store key -> the claimed job this server queued or runs.
+        self.held: dict[str, Job] = {}
+        #: Functions the table had nothing claimable for at the last look.
+        self.empty: set[bytes] = set()
+        self._notes = 0  # notifications seen (a claim in flight must not miss one)
+        self._wake = trio.Event()
+        self._lock = trio.Lock()
+        #: Statistics: rows claimed, of which claimed before (taken over or released).
+        self.claimed = 0
+        self.reclaimed = 0
+        self.claim_calls = 0
+        #: Claims lost to an expired lease, by whether the job had started here.
+        self.lost_queued = 0
+        self.lost_running = 0
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def forget(self, key: str) -> None:
+        """A held job ended (or was cancelled): room for another."""
+        if self.held.pop(key, None) is not None:
+            self._wake.set()
+
+    # ------------------------------------------------------------------ tasks
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._listen)
+            nursery.start_soon(self._claimer)
+            nursery.start_soon(self._renewer)
+
+    def demand(self) -> dict[bytes, int]:
+        """Jobs to claim per function: room left by this server's workers (running and
+        queued jobs count), claimed once half the room is free."""
+        wants: dict[bytes, int] = {}
+        empty = self.empty
+        for name, fn in self.manager.functions.items():
+            if not fn.workers or name in empty:
+                continue
+            target = min(MAX_CLAIM, PER_WORKER * len(fn.workers))
+            have = fn.live[0] + fn.live[1] + fn.live[2] + fn.running
+            if have * 2 <= target:
+                wants[name] = target - have
+        return wants
+
+    async def _claimer(self) -> None:
+        backoff = BACKOFF_MIN
+        manager = self.manager
+        while True:
+            wants = self.demand()
+            if not wants:
+                self._wake = trio.Event()
+                with trio.move_on_after(LOCAL_CHECK):
+                    await self._wake.wait()
+                continue
+            notes = self._notes
+            try:
+                async with self._lock:
+                    self.claim_calls += 1
+                    rows = await trio.to_thread.run_sync(self.db.claim, wants)
+            except StoreError as exc:
+                self.state.failed("claim", exc)
+                await trio.sleep(backoff)
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                continue
+            backoff = BACKOFF_MIN
+            self.state.ok()
+            got: dict[bytes, int] = {}
+            now = time.time()
+            for row in rows:
+                got[row.function] = got.get(row.function, 0) + 1
+                self.claimed += 1
+                self.reclaimed += row.claims > 1
+                job = manager.adopt(row.handle, row.function, row.unique, row.data,
+                                    row.priority, row.reducer, row.key, now)
+                if job is not None:
+                    self.held[row.key] = job
+            if notes == self._notes:
+                self.empty.update(name for name, want in wants.items()
+                                  if got.get(name, 0) < want)
+            if rows:
+                self.changed()
+            await trio.sleep(0)
+
+    async def _listen(self) -> None:
+        backoff = BACKOFF_MIN
+        while True:
+            try:
+                payloads = await trio.to_thread.run_sync(self.listener.wait, self.poll,
+                                                         abandon_on_cancel=True)
+            except StoreError as exc:
+                self.state.failed("listen", exc)
+                await trio.sleep(backoff)
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                self._wake_all()
+                continue
+            backoff = BACKOFF_MIN
+            self.state.ok()
+            if not payloads:  # the fallback poll, or (re)started listening
+                self._wake_all()
+                continue
+            self._notes += 1
+            for payload in payloads:
+                try:
+                    self.empty.discard(bytes.fromhex(payload))
+                except ValueError:
+                    self.empty.clear()
+            self._wake.set()
+
+    def _wake_all(self) -> None:
+        self._notes += 1
+        self.empty.clear()
+        self._wake.set()
+
+    async def _renewer(self) -> None:
+        while True:
+            await trio.sleep(self.lease / 3)
+            try:
+                async with self._lock:
+                    kept = await trio.to_thread.run_sync(self.db.renew)
+            except StoreError as exc:
+                self.state.failed("lease renewal", exc)
+                continue
+            self.state.ok()
+            for key in [k for k in self.held if k not in kept]:
+                job = self.held.pop(key)
+                if job.worker is None:
+                    self.lost_queued += 1
+                else:
+                    self.lost_running += 1
+                log.warning("cluster: lease of job %s lost (%s); another server may run "
+                            "it", job.handle.decode("latin-1"),
+                            "queued here: dropped" if job.worker is None else
+                            "running here: its completion will not count")
+                self.manager.drop_claim(job)
+
+    async def release(self) -> None:
+        """At a clean stop: give back every row held, so other servers run them now."""
+        try:
+            async with self._lock:
+                with trio.move_on_after(10):
+                    count = await trio.to_thread.run_sync(self.db.release,
+                                                          abandon_on_cancel=True)
+                    if count:
+                        log.info("cluster: released %d claimed jobs", count)
+        except StoreError as exc:
+            log.error("cluster: could not release claimed jobs (they are claimable again "
+                      "when their lease ends): %s", exc)
+
+    def stats(self) -> dict[str, object]:
+        return {"claimed": self.claimed, "reclaimed": self.reclaimed,
+                "claim_calls": self.claim_calls, "held": len(self.held),
+                "lost_queued": self.lost_queued, "lost_running": self.lost_running,
+                "db_up": self.state.up, "db_failures": self.state.failures}
+
+
+class ClusterPersistence(Persistence):
+    """The ``JobStore`` of a cluster member: a shared queue instead of a private one."""
+
+    def __init__(self, manager: Manager, config: ServerConfig,
+                 changed: Callable[[], None]) -> None:
+        options = dict(config.queue_options)
+        cluster, lease = cluster_options(options)
+        if options.get("store-queue-on-shutdown"):
+            raise StoreError("--store-queue-on-shutdown cannot be used with --cluster")
+        conninfo = options.get("libpq-conninfo", "")
+        table = table_name((options.get("libpq-table") or "queue") + "_cluster",
+                           "libpq-table")
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.cluster_store = ClusterStore(conninfo, table, cluster, self.owner, lease)
+        super().__init__(manager, StoreWriter(self.cluster_store), changed=changed)
+        self.node = ClusterNode(manager, ClusterDB(conninfo, table, cluster, self.owner, lease),
+                                Listener(conninfo, table, cluster), lease, changed)
+        # Handles name this server: they must be unique in the whole cluster.
+        manager.handle_prefix += secrets.token_hex(3).encode() + b":"
+        log.info("cluster %s: member %s, table %s, lease %.0f s", cluster, self.owner,
+                 table, lease)
+
+    # ------------------------------------------------------------------ JobStore
+
+    def persist(self, job: Job) -> None:
+        key = job.store_key
+        assert key is not None
+        manager = self.manager
+        # A new background job is shared (any server claims it); a job already queued or
+        # running here that a background submit joined stays here, its row held by us.
+        shared = not job.stored
+        self.cluster_store.meta[key] = (job.handle, not shared)
+        if shared:
+            manager.share(job)
+
+        def committed(error: Exception | None) -> None:
+            now = time.time()
+            if error is not None:
+                log.error("cluster: could not queue job %s: %s",
+                          job.handle.decode("latin-1"), error)
+                manager.persisted(job, False, now)
+            elif shared:
+                handle = self.cluster_store.coalesced.pop(key, job.handle)
+                manager.handed_off(job, handle, now)
+            else:
+                self.cluster_store.coalesced.pop(key, None)
+                manager.persisted(job, True, now)
+            self.changed()
+
+        self.writer.add_nowait(stored_job(job, key), committed)
+
+    def forget(self, key: str) -> None:
+        self.writer.done(key)
+        self.node.forget(key)
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def replay(self) -> int:
+        return 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None]
+                  = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.node.run)
+            try:
+                await super().run(task_status=task_status)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def close(self) -> None:
+        await super().close()
+        await self.node.release()
+        self.node.db.close()
+        self.node.listener.closing = True
+
+    def cluster_stats(self) -> dict[str, object]:
+        report = self.node.stats()
+        report["lost_removals"] = self.cluster_store.lost_removals
+        return report
