@@ -72,7 +72,7 @@ class DbState:
     def ok(self) -> None:
         if not self.up:
             self.up = True
-            log.warning("cluster: PostgreSQL reachable again")
+            log.error("cluster: PostgreSQL reachable again")
 
     def failed(self, what: str, error: Exception) -> None:
         self.failures += 1
@@ -80,6 +80,17 @@ class DbState:
             self.up = False
             log.error("cluster: PostgreSQL unreachable (%s): %s; retrying with back-off",
                       what, error)
+
+
+class _Quiet(logging.Filter):
+    """Drops the store writer's failure lines while the database is known to be down."""
+
+    def __init__(self, state: DbState) -> None:
+        super().__init__()
+        self.state = state
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.state.up or record.levelno < logging.ERROR
 
 
 class ClusterNode:
@@ -269,6 +280,8 @@ class ClusterPersistence(Persistence):
         super().__init__(manager, StoreWriter(self.cluster_store), changed=changed)
         self.node = ClusterNode(manager, ClusterDB(conninfo, table, cluster, self.owner, lease),
                                 Listener(conninfo, table, cluster), lease, changed)
+        # While the database is down, the writer's line per failed batch is one too many.
+        logging.getLogger("server.store.writer").addFilter(_Quiet(self.node.state))
         # Handles name this server: they must be unique in the whole cluster.
         manager.handle_prefix += secrets.token_hex(3).encode() + b":"
         log.info("cluster %s: member %s, table %s, lease %.0f s", cluster, self.owner,
@@ -290,10 +303,10 @@ class ClusterPersistence(Persistence):
         def committed(error: Exception | None) -> None:
             now = time.time()
             if error is not None:
-                log.error("cluster: could not queue job %s: %s",
-                          job.handle.decode("latin-1"), error)
+                self.node.state.failed("commit", error)
                 manager.persisted(job, False, now)
             elif shared:
+                self.node.state.ok()
                 handle = self.cluster_store.coalesced.pop(key, job.handle)
                 manager.handed_off(job, handle, now)
             else:

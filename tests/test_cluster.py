@@ -1,0 +1,478 @@
+"""A gearmand cluster on the live PostgreSQL service: three servers on one database,
+clients on A, workers only on C (docs/cluster.md).
+
+Each test has its own table and cluster name, dropped at the end. The lease is short (2 s)
+so that takeovers happen within the test; no assertion is about time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from protocol import NEED_DATA, Packet, PacketType, Parser, encode_req
+from tests.conftest import IN_CI, RunningServer
+
+pytestmark = pytest.mark.slow
+
+PT = PacketType
+CONNINFO = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+LEASE = "2"
+
+
+def _reachable(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+class Peer:
+    """A raw Gear connection (client or worker)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.parser = Parser()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def packets(self, count: int) -> list[Packet]:
+        out: list[Packet] = []
+        while len(out) < count:
+            ev = self.parser.next_event()
+            if ev is NEED_DATA:
+                data = self.sock.recv(262144)
+                if not data:
+                    raise EOFError(f"server closed after {len(out)} of {count} packets")
+                self.parser.receive_data(data)
+                continue
+            assert isinstance(ev, Packet)
+            out.append(ev)
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def submit(port: int, jobs: list[tuple[PacketType, bytes, bytes, bytes]]) -> list[Packet]:
+    """Pipeline the submits; every reply, in order."""
+    peer = Peer(port)
+    try:
+        peer.send(b"".join(encode_req(t, fn, uniq, data) for t, fn, uniq, data in jobs))
+        return peer.packets(len(jobs))
+    finally:
+        peer.close()
+
+
+def handles(replies: list[Packet]) -> list[bytes]:
+    assert all(p.type is PT.JOB_CREATED for p in replies), [
+        p for p in replies if p.type is not PT.JOB_CREATED][:3]
+    return [p.args[0] for p in replies]
+
+
+@dataclass
+class Worker:
+    """A raw worker in a thread: grabs, optionally completes, records every job's data."""
+
+    port: int
+    function: bytes
+    complete: bool = True
+    got: list[bytes] = field(default_factory=list)
+    handles: list[bytes] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    error: list[BaseException] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.peer = Peer(self.port)
+        self.peer.sock.settimeout(0.2)
+        self.peer.send(encode_req(PT.CAN_DO, self.function))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _next(self) -> Packet | None:
+        while True:
+            ev = self.peer.parser.next_event()
+            if ev is not NEED_DATA:
+                assert isinstance(ev, Packet)
+                return ev
+            try:
+                data = self.peer.sock.recv(65536)
+            except TimeoutError:
+                return None
+            if not data:
+                raise EOFError("server closed the worker's connection")
+            self.peer.parser.receive_data(data)
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                self.peer.send(encode_req(PT.GRAB_JOB))
+                reply = None
+                while reply is None and not self.stop.is_set():
+                    reply = self._next()
+                if reply is None:
+                    return
+                if reply.type is PT.NO_JOB:
+                    self.peer.send(encode_req(PT.PRE_SLEEP))
+                    noop = None
+                    while noop is None and not self.stop.is_set():
+                        noop = self._next()
+                    continue
+                assert reply.type is PT.JOB_ASSIGN, reply
+                self.handles.append(reply.args[0])
+                self.got.append(reply.args[2])
+                if self.complete:
+                    self.peer.send(encode_req(PT.WORK_COMPLETE, reply.args[0], b"done"))
+        except BaseException as exc:  # reported by wait()
+            self.error.append(exc)
+
+    def wait_for(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.got) < count and time.monotonic() < deadline and not self.error:
+            time.sleep(0.02)
+        if self.error:
+            raise self.error[0]
+        assert len(self.got) >= count, f"{len(self.got)} of {count} jobs after {timeout}s"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.peer.close()
+
+
+class Cluster:
+    """Servers of one cluster on a fresh table."""
+
+    def __init__(self, start_server: Callable[..., RunningServer],
+                 conninfo: str = CONNINFO) -> None:
+        self._start = start_server
+        self.conninfo = conninfo
+        suffix = secrets.token_hex(4)
+        self.table = f"gearman_cl_{suffix}"
+        self.name = f"test-{suffix}"
+        self.workers: list[Worker] = []
+
+    def args(self) -> list[str]:
+        return ["-q", "postgres", "--libpq-conninfo", self.conninfo, "--libpq-table",
+                self.table, "--cluster", self.name, "--cluster-lease", LEASE]
+
+    def server(self) -> RunningServer:
+        return self._start("ours", *self.args())
+
+    def worker(self, server: RunningServer, function: bytes, complete: bool = True) -> Worker:
+        w = Worker(server.port, function, complete)
+        self.workers.append(w)
+        return w
+
+    def rows(self, where: str = "TRUE") -> int:
+        import psycopg
+        with psycopg.connect(CONNINFO, autocommit=True) as conn:
+            row = conn.execute(f"SELECT count(*) FROM {self.table}_cluster WHERE {where}"
+                               ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    def drop(self) -> None:
+        import psycopg
+        for w in self.workers:
+            w.close()
+        with psycopg.connect(CONNINFO, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {self.table}_cluster")
+
+
+@pytest.fixture
+def cluster(start_server: Callable[..., RunningServer]) -> Iterator[Cluster]:
+    if not _reachable(5432):
+        if IN_CI:
+            pytest.fail("PostgreSQL on 127.0.0.1:5432 is not reachable")
+        pytest.skip("PostgreSQL on 127.0.0.1:5432 is not reachable")
+    c = Cluster(start_server)
+    yield c
+    c.drop()
+
+
+def bg(function: bytes, data: bytes, unique: bytes = b"",
+       ptype: PacketType = PT.SUBMIT_JOB_BG) -> tuple[PacketType, bytes, bytes, bytes]:
+    return (ptype, function, unique, data)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_background_jobs_from_a_run_on_workers_of_c(cluster: Cluster) -> None:
+    a, _b, c = cluster.server(), cluster.server(), cluster.server()
+    worker = cluster.worker(c, b"fn")  # sleeping on C before anything is submitted
+    time.sleep(0.3)
+    jobs = [bg(b"fn", b"job-%d" % i) for i in range(300)]
+    created = handles(submit(a.port, jobs))
+    assert len(set(created)) == 300
+    worker.wait_for(300)
+    assert sorted(worker.got) == sorted(j[3] for j in jobs)
+    assert len(set(worker.got)) == 300
+    # The worker saw the handles the client was given (one name per job, cluster-wide).
+    assert set(worker.handles) == set(created)
+    deadline = time.monotonic() + 10
+    while cluster.rows() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cluster.rows() == 0
+
+
+def test_unique_keys_coalesce_across_servers(cluster: Cluster) -> None:
+    a, b, c = cluster.server(), cluster.server(), cluster.server()
+    first = handles(submit(a.port, [bg(b"fn", b"x", b"same"), bg(b"fn", b"payload", b"-")]))
+    second = handles(submit(b.port, [bg(b"fn", b"y", b"same"), bg(b"fn", b"payload", b"-"),
+                                     bg(b"fn", b"other", b"-")]))
+    assert second[0] == first[0]
+    assert second[1] == first[1]
+    assert second[2] not in first
+    assert cluster.rows() == 3
+    worker = cluster.worker(c, b"fn")
+    worker.wait_for(3)
+    time.sleep(0.5)
+    assert sorted(worker.got) == [b"other", b"payload", b"x"]
+
+
+def test_priorities_and_fifo_hold_across_servers(cluster: Cluster) -> None:
+    a, b, c = cluster.server(), cluster.server(), cluster.server()
+    handles(submit(a.port, [bg(b"fn", b"low-%d" % i, ptype=PT.SUBMIT_JOB_LOW_BG)
+                            for i in range(5)]))
+    handles(submit(b.port, [bg(b"fn", b"normal-%d" % i) for i in range(5)]))
+    handles(submit(a.port, [bg(b"fn", b"high-%d" % i, ptype=PT.SUBMIT_JOB_HIGH_BG)
+                            for i in range(5)]))
+    worker = cluster.worker(c, b"fn")
+    worker.wait_for(15)
+    assert worker.got == ([b"high-%d" % i for i in range(5)]
+                          + [b"normal-%d" % i for i in range(5)]
+                          + [b"low-%d" % i for i in range(5)])
+
+
+def test_kill_9_of_a_server_holding_claims(cluster: Cluster) -> None:
+    """B's worker holds claimed jobs (some done, some not) when B is killed: every job
+    runs on C, the unfinished ones after the lease; none is lost."""
+    a, b, c = cluster.server(), cluster.server(), cluster.server()
+    jobs = [bg(b"fn", b"job-%d" % i) for i in range(40)]
+    handles(submit(a.port, jobs))
+    stuck = cluster.worker(b, b"fn", complete=False)  # grabs, never answers
+    stuck.wait_for(1)
+    claimed_by_b = cluster.rows("owner IS NOT NULL")
+    assert claimed_by_b >= 1
+    b.proc.send_signal(signal.SIGKILL)
+    b.proc.wait(10)
+    stuck.close()
+    worker = cluster.worker(c, b"fn")
+    worker.wait_for(40, timeout=30)
+    time.sleep(0.5)
+    counts = Counter(worker.got)
+    assert set(counts) == {j[3] for j in jobs}
+    assert all(n == 1 for n in counts.values()), [k for k, n in counts.items() if n > 1]
+    assert cluster.rows() == 0
+    # A restarted B rejoins: it claims new work for its workers.
+    b2 = cluster.server()
+    worker.close()
+    again = cluster.worker(b2, b"fn")
+    handles(submit(a.port, [bg(b"fn", b"after")]))
+    again.wait_for(1)
+    assert again.got == [b"after"]
+
+
+def test_kill_9_after_completions_not_yet_committed(cluster: Cluster) -> None:
+    """At-least-once window: a worker on B completes jobs and B dies before the removals
+    are committed; those jobs run again on C. Every job runs; the only duplicates are
+    jobs B's worker completed."""
+    a, b, c = cluster.server(), cluster.server(), cluster.server()
+    jobs = [bg(b"fn", b"job-%d" % i) for i in range(2000)]
+    handles(submit(a.port, jobs))
+    fast = cluster.worker(b, b"fn")
+    fast.wait_for(200)
+    b.proc.send_signal(signal.SIGKILL)
+    b.proc.wait(10)
+    fast.close()
+    ran_on_b = set(fast.got)
+    worker = cluster.worker(c, b"fn")
+    deadline = time.monotonic() + 60
+    while set(worker.got) | ran_on_b != {j[3] for j in jobs}:
+        assert time.monotonic() < deadline, "jobs lost"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    on_c = Counter(worker.got)
+    assert all(n == 1 for n in on_c.values())
+    again = ran_on_b & set(on_c)
+    # Only jobs that B's worker completed may run twice (their removal died with B).
+    assert again <= ran_on_b
+    print(f"B completed {len(ran_on_b)} jobs before kill -9; {len(again)} ran again on C")
+
+
+def test_ten_thousand_jobs_through_the_cluster(cluster: Cluster) -> None:
+    a, b, c = cluster.server(), cluster.server(), cluster.server()
+    workers = [cluster.worker(c, b"fn") for _ in range(3)]
+    jobs = [bg(b"fn", b"%d" % i) for i in range(10_000)]
+    senders = [threading.Thread(target=lambda port, part: handles(submit(port, part)),
+                                args=(port, jobs[i::2]))
+               for i, port in enumerate((a.port, b.port))]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join(60)
+    deadline = time.monotonic() + 60
+    while sum(len(w.got) for w in workers) < 10_000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    got = Counter(x for w in workers for x in w.got)
+    assert len(got) == 10_000
+    assert all(n == 1 for n in got.values())
+    assert cluster.rows() == 0
+
+
+class Proxy:
+    """A TCP proxy in front of PostgreSQL that the test can cut: established connections
+    are closed and new ones refused until ``restore``, as when the database restarts."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = True
+        self.pairs: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", 5432))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.pairs += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.up = False
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+        for s in pairs:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def test_postgres_unreachable_under_load(start_server: Callable[..., RunningServer]) -> None:
+    """The database goes away twice while clients submit and a worker drains: every
+    submit is answered (JOB_CREATED or QUEUE_ERROR), every acknowledged job runs, the
+    worker keeps its connection, and each server logs the outage once per change."""
+    if not _reachable(5432):
+        if IN_CI:
+            pytest.fail("PostgreSQL on 127.0.0.1:5432 is not reachable")
+        pytest.skip("PostgreSQL on 127.0.0.1:5432 is not reachable")
+    proxy = Proxy()
+    cluster = Cluster(start_server, f"host=127.0.0.1 port={proxy.port} dbname=test "
+                      "user=postgres")
+    try:
+        a, c = cluster.server(), cluster.server()
+        worker = cluster.worker(c, b"fn")
+        acked: list[bytes] = []
+        refused = 0
+        stop = threading.Event()
+
+        def load() -> None:
+            nonlocal refused
+            i = 0
+            peer = Peer(a.port)
+            while not stop.is_set():
+                batch = [b"job-%d" % (i + k) for k in range(20)]
+                i += 20
+                peer.send(b"".join(encode_req(PT.SUBMIT_JOB_BG, b"fn", b"", d)
+                                   for d in batch))
+                for data, reply in zip(batch, peer.packets(len(batch)), strict=True):
+                    if reply.type is PT.JOB_CREATED:
+                        acked.append(data)
+                    else:
+                        assert reply.type is PT.ERROR and reply.args[0] == b"QUEUE_ERROR"
+                        refused += 1
+                time.sleep(0.01)
+            peer.close()
+
+        loader = threading.Thread(target=load, daemon=True)
+        loader.start()
+        for _ in range(2):
+            time.sleep(1.0)
+            proxy.cut()
+            time.sleep(1.5)
+            proxy.restore()
+        time.sleep(1.0)
+        stop.set()
+        loader.join(30)
+        assert acked and refused
+        deadline = time.monotonic() + 60
+        while not set(acked) <= set(worker.got):
+            assert time.monotonic() < deadline, (
+                f"{len(set(acked) - set(worker.got))} acknowledged jobs never ran")
+            assert not worker.error, worker.error
+            time.sleep(0.05)
+        assert not worker.error  # the worker's connection survived the outages
+        print(f"{len(acked)} acknowledged, {refused} refused with QUEUE_ERROR, "
+              f"{len(worker.got) - len(set(worker.got))} ran twice")
+        for srv in (a, c):
+            srv.proc.send_signal(signal.SIGTERM)
+            srv.proc.wait(15)
+            log = srv.log.read_text()
+            downs = log.count("PostgreSQL unreachable")
+            ups = log.count("PostgreSQL reachable again")
+            if srv is c:
+                assert 1 <= downs <= 2 and ups == downs, (downs, ups)
+    finally:
+        proxy.close()
+        cluster.drop()
+
+
+def test_cluster_options_are_checked(start_server: Callable[..., RunningServer]) -> None:
+    import subprocess
+    import sys
+    for extra, message in ((["--cluster-lease", "0"], "--cluster-lease"),
+                           (["--cluster-lease", "soon"], "--cluster-lease"),
+                           (["--store-queue-on-shutdown"], "--store-queue-on-shutdown")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "server", "-p", "0", "-q", "postgres", "--libpq-conninfo",
+             CONNINFO, "--cluster", "x", *extra], capture_output=True, text=True,
+            timeout=30, env={**os.environ})
+        assert proc.returncode != 0
+        assert message in proc.stderr, proc.stderr
