@@ -91,6 +91,11 @@ class Manager(JobCore):
         self.events: Events | None = None
         #: Job lines are logged (``log_jobs`` is also on while events are listened to).
         self.logging_jobs = self.log_jobs
+        #: Cluster (``server.cluster``): runs a queued foreground job no worker here can
+        #: do on another server; answers GET_STATUS for a handle held elsewhere (True
+        #: when it will answer). None outside a cluster.
+        self.relay_hook: Callable[[Job, float], None] | None = None
+        self.status_hook: Callable[[Conn, bytes], bool] | None = None
 
     def connect(self, peer: Peer, address: str = "-", port: int = 0,
                 kind: str = "gear") -> Conn:
@@ -116,6 +121,16 @@ class Manager(JobCore):
             else:
                 counts["client"] += 1
         return counts
+
+    def submit(self, conn: Conn, function: bytes, unique: bytes, data: bytes,
+               priority: int, background: bool, now: float, *, when: float = 0,
+               reducer: bytes = b"") -> Job | None:
+        job = super().submit(conn, function, unique, data, priority, background, now,
+                             when=when, reducer=reducer)
+        if (self.relay_hook is not None and job is not None and job.queued
+                and not job.background and not job.function.workers):
+            self.relay_hook(job, now)
+        return job
 
     def disconnect(self, conn: Conn, now: float) -> None:
         """Forget a connection (and its ``watch``, if any)."""
@@ -342,6 +357,8 @@ class Manager(JobCore):
             conn.peer.deliver(PT.ERROR, b"INVALID_ARGUMENT", b"Job handle contains NUL")
             return
         job = self.jobs.get(handle)
+        if job is None and self.status_hook is not None and self.status_hook(conn, handle):
+            return
         if job is None or job.cancelled:
             conn.peer.deliver(PT.STATUS_RES, handle, b"0", b"0", b"0", b"0")
             return
@@ -453,18 +470,23 @@ class Manager(JobCore):
         self._forget(job)
 
     def adopt(self, handle: bytes, function: bytes, unique: bytes, data: bytes,
-              priority: int, reducer: bytes, store_key: str, now: float) -> Job | None:
-        """Cluster: queue a job claimed from the shared queue, under its cluster handle;
-        None if this server holds that job already."""
+              priority: int, reducer: bytes, store_key: str, now: float,
+              client: Conn | None = None) -> Job | None:
+        """Cluster: queue a job claimed from the shared queue, under its cluster handle
+        (a foreground one with ``client``, which relays its packets to the server its
+        client waits on); None if this server holds that job already."""
         if handle in self.jobs:
             return None
         fn = self.function(function)
-        job = Job(handle, fn, unique, data, priority, True, 0, reducer)
+        job = Job(handle, fn, unique, data, priority, client is None, 0, reducer)
         job.number = next(self._handles)
         job.store_key, job.stamp = store_key, now
         self.jobs[handle] = job
         key = index_key(function, unique, data)
-        if key is not None and key not in self.unique_index:
+        if client is not None:
+            job.clients.append(client)
+            client.attached.add(job)
+        elif key is not None and key not in self.unique_index:
             self._index(job, key)
         self._enqueue(job, now)
         return job
@@ -479,3 +501,13 @@ class Manager(JobCore):
         if job.queued:
             self._abandon(job)
             self._forget(job)
+
+    def hand_over(self, job: Job, conn: Conn, now: float) -> None:
+        """Cluster: a queued foreground job runs on another server, which ``conn``
+        stands for here: it is assigned to ``conn``, whose packets (relayed from that
+        server) reach the job's clients as a worker's would."""
+        self._abandon(job)
+        job.function.running += 1
+        job.worker, job.stamp = conn, now
+        job.assignment += 1
+        conn.assigned[job.handle] = job

@@ -9,6 +9,8 @@ servers' clocks do not have to agree.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -29,6 +31,44 @@ def channel_name(table: str, cluster: str) -> str:
     """The NOTIFY channel of one cluster: a plain identifier (at most 63 bytes)."""
     digest = hashlib.sha256(f"{table}\0{cluster}".encode()).hexdigest()[:24]
     return f"gearman_{digest}"
+
+
+def relay_channel(table: str, cluster: str, owner: str) -> str:
+    """The NOTIFY channel on which a member hears the results of its relayed jobs."""
+    digest = hashlib.sha256(f"{table}\0{cluster}\0{owner}".encode()).hexdigest()[:24]
+    return f"gearman_relay_{digest}"
+
+
+#: Relay payloads (base64) up to this size travel in the notification; longer ones are
+#: kept in the relay table and the notification carries the row's id.
+INLINE_PAYLOAD = 7000
+
+
+def encode_relay(ptype: int, args: Sequence[bytes]) -> bytes:
+    """One relayed packet: its type, its argument count, each argument with its length."""
+    parts = [bytes((ptype, len(args)))]
+    for arg in args:
+        parts += [len(arg).to_bytes(4, "big"), arg]
+    return b"".join(parts)
+
+
+def decode_relay(record: bytes) -> tuple[int, tuple[bytes, ...]]:
+    """The inverse of ``encode_relay``; ``ValueError`` if ``record`` is not one."""
+    if len(record) < 2:
+        raise ValueError("relay record too short")
+    ptype, count = record[0], record[1]
+    args: list[bytes] = []
+    pos = 2
+    for _ in range(count):
+        size = int.from_bytes(record[pos:pos + 4], "big")
+        pos += 4
+        if pos + size > len(record):
+            raise ValueError("relay record truncated")
+        args.append(record[pos:pos + size])
+        pos += size
+    if pos != len(record):
+        raise ValueError("relay record too long")
+    return ptype, tuple(args)
 
 
 def unique_column(function: bytes, unique: bytes, data: bytes) -> bytes | None:
@@ -54,6 +94,8 @@ class Claimed:
     #: Claims of this row, this one included: more than 1 = taken over or released.
     claims: int
     seq: int
+    #: The member whose client waits for a foreground job; None for a background job.
+    origin: str | None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -114,7 +156,17 @@ def create_schema(conn: psycopg.Connection[Any], table: str) -> None:
             " owner TEXT,"
             " lease_until TIMESTAMPTZ,"
             " claims INTEGER NOT NULL DEFAULT 0,"
+            " origin TEXT,"
             " created TIMESTAMPTZ NOT NULL DEFAULT now())")
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {t}_members ("
+                     " cluster TEXT NOT NULL, owner TEXT NOT NULL,"
+                     " lease_until TIMESTAMPTZ NOT NULL, PRIMARY KEY (cluster, owner))")
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {t}_relay ("
+                     " id BIGSERIAL PRIMARY KEY, created TIMESTAMPTZ NOT NULL DEFAULT now(),"
+                     " payload BYTEA NOT NULL)")
+        conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_handle ON {t} (cluster, handle)")
+        conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_origin ON {t} (origin)"
+                     " WHERE origin IS NOT NULL")
         conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {t}_unique"
                      f" ON {t} (cluster, function_name, unique_key)"
                      " WHERE unique_key IS NOT NULL")
@@ -140,16 +192,17 @@ class ClusterStore(_Connected):
         self.owner = owner
         self.lease = lease
         self.channel = channel_name(table, cluster)
-        #: store key -> (handle, kept by this server). Set by the trio side, popped here.
-        self.meta: dict[str, tuple[bytes, bool]] = {}
+        #: store key -> (handle, kept by this server, foreground: relayed to this server).
+        #: Set by the trio side, popped here.
+        self.meta: dict[str, tuple[bytes, bool, bool]] = {}
         #: store key -> handle of the job it coalesced onto. Set here, popped by trio.
         self.coalesced: dict[str, bytes] = {}
         #: Removals that found the row no longer ours (its lease was lost).
         self.lost_removals = 0
         self._insert = (
             f"INSERT INTO {t} AS q (cluster, job_key, handle, function_name, unique_value,"
-            " unique_key, priority, when_to_run, reducer, data, owner, lease_until)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " unique_key, priority, when_to_run, reducer, data, owner, origin, lease_until)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " CASE WHEN %s THEN now() + make_interval(secs => %s) END)"
             " ON CONFLICT (cluster, function_name, unique_key) WHERE unique_key IS NOT NULL"
             " DO UPDATE SET cluster = q.cluster RETURNING q.job_key, q.handle")
@@ -161,10 +214,13 @@ class ClusterStore(_Connected):
         conn = self.connection()
         rows = []
         for j in added:
-            handle, keep = self.meta.pop(j.key, (j.key.encode(), False))
-            rows.append((self.cluster, j.key, handle, j.function, j.unique,
-                         unique_column(j.function, j.unique, j.data), j.priority, j.when,
-                         j.reducer, j.data, self.owner if keep else None, keep, self.lease))
+            handle, keep, relayed = self.meta.pop(j.key, (j.key.encode(), False, False))
+            # A relayed foreground job coalesces with nothing in the shared table (its
+            # results go to one server's clients).
+            unique = None if relayed else unique_column(j.function, j.unique, j.data)
+            rows.append((self.cluster, j.key, handle, j.function, j.unique, unique,
+                         j.priority, j.when, j.reducer, j.data, self.owner if keep else None,
+                         self.owner if relayed else None, keep, self.lease))
         coalesced: dict[str, bytes] = {}
         try:
             with conn.transaction(), conn.cursor() as cur:
@@ -175,7 +231,7 @@ class ClusterStore(_Connected):
                         key, handle = cur.fetchone() or (row[1], row[2])
                         if key != row[1]:
                             coalesced[row[1]] = bytes(handle)
-                        elif not row[11]:  # not kept: a server must claim it
+                        elif not row[12]:  # not kept: a server must claim it
                             fresh.add(row[3])
                         if not cur.nextset():
                             break
@@ -208,11 +264,14 @@ class ClusterDB(_Connected):
             f"WITH c AS (SELECT seq FROM {t} WHERE cluster = %s AND function_name = %s"
             " AND when_to_run <= extract(epoch FROM now())"
             " AND (owner IS NULL OR lease_until < now())"
+            f" AND (origin IS NULL OR EXISTS (SELECT 1 FROM {t}_members m"
+            f" WHERE m.cluster = {t}.cluster AND m.owner = {t}.origin"
+            " AND m.lease_until >= now()))"
             " ORDER BY priority, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
             f" UPDATE {t} AS q SET owner = %s,"
             " lease_until = now() + make_interval(secs => %s), claims = q.claims + 1"
             " FROM c WHERE q.seq = c.seq RETURNING q.job_key, q.handle, q.function_name,"
-            " q.unique_value, q.priority, q.reducer, q.data, q.claims, q.seq")
+            " q.unique_value, q.priority, q.reducer, q.data, q.claims, q.seq, q.origin")
 
     def claim(self, wants: dict[bytes, int]) -> list[Claimed]:
         """Claim up to ``wants[function]`` runnable rows of each function, highest
@@ -225,8 +284,9 @@ class ClusterDB(_Connected):
                     cur.execute(self._claim, (self.cluster, function, count, self.owner,
                                               self.lease))
                     out.extend(Claimed(str(k), bytes(h), bytes(f), bytes(u), int(p),
-                                       bytes(r), bytes(d), int(c), int(s))
-                               for k, h, f, u, p, r, d, c, s in cur)
+                                       bytes(r), bytes(d), int(c), int(s),
+                                       None if o is None else str(o))
+                               for k, h, f, u, p, r, d, c, s, o in cur)
         except psycopg.Error as exc:
             raise self.failed("claim", exc) from exc
         out.sort(key=lambda c: (c.priority, c.seq))
@@ -235,9 +295,24 @@ class ClusterDB(_Connected):
     def renew(self) -> set[str]:
         """Extend the lease of every row this server holds; the keys it still holds."""
         conn = self.connection()
+        t = self.table
         try:
-            with conn.cursor() as cur:
-                cur.execute(f"UPDATE {self.table} SET lease_until = now()"
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(f"INSERT INTO {t}_members (cluster, owner, lease_until)"
+                            " VALUES (%s, %s, now() + make_interval(secs => %s))"
+                            " ON CONFLICT (cluster, owner)"
+                            " DO UPDATE SET lease_until = EXCLUDED.lease_until",
+                            (self.cluster, self.owner, self.lease))
+                # Foreground jobs whose client's server is gone: nobody waits for them.
+                cur.execute(f"DELETE FROM {t} q WHERE cluster = %s AND origin IS NOT NULL"
+                            " AND (owner IS NULL OR lease_until < now())"
+                            f" AND NOT EXISTS (SELECT 1 FROM {t}_members m"
+                            " WHERE m.cluster = q.cluster AND m.owner = q.origin"
+                            " AND m.lease_until >= now())", (self.cluster,))
+                # Results relayed to a server that died before fetching them.
+                cur.execute(f"DELETE FROM {t}_relay WHERE created < now() - interval"
+                            " '1 hour'")
+                cur.execute(f"UPDATE {t} SET lease_until = now()"
                             " + make_interval(secs => %s) WHERE cluster = %s AND owner = %s"
                             " RETURNING job_key", (self.lease, self.cluster, self.owner))
                 return {str(row[0]) for row in cur}
@@ -258,11 +333,27 @@ class ClusterDB(_Connected):
                             f" WHERE cluster = %s AND owner = %s{where}"
                             " RETURNING function_name", params)
                 released = [bytes(row[0]) for row in cur]
+                if keys is None:
+                    cur.execute(f"DELETE FROM {self.table}_members WHERE cluster = %s"
+                                " AND owner = %s", (self.cluster, self.owner))
                 for function in sorted(set(released)):
                     cur.execute("SELECT pg_notify(%s, %s)", (self.channel, function.hex()))
                 return len(released)
         except psycopg.Error as exc:
             raise self.failed("release", exc) from exc
+
+    def status(self, handle: bytes) -> tuple[bool, bool] | None:
+        """Whether a job with this handle is in the shared table, and claimed by a
+        server whose lease holds (running or about to); None when it is not there."""
+        conn = self.connection()
+        try:
+            row = conn.execute(
+                f"SELECT owner IS NOT NULL AND lease_until >= now() FROM {self.table}"
+                " WHERE cluster = %s AND handle = %s LIMIT 1", (self.cluster, handle)
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise self.failed("status", exc) from exc
+        return None if row is None else (True, bool(row[0]))
 
     def counts(self) -> dict[bytes, tuple[int, int]]:
         """Per function: rows waiting for a claim (ready or not), and rows claimed."""
@@ -280,33 +371,96 @@ class ClusterDB(_Connected):
 
 
 class Listener(_Connected):
-    """The LISTEN connection: waits for the cluster's notifications."""
+    """The LISTEN connection: the cluster's wake-ups and the results relayed to us."""
 
-    def __init__(self, conninfo: str, table: str, cluster: str) -> None:
+    def __init__(self, conninfo: str, table: str, cluster: str, owner: str) -> None:
         super().__init__(conninfo)
+        self.table = table
         self.channel = channel_name(table, cluster)
+        self.relay_channel = relay_channel(table, cluster, owner)
         self._listened_on: psycopg.Connection[Any] | None = None
         #: Set at shutdown: the connection is closed by the thread that waits on it.
         self.closing = False
+        #: Relayed packets that could not be read (a bad record: logged, dropped).
+        self.bad = 0
 
-    def wait(self, timeout: float) -> list[str] | None:
-        """The payloads of the notifications that arrive within ``timeout`` seconds (at
-        least one, then whatever else is there), or None when none came (a timeout)."""
+    def wait(self, timeout: float) -> tuple[list[str] | None, list[tuple[int, tuple[bytes, ...]]]]:
+        """What arrives within ``timeout`` seconds (at least one notification, then
+        whatever else is there): the wake-up payloads (function names in hex; None when
+        none came, a timeout: the fallback poll is due) and the relayed packets, in the
+        order they were sent."""
         conn = self.connection()
         try:
             if conn is not self._listened_on:
                 conn.execute(f"LISTEN {self.channel}")
+                conn.execute(f"LISTEN {self.relay_channel}")
                 self._listened_on = conn
-                # Notifications sent while not listening are lost: say so (a wake-up).
-                return []
-            got = [n.payload for n in conn.notifies(timeout=timeout, stop_after=1)]
-            if not got:
-                return None
-            got.extend(n.payload for n in conn.notifies(timeout=0))
-            return got
+                # Notifications sent while not listening are lost: look at the table.
+                return [], []
+            notes = list(conn.notifies(timeout=timeout, stop_after=1))
+            if not notes:
+                return None, []
+            notes.extend(conn.notifies(timeout=0))
+            wakes: list[str] = []
+            relayed: list[tuple[int, tuple[bytes, ...]]] = []
+            for note in notes:
+                if note.channel == self.channel:
+                    wakes.append(note.payload)
+                    continue
+                record = self._record(conn, note.payload)
+                if record is not None:
+                    relayed.append(record)
+            return wakes, relayed
         except psycopg.Error as exc:
             self._listened_on = None
             raise self.failed("listen", exc) from exc
         finally:
             if self.closing:
                 self.close()
+
+    def _record(self, conn: psycopg.Connection[Any],
+                payload: str) -> tuple[int, tuple[bytes, ...]] | None:
+        try:
+            if payload[:1] == "r":
+                row = conn.execute(f"DELETE FROM {self.table}_relay WHERE id = %s"
+                                   " RETURNING payload", (int(payload[1:]),)).fetchone()
+                if row is None:
+                    raise ValueError(f"relay row {payload[1:]} is gone")
+                return decode_relay(bytes(row[0]))
+            return decode_relay(base64.b64decode(payload[1:], validate=True))
+        except (ValueError, binascii.Error) as exc:
+            self.bad += 1
+            log.error("cluster: a relayed result could not be read: %s", exc)
+            return None
+
+
+class RelaySender(_Connected):
+    """Sends the packets of foreground jobs run here to the members whose clients wait
+    for them: each as a notification on the member's channel, or, when too large, as a
+    row of the relay table whose id the notification carries. One transaction per
+    batch; notifications of one session arrive in the order they were committed."""
+
+    def __init__(self, conninfo: str, table: str, cluster: str) -> None:
+        super().__init__(conninfo)
+        self.table = table
+        self.cluster = cluster
+
+    def send(self, batch: Sequence[tuple[str, bytes]]) -> None:
+        """``batch``: (origin member, ``encode_relay`` record), in order."""
+        conn = self.connection()
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                for origin, record in batch:
+                    channel = relay_channel(self.table, self.cluster, origin)
+                    text = base64.b64encode(record).decode("ascii")
+                    if len(text) <= INLINE_PAYLOAD:
+                        payload = "i" + text
+                    else:
+                        cur.execute(f"INSERT INTO {self.table}_relay (payload) VALUES (%s)"
+                                    " RETURNING id", (record,))
+                        row = cur.fetchone()
+                        assert row is not None
+                        payload = f"r{row[0]}"
+                    cur.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+        except psycopg.Error as exc:
+            raise self.failed("relay", exc) from exc

@@ -22,15 +22,17 @@ from typing import Final
 
 import trio
 
+from protocol import PacketType
 from server.config import ServerConfig
-from server.jobs import Job
+from server.jobs import Conn, Job
 from server.manager import Manager
 from server.persistence import Persistence, stored_job
 from server.store import StoreError
 from server.store.base import table_name
 from server.store.writer import StoreWriter
 
-from .db import ClusterDB, ClusterStore, Listener
+from .db import ClusterDB, ClusterStore, Listener, RelaySender, encode_relay
+from .relay import RelayPeer, StandInPeer, valid
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +98,12 @@ class _Quiet(logging.Filter):
 class ClusterNode:
     """One server's membership: what it claims, holds and renews."""
 
-    def __init__(self, manager: Manager, db: ClusterDB, listener: Listener, lease: float,
-                 changed: Callable[[], None]) -> None:
+    def __init__(self, manager: Manager, db: ClusterDB, listener: Listener,
+                 sender: RelaySender, lease: float, changed: Callable[[], None]) -> None:
         self.manager = manager
         self.db = db
         self.listener = listener
+        self.sender = sender
         self.lease = lease
         #: The fallback poll: a look at the table when no notification came for this long
         #: (covers lost notifications, expired leases and jobs whose time came).
@@ -121,6 +124,17 @@ class ClusterNode:
         #: Claims lost to an expired lease, by whether the job had started here.
         self.lost_queued = 0
         self.lost_running = 0
+        #: On this server, the worker that stands for the servers running the foreground
+        #: jobs of our clients; and one client per origin for those we run.
+        self.stand_in = manager.connect(StandInPeer(), "cluster", 0, "cluster")
+        self.stand_in.client_id = b"cluster"
+        self._relay_conns: dict[str, Conn] = {}
+        self._relay_out: list[tuple[str, bytes]] = []
+        self._relay_wake = trio.Event()
+        self.relayed_out = 0
+        self.relayed_in = 0
+        self._nursery: trio.Nursery | None = None
+        manager.status_hook = self.status
 
     def poke(self) -> None:
         self._wake.set()
@@ -134,9 +148,81 @@ class ClusterNode:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._listen)
             nursery.start_soon(self._claimer)
             nursery.start_soon(self._renewer)
+            nursery.start_soon(self._relayer)
+
+    # ------------------------------------------------------------------ relay
+
+    def relay_conn(self, origin: str) -> Conn:
+        """The client standing for ``origin``'s clients here (one per origin)."""
+        conn = self._relay_conns.get(origin)
+        if conn is None:
+            conn = self.manager.connect(RelayPeer(origin, self._relay), "relay", 0, "relay")
+            conn.client_id = b"relay"
+            conn.exceptions = True  # WORK_EXCEPTION reaches the origin as sent
+            self._relay_conns[origin] = conn
+        return conn
+
+    def _relay(self, origin: str, ptype: PacketType, args: tuple[bytes, ...]) -> None:
+        self._relay_out.append((origin, encode_relay(int(ptype), args)))
+        self._relay_wake.set()
+
+    async def _relayer(self) -> None:
+        backoff = BACKOFF_MIN
+        while True:
+            if not self._relay_out:
+                self._relay_wake = trio.Event()
+                await self._relay_wake.wait()
+            batch = self._relay_out[:MAX_CLAIM * 10]
+            try:
+                await trio.to_thread.run_sync(self.sender.send, batch)
+            except StoreError as exc:
+                self.state.failed("relay", exc)
+                await trio.sleep(backoff)
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                continue
+            backoff = BACKOFF_MIN
+            del self._relay_out[:len(batch)]
+            self.relayed_out += len(batch)
+
+    def relayed(self, packets: list[tuple[int, tuple[bytes, ...]]]) -> None:
+        """Packets relayed to us by the servers running our clients' jobs."""
+        now = time.time()
+        for ptype, args in packets:
+            kind = valid(ptype, args)
+            if kind is None:
+                log.error("cluster: relayed packet of type %d with %d arguments dropped",
+                          ptype, len(args))
+                continue
+            self.relayed_in += 1
+            self.manager.handle_packet(self.stand_in, kind, args, now)
+        self.changed()
+
+    def status(self, conn: Conn, handle: bytes) -> bool:
+        """GET_STATUS for a handle this server does not hold: asked of the shared table."""
+        nursery = self._nursery
+        if nursery is None:
+            return False
+        hold = conn.peer.hold()
+        nursery.start_soon(self._status, conn, hold, handle)
+        return True
+
+    async def _status(self, conn: Conn, hold: object, handle: bytes) -> None:
+        known = running = False
+        try:
+            async with self._lock:
+                found = await trio.to_thread.run_sync(self.db.status, handle)
+            if found is not None:
+                known, running = found
+        except StoreError as exc:
+            self.state.failed("status", exc)
+        if not conn.closed:
+            conn.peer.release(hold, PacketType.STATUS_RES, handle, b"%d" % known,
+                              b"%d" % running, b"0", b"0")
+            self.changed()
 
     def demand(self) -> dict[bytes, int]:
         """Jobs to claim per function: room left by this server's workers (running and
@@ -180,8 +266,9 @@ class ClusterNode:
                 got[row.function] = got.get(row.function, 0) + 1
                 self.claimed += 1
                 self.reclaimed += row.claims > 1
+                client = None if row.origin is None else self.relay_conn(row.origin)
                 job = manager.adopt(row.handle, row.function, row.unique, row.data,
-                                    row.priority, row.reducer, row.key, now)
+                                    row.priority, row.reducer, row.key, now, client)
                 if job is not None:
                     self.held[row.key] = job
             if notes == self._notes:
@@ -195,8 +282,8 @@ class ClusterNode:
         backoff = BACKOFF_MIN
         while True:
             try:
-                payloads = await trio.to_thread.run_sync(self.listener.wait, self.poll,
-                                                         abandon_on_cancel=True)
+                payloads, relayed = await trio.to_thread.run_sync(
+                    self.listener.wait, self.poll, abandon_on_cancel=True)
             except StoreError as exc:
                 self.state.failed("listen", exc)
                 await trio.sleep(backoff)
@@ -205,7 +292,10 @@ class ClusterNode:
                 continue
             backoff = BACKOFF_MIN
             self.state.ok()
-            if not payloads:  # the fallback poll, or (re)started listening
+            if relayed:
+                self.relayed(relayed)
+            if payloads is None or (not payloads and not relayed):
+                # The fallback poll, or (re)started listening.
                 self._wake_all()
                 continue
             self._notes += 1
@@ -222,8 +312,12 @@ class ClusterNode:
         self._wake.set()
 
     async def _renewer(self) -> None:
+        first = True
         while True:
-            await trio.sleep(self.lease / 3)
+            # At once on start: our membership lets others run our foreground jobs.
+            if not first:
+                await trio.sleep(self.lease / 3)
+            first = False
             try:
                 async with self._lock:
                     kept = await trio.to_thread.run_sync(self.db.renew)
@@ -260,7 +354,9 @@ class ClusterNode:
         return {"claimed": self.claimed, "reclaimed": self.reclaimed,
                 "claim_calls": self.claim_calls, "held": len(self.held),
                 "lost_queued": self.lost_queued, "lost_running": self.lost_running,
-                "db_up": self.state.up, "db_failures": self.state.failures}
+                "db_up": self.state.up, "db_failures": self.state.failures,
+                "relayed_out": self.relayed_out, "relayed_in": self.relayed_in,
+                "relay_pending": len(self._relay_out), "bad_relayed": self.listener.bad}
 
 
 class ClusterPersistence(Persistence):
@@ -279,7 +375,9 @@ class ClusterPersistence(Persistence):
         self.cluster_store = ClusterStore(conninfo, table, cluster, self.owner, lease)
         super().__init__(manager, StoreWriter(self.cluster_store), changed=changed)
         self.node = ClusterNode(manager, ClusterDB(conninfo, table, cluster, self.owner, lease),
-                                Listener(conninfo, table, cluster), lease, changed)
+                                Listener(conninfo, table, cluster, self.owner),
+                                RelaySender(conninfo, table, cluster), lease, changed)
+        manager.relay_hook = self.relay
         # While the database is down, the writer's line per failed batch is one too many.
         logging.getLogger("server.store.writer").addFilter(_Quiet(self.node.state))
         # Handles name this server: they must be unique in the whole cluster.
@@ -296,7 +394,7 @@ class ClusterPersistence(Persistence):
         # A new background job is shared (any server claims it); a job already queued or
         # running here that a background submit joined stays here, its row held by us.
         shared = not job.stored
-        self.cluster_store.meta[key] = (job.handle, not shared)
+        self.cluster_store.meta[key] = (job.handle, not shared, False)
         if shared:
             manager.share(job)
 
@@ -320,6 +418,28 @@ class ClusterPersistence(Persistence):
         self.writer.done(key)
         self.node.forget(key)
 
+    def relay(self, job: Job, now: float) -> None:
+        """A foreground job that no worker here can do: into the shared table, with this
+        server as its origin; it is assigned here to the stand-in for the server that
+        will run it, whose packets come back relayed."""
+        node = self.node
+        self.manager.hand_over(job, node.stand_in, now)
+        key = self.manager.new_store_key()
+        self.cluster_store.meta[key] = (job.handle, False, True)
+        handle = job.handle
+
+        def committed(error: Exception | None) -> None:
+            if error is None:
+                node.state.ok()
+                return
+            node.state.failed("commit", error)
+            # Nothing will run it: its clients hear WORK_FAIL, as when retries run out.
+            self.manager.handle_packet(node.stand_in, PacketType.WORK_FAIL, (handle,),
+                                       time.time())
+            self.changed()
+
+        self.writer.add_nowait(stored_job(job, key), committed)
+
     # ------------------------------------------------------------------ life cycle
 
     async def replay(self) -> int:
@@ -338,6 +458,7 @@ class ClusterPersistence(Persistence):
         await super().close()
         await self.node.release()
         self.node.db.close()
+        self.node.sender.close()
         self.node.listener.closing = True
 
     def cluster_stats(self) -> dict[str, object]:
