@@ -190,7 +190,8 @@ class Cluster:
         for w in self.workers:
             w.close()
         with psycopg.connect(CONNINFO, autocommit=True) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {self.table}_cluster")
+            for suffix in ("", "_members", "_relay"):
+                conn.execute(f"DROP TABLE IF EXISTS {self.table}_cluster{suffix}")
 
 
 @pytest.fixture
@@ -334,6 +335,100 @@ def test_ten_thousand_jobs_through_the_cluster(cluster: Cluster) -> None:
     assert len(got) == 10_000
     assert all(n == 1 for n in got.values())
     assert cluster.rows() == 0
+
+
+def test_foreground_job_from_a_runs_on_c_and_its_packets_come_back_in_order(
+        cluster: Cluster) -> None:
+    a, _b, c = cluster.server(), cluster.server(), cluster.server()
+    worker = Peer(c.port)
+    worker.send(encode_req(PT.CAN_DO, b"fg"))
+    client = Peer(a.port)
+    client.send(encode_req(PT.OPTION_REQ, b"exceptions"))
+    assert client.packets(1)[0].type is PT.OPTION_RES
+    big = bytes(range(256)) * 400  # 100 KiB: too large for a notification
+    results: dict[bytes, list[Packet]] = {}
+    for data, ending in ((b"ok", PT.WORK_COMPLETE), (b"no", PT.WORK_FAIL),
+                         (b"oops", PT.WORK_EXCEPTION)):
+        client.send(encode_req(PT.SUBMIT_JOB, b"fg", b"", data))
+        (created,) = client.packets(1)
+        assert created.type is PT.JOB_CREATED
+        handle = created.args[0]
+        worker.send(encode_req(PT.GRAB_JOB))
+        assign = worker.packets(1)[0]
+        while assign.type is PT.NO_JOB:  # not claimed yet: sleep until woken
+            worker.send(encode_req(PT.PRE_SLEEP))
+            assert worker.packets(1)[0].type is PT.NOOP
+            worker.send(encode_req(PT.GRAB_JOB))
+            assign = worker.packets(1)[0]
+        assert assign.type is PT.JOB_ASSIGN and assign.args[1:] == (b"fg", data)
+        assert assign.args[0] == handle  # one name for the job in the whole cluster
+        sent = [encode_req(PT.WORK_DATA, handle, b"part-1"),
+                encode_req(PT.WORK_WARNING, handle, b"careful"),
+                encode_req(PT.WORK_STATUS, handle, b"1", b"2"),
+                encode_req(PT.WORK_DATA, handle, big)]
+        if ending is PT.WORK_FAIL:
+            sent.append(encode_req(PT.WORK_FAIL, handle))
+        else:
+            sent.append(encode_req(ending, handle, data.upper()))
+        worker.send(b"".join(sent))
+        results[data] = client.packets(5)
+    for data, packets in results.items():
+        assert [p.type for p in packets[:4]] == [PT.WORK_DATA, PT.WORK_WARNING,
+                                                 PT.WORK_STATUS, PT.WORK_DATA]
+        assert packets[0].args[1] == b"part-1"
+        assert packets[1].args[1] == b"careful"
+        assert packets[2].args[1:] == (b"1", b"2")
+        assert packets[3].args[1] == big
+        end = packets[4]
+        if data == b"ok":
+            assert end.type is PT.WORK_COMPLETE and end.args[1] == b"OK"
+        elif data == b"no":
+            assert end.type is PT.WORK_FAIL
+        else:
+            assert end.type is PT.WORK_EXCEPTION and end.args[1] == b"OOPS"
+    client.close()
+    worker.close()
+    assert cluster.rows() == 0
+
+
+def test_get_status_on_a_for_jobs_running_on_c(cluster: Cluster) -> None:
+    a, c = cluster.server(), cluster.server()
+    (bg_handle,) = handles(submit(a.port, [bg(b"st", b"background")]))
+    client = Peer(a.port)
+    client.send(encode_req(PT.SUBMIT_JOB, b"st", b"", b"foreground"))
+    (created,) = client.packets(1)
+    fg_handle = created.args[0]
+    worker = Peer(c.port)
+    worker.send(encode_req(PT.CAN_DO, b"st"))
+    assigned: dict[bytes, bytes] = {}
+    while len(assigned) < 2:
+        worker.send(encode_req(PT.GRAB_JOB))
+        reply = worker.packets(1)[0]
+        if reply.type is PT.NO_JOB:
+            worker.send(encode_req(PT.PRE_SLEEP))
+            worker.packets(1)
+            continue
+        assigned[reply.args[2]] = reply.args[0]
+    assert assigned == {b"background": bg_handle, b"foreground": fg_handle}
+    worker.send(encode_req(PT.WORK_STATUS, fg_handle, b"3", b"4"))
+    assert client.packets(1)[0].type is PT.WORK_STATUS
+    asker = Peer(a.port)
+    asker.send(encode_req(PT.GET_STATUS, bg_handle) + encode_req(PT.GET_STATUS, fg_handle)
+               + encode_req(PT.GET_STATUS, b"H:nowhere:1"))
+    first, second, third = asker.packets(3)
+    assert first.args == (bg_handle, b"1", b"1", b"0", b"0")
+    assert second.args == (fg_handle, b"1", b"1", b"3", b"4")
+    assert third.args == (b"H:nowhere:1", b"0", b"0", b"0", b"0")
+    worker.send(encode_req(PT.WORK_COMPLETE, bg_handle, b"")
+                + encode_req(PT.WORK_COMPLETE, fg_handle, b"done"))
+    assert client.packets(1)[0].type is PT.WORK_COMPLETE
+    deadline = time.monotonic() + 10
+    while cluster.rows() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    asker.send(encode_req(PT.GET_STATUS, bg_handle))
+    assert asker.packets(1)[0].args == (bg_handle, b"0", b"0", b"0", b"0")
+    for peer in (asker, client, worker):
+        peer.close()
 
 
 class Proxy:
