@@ -39,6 +39,9 @@ class AdminContext:
     #: The server's own counters beyond the core's (traffic, store commits), for the
     #: statistics; set by the server.
     server_stats: Callable[[], dict[str, object]] | None = None
+    #: Cluster: jobs per function in the shared queue that this server does not hold
+    #: (``status`` adds them to the totals); None outside a cluster.
+    shared_counts: Callable[[], dict[bytes, int]] | None = None
 
     def uptime(self, now: float) -> float:
         return max(0.0, now - self.started)
@@ -79,8 +82,15 @@ def _workers(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> Iterato
 
 
 def _status(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> Iterator[bytes]:
-    for name, fn in sorted(ctx.manager.functions.items()):
-        yield text.row((name, fn.total, fn.running, len(fn.workers)))
+    functions = ctx.manager.functions
+    shared = ctx.shared_counts() if ctx.shared_counts is not None else {}
+    for name in sorted(functions.keys() | shared.keys()):
+        fn = functions.get(name)
+        if fn is None:
+            yield text.row((name, shared[name], 0, 0))
+        else:
+            yield text.row((name, fn.total + shared.get(name, 0), fn.running,
+                            len(fn.workers)))
     yield text.END
 
 

@@ -192,7 +192,9 @@ class Server:
         if config.queue_type.lower() == "postgres" and dict(config.queue_options).get(
                 "cluster"):
             from .cluster.node import ClusterPersistence  # only a cluster member needs it
-            self.persistence = ClusterPersistence(self._manager, config, self.changed)
+            cluster = ClusterPersistence(self._manager, config, self.changed)
+            self._admin.shared_counts = cluster.node.shared_counts
+            self.persistence = cluster
         elif config.queue_type.lower() != "builtin":
             self.persistence = Persistence.open(self._manager, config, self.changed)
         persistence = self.persistence

@@ -431,6 +431,42 @@ def test_get_status_on_a_for_jobs_running_on_c(cluster: Cluster) -> None:
         peer.close()
 
 
+def admin(port: int, command: bytes) -> list[bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(command + b"\n")
+        data = b""
+        while not data.endswith(b".\n"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    return data.splitlines()[:-1]
+
+
+def test_admin_status_shows_cluster_wide_queued_jobs(cluster: Cluster) -> None:
+    a, b, c = cluster.server(), cluster.server(), cluster.server()
+    handles(submit(a.port, [bg(b"counted", b"%d" % i) for i in range(7)]))
+    handles(submit(b.port, [bg(b"counted", b"b%d" % i) for i in range(3)]))
+    stuck = cluster.worker(c, b"counted", complete=False)
+    stuck.wait_for(1)
+
+    def status(port: int) -> list[bytes]:
+        deadline = time.monotonic() + 10
+        while True:  # the counts are refreshed when asked for once they are 1 s old
+            lines = [line for line in admin(port, b"status") if line.startswith(b"counted")]
+            if (lines and lines[0].startswith(b"counted\t10\t")) or (
+                    time.monotonic() > deadline):
+                return lines
+            time.sleep(0.3)
+
+    # Every server: the ten jobs of the cluster; its own running jobs and workers.
+    assert status(a.port) == [b"counted\t10\t0\t0"]
+    assert status(b.port) == [b"counted\t10\t0\t0"]
+    # (The worker that never answers grabbed every job C claimed for it.)
+    time.sleep(0.5)
+    assert status(c.port) == [b"counted\t10\t%d\t1" % len(stuck.got)]
+    assert len(stuck.got) >= 1
+
+
 class Proxy:
     """A TCP proxy in front of PostgreSQL that the test can cut: established connections
     are closed and new ones refused until ``restore``, as when the database restarts."""

@@ -355,17 +355,17 @@ class ClusterDB(_Connected):
             raise self.failed("status", exc) from exc
         return None if row is None else (True, bool(row[0]))
 
-    def counts(self) -> dict[bytes, tuple[int, int]]:
-        """Per function: rows waiting for a claim (ready or not), and rows claimed."""
+    def counts(self) -> dict[bytes, int]:
+        """Jobs per function in the shared table that this server neither holds nor
+        waits for (its own are counted by its core)."""
         conn = self.connection()
         try:
             with conn.cursor(binary=True) as cur:
                 cur.execute(
-                    f"SELECT function_name, count(*) FILTER (WHERE owner IS NULL"
-                    " OR lease_until < now()), count(*) FILTER (WHERE owner IS NOT NULL"
-                    f" AND lease_until >= now()) FROM {self.table} WHERE cluster = %s"
-                    " GROUP BY function_name", (self.cluster,))
-                return {bytes(f): (int(w), int(c)) for f, w, c in cur}
+                    f"SELECT function_name, count(*) FROM {self.table} WHERE cluster = %s"
+                    " AND owner IS DISTINCT FROM %s AND origin IS DISTINCT FROM %s"
+                    " GROUP BY function_name", (self.cluster, self.owner, self.owner))
+                return {bytes(f): int(n) for f, n in cur}
         except psycopg.Error as exc:
             raise self.failed("count", exc) from exc
 

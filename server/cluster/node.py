@@ -42,6 +42,8 @@ MAX_CLAIM: Final = 100
 #: Seconds between two looks at the local demand when nothing else wakes the claimer
 #: (a worker that registers a function: memory only, no DB call unless there is room).
 LOCAL_CHECK: Final = 0.2
+#: Seconds after which admin ``status`` asks for fresh cluster-wide counts.
+COUNTS_AGE: Final = 1.0
 #: Back-off of a call that failed: first and longest wait, in seconds.
 BACKOFF_MIN: Final = 0.2
 BACKOFF_MAX: Final = 5.0
@@ -135,6 +137,12 @@ class ClusterNode:
         self.relayed_in = 0
         self._nursery: trio.Nursery | None = None
         manager.status_hook = self.status
+        #: Jobs per function in the shared table held by no one here (admin ``status``),
+        #: and when they were counted (monotonic; refreshed at each lease renewal and
+        #: when ``status`` finds them older than ``COUNTS_AGE``).
+        self.shared: dict[bytes, int] = {}
+        self._shared_at = -COUNTS_AGE
+        self._counting = False
 
     def poke(self) -> None:
         self._wake.set()
@@ -200,6 +208,25 @@ class ClusterNode:
             self.relayed_in += 1
             self.manager.handle_packet(self.stand_in, kind, args, now)
         self.changed()
+
+    def shared_counts(self) -> dict[bytes, int]:
+        """The last cluster-wide counts; a refresh is started when they are old (the
+        answer after it sees it)."""
+        if (time.monotonic() - self._shared_at > COUNTS_AGE and not self._counting
+                and self._nursery is not None):
+            self._counting = True
+            self._nursery.start_soon(self._count)
+        return self.shared
+
+    async def _count(self) -> None:
+        try:
+            async with self._lock:
+                self.shared = await trio.to_thread.run_sync(self.db.counts)
+            self._shared_at = time.monotonic()
+        except StoreError as exc:
+            self.state.failed("count", exc)
+        finally:
+            self._counting = False
 
     def status(self, conn: Conn, handle: bytes) -> bool:
         """GET_STATUS for a handle this server does not hold: asked of the shared table."""
@@ -325,6 +352,8 @@ class ClusterNode:
                 self.state.failed("lease renewal", exc)
                 continue
             self.state.ok()
+            # Claims and renewals take turns under the lock and nothing here yields:
+            # every key held now was held when the renewal ran.
             for key in [k for k in self.held if k not in kept]:
                 job = self.held.pop(key)
                 if job.worker is None:
@@ -336,6 +365,9 @@ class ClusterNode:
                             "queued here: dropped" if job.worker is None else
                             "running here: its completion will not count")
                 self.manager.drop_claim(job)
+            if not self._counting:
+                self._counting = True
+                await self._count()
 
     async def release(self) -> None:
         """At a clean stop: give back every row held, so other servers run them now."""
@@ -369,8 +401,12 @@ class ClusterPersistence(Persistence):
         if options.get("store-queue-on-shutdown"):
             raise StoreError("--store-queue-on-shutdown cannot be used with --cluster")
         conninfo = options.get("libpq-conninfo", "")
-        table = table_name((options.get("libpq-table") or "queue") + "_cluster",
-                           "libpq-table")
+        base = options.get("libpq-table") or "queue"
+        # The longest name made from it must fit PostgreSQL's 63 bytes.
+        if len(base) > 47:
+            raise StoreError("--libpq-table: with --cluster, a table name of at most 47 "
+                             "characters (the cluster adds _cluster_members to it)")
+        table = table_name(base + "_cluster", "libpq-table")
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.cluster_store = ClusterStore(conninfo, table, cluster, self.owner, lease)
         super().__init__(manager, StoreWriter(self.cluster_store), changed=changed)
