@@ -37,7 +37,7 @@ from .relay import RelayPeer, StandInPeer, valid
 log = logging.getLogger(__name__)
 
 #: Jobs claimed per worker of a function (running and queued here), and at most per claim.
-PER_WORKER: Final = 4
+PER_WORKER: Final = 16
 MAX_CLAIM: Final = 100
 #: Seconds between two looks at the local demand when nothing else wakes the claimer
 #: (a worker that registers a function: memory only, no DB call unless there is room).
