@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from protocol import NEED_DATA, Packet, PacketType, Parser, encode_req  # noqa: E402
+from protocol import NEED_DATA, Packet, PacketType, Parser, encode_req
 
 PT = PacketType
 CONNINFO = "host=127.0.0.1 port=5432 dbname=test user=postgres"

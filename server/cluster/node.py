@@ -388,7 +388,9 @@ class ClusterNode:
                 "lost_queued": self.lost_queued, "lost_running": self.lost_running,
                 "db_up": self.state.up, "db_failures": self.state.failures,
                 "relayed_out": self.relayed_out, "relayed_in": self.relayed_in,
-                "relay_pending": len(self._relay_out), "bad_relayed": self.listener.bad}
+                "relay_pending": len(self._relay_out), "bad_relayed": self.listener.bad,
+                "shared_queued": {name.decode("utf-8", "replace"): count
+                                  for name, count in sorted(self.shared.items())}}
 
 
 class ClusterPersistence(Persistence):
