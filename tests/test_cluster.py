@@ -185,6 +185,14 @@ class Cluster:
             assert row is not None
             return int(row[0])
 
+    def wait_empty(self, timeout: float = 10) -> int:
+        """Rows left once the table is empty or ``timeout`` passed (removals are
+        committed with the member's next group commit, after the results went out)."""
+        deadline = time.monotonic() + timeout
+        while (left := self.rows()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return left
+
     def drop(self) -> None:
         import psycopg
         for w in self.workers:
@@ -225,10 +233,7 @@ def test_background_jobs_from_a_run_on_workers_of_c(cluster: Cluster) -> None:
     assert len(set(worker.got)) == 300
     # The worker saw the handles the client was given (one name per job, cluster-wide).
     assert set(worker.handles) == set(created)
-    deadline = time.monotonic() + 10
-    while cluster.rows() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert cluster.rows() == 0
+    assert cluster.wait_empty() == 0
 
 
 def test_unique_keys_coalesce_across_servers(cluster: Cluster) -> None:
@@ -292,7 +297,7 @@ def test_kill_9_of_a_server_holding_claims(cluster: Cluster) -> None:
     counts = Counter(worker.got)
     assert set(counts) == {j[3] for j in jobs}
     assert all(n == 1 for n in counts.values()), [k for k, n in counts.items() if n > 1]
-    assert cluster.rows() == 0
+    assert cluster.wait_empty() == 0
     # A restarted B rejoins: it claims new work for its workers.
     b2 = cluster.server()
     worker.close()
@@ -352,7 +357,7 @@ def test_ten_thousand_jobs_through_the_cluster(cluster: Cluster) -> None:
     got = Counter(x for w in workers for x in w.got)
     assert len(got) == 10_000
     assert all(n == 1 for n in got.values())
-    assert cluster.rows() == 0
+    assert cluster.wait_empty() == 0
 
 
 def test_foreground_job_from_a_runs_on_c_and_its_packets_come_back_in_order(
@@ -406,7 +411,7 @@ def test_foreground_job_from_a_runs_on_c_and_its_packets_come_back_in_order(
             assert end.type is PT.WORK_EXCEPTION and end.args[1] == b"OOPS"
     client.close()
     worker.close()
-    assert cluster.rows() == 0
+    assert cluster.wait_empty() == 0
 
 
 def test_get_status_on_a_for_jobs_running_on_c(cluster: Cluster) -> None:
@@ -440,9 +445,7 @@ def test_get_status_on_a_for_jobs_running_on_c(cluster: Cluster) -> None:
     worker.send(encode_req(PT.WORK_COMPLETE, bg_handle, b"")
                 + encode_req(PT.WORK_COMPLETE, fg_handle, b"done"))
     assert client.packets(1)[0].type is PT.WORK_COMPLETE
-    deadline = time.monotonic() + 10
-    while cluster.rows() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert cluster.wait_empty() == 0
     asker.send(encode_req(PT.GET_STATUS, bg_handle))
     assert asker.packets(1)[0].args == (bg_handle, b"0", b"0", b"0", b"0")
     for peer in (asker, client, worker):
