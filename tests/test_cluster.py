@@ -17,11 +17,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from protocol import NEED_DATA, Packet, PacketType, Parser, encode_req
-from tests.conftest import IN_CI, RunningServer
+from tests.conftest import IN_CI, RunningServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -164,6 +165,8 @@ class Cluster:
         self.table = f"gearman_cl_{suffix}"
         self.name = f"test-{suffix}"
         self.workers: list[Worker] = []
+        #: Where the test looks at the tables (not through a proxy).
+        self.admin_conninfo = CONNINFO
 
     def args(self) -> list[str]:
         return ["-q", "postgres", "--libpq-conninfo", self.conninfo, "--libpq-table",
@@ -179,7 +182,7 @@ class Cluster:
 
     def rows(self, where: str = "TRUE") -> int:
         import psycopg
-        with psycopg.connect(CONNINFO, autocommit=True) as conn:
+        with psycopg.connect(self.admin_conninfo, autocommit=True) as conn:
             row = conn.execute(f"SELECT count(*) FROM {self.table}_cluster WHERE {where}"
                                ).fetchone()
             assert row is not None
@@ -614,6 +617,115 @@ def test_postgres_unreachable_under_load(start_server: Callable[..., RunningServ
     finally:
         proxy.close()
         cluster.drop()
+
+
+class PrivatePostgres:
+    """A PostgreSQL of our own (initdb in a temporary directory, a free port), so the test
+    can stop and start it without touching the machine's shared service."""
+
+    def __init__(self) -> None:
+        import glob
+        import shutil
+        import tempfile
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not bins:
+            message = "PostgreSQL server binaries (pg_ctl, initdb) not installed"
+            if IN_CI:
+                pytest.fail(message)
+            pytest.skip(message)
+        self.bin = Path(bins[-1]).parent
+        self.dir = Path(tempfile.mkdtemp(prefix="gearman-pg-"))
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            shutil.chown(self.dir, "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.port = free_port()
+        self._run("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres",
+                  "--no-sync", "-E", "UTF8")
+        self.start()
+
+    def _run(self, tool: str, *args: str) -> None:
+        import subprocess
+        subprocess.run([*self.as_user, str(self.bin / tool), *args], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w",
+                  "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+                  " -c fsync=off", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+
+    @property
+    def conninfo(self) -> str:
+        return f"host=127.0.0.1 port={self.port} dbname=postgres user=postgres"
+
+    def close(self) -> None:
+        import shutil
+        with contextlib.suppress(Exception):
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def test_postgres_restarted_under_load(start_server: Callable[..., RunningServer]) -> None:
+    """A real restart: our own PostgreSQL is stopped (fast: every session is cut) for a
+    second and started again, twice, while clients submit on A and a worker drains on C.
+    Every acknowledged job runs; refused submits heard QUEUE_ERROR; the worker's
+    connection survives."""
+    pg = PrivatePostgres()
+    cluster = Cluster(start_server, pg.conninfo)
+    cluster.admin_conninfo = pg.conninfo
+    try:
+        a, c = cluster.server(), cluster.server()
+        worker = cluster.worker(c, b"fn")
+        acked: list[bytes] = []
+        refused = [0]
+        stop = threading.Event()
+
+        def load() -> None:
+            i = 0
+            peer = Peer(a.port)
+            while not stop.is_set():
+                batch = [b"job-%d" % (i + k) for k in range(20)]
+                i += 20
+                peer.send(b"".join(encode_req(PT.SUBMIT_JOB_BG, b"fn", b"", d)
+                                   for d in batch))
+                for data, reply in zip(batch, peer.packets(len(batch)), strict=True):
+                    if reply.type is PT.JOB_CREATED:
+                        acked.append(data)
+                    else:
+                        assert reply.type is PT.ERROR and reply.args[0] == b"QUEUE_ERROR"
+                        refused[0] += 1
+                time.sleep(0.01)
+            peer.close()
+
+        loader = threading.Thread(target=load, daemon=True)
+        loader.start()
+        for _ in range(2):
+            time.sleep(1.0)
+            pg.stop()
+            time.sleep(1.0)
+            pg.start()
+        time.sleep(1.0)
+        stop.set()
+        loader.join(30)
+        assert acked and refused[0]
+        deadline = time.monotonic() + 60
+        while not set(acked) <= set(worker.got):
+            assert time.monotonic() < deadline, (
+                f"{len(set(acked) - set(worker.got))} acknowledged jobs never ran")
+            assert not worker.error, worker.error
+            time.sleep(0.05)
+        assert not worker.error
+        assert cluster.wait_empty() == 0
+        print(f"{len(acked)} acknowledged, {refused[0]} refused with QUEUE_ERROR, "
+              f"{len(worker.got) - len(set(worker.got))} ran twice")
+    finally:
+        for w in cluster.workers:
+            w.close()
+        cluster.workers.clear()
+        pg.close()
 
 
 def test_cluster_options_are_checked(start_server: Callable[..., RunningServer]) -> None:
