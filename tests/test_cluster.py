@@ -550,6 +550,52 @@ class Proxy:
         self.listener.close()
 
 
+def test_relayed_jobs_fail_when_their_results_cannot_be_heard(
+        start_server: Callable[..., RunningServer]) -> None:
+    """A's LISTEN connection breaks while its client's job runs on C: the client hears
+    WORK_FAIL (not a wait for ever); once the database is back, relaying works again."""
+    if not _reachable(5432):
+        if IN_CI:
+            pytest.fail("PostgreSQL on 127.0.0.1:5432 is not reachable")
+        pytest.skip("PostgreSQL on 127.0.0.1:5432 is not reachable")
+    proxy = Proxy()
+    cluster = Cluster(start_server, f"host=127.0.0.1 port={proxy.port} dbname=test "
+                      "user=postgres")
+    try:
+        a, c = cluster.server(), cluster.server()
+        worker = Peer(c.port)
+        worker.send(encode_req(PT.CAN_DO, b"fg"))
+        client = Peer(a.port)
+
+        def run_one(data: bytes) -> Packet:
+            client.send(encode_req(PT.SUBMIT_JOB, b"fg", b"", data))
+            assert client.packets(1)[0].type is PT.JOB_CREATED
+            while True:
+                worker.send(encode_req(PT.GRAB_JOB))
+                reply = worker.packets(1)[0]
+                if reply.type is PT.JOB_ASSIGN:
+                    return reply
+                worker.send(encode_req(PT.PRE_SLEEP))
+                assert worker.packets(1)[0].type is PT.NOOP
+
+        first = run_one(b"one")
+        proxy.cut()
+        (failed,) = client.packets(1)
+        assert failed.type is PT.WORK_FAIL and failed.args[0] == first.args[0]
+        proxy.restore()
+        worker.send(encode_req(PT.WORK_COMPLETE, first.args[0], b"late"))
+        time.sleep(1.5)  # the members reconnect (back-off from 0.2 s)
+        second = run_one(b"two")
+        worker.send(encode_req(PT.WORK_COMPLETE, second.args[0], b"TWO"))
+        (done,) = client.packets(1)
+        assert done.type is PT.WORK_COMPLETE and done.args == (second.args[0], b"TWO")
+        client.close()
+        worker.close()
+    finally:
+        proxy.close()
+        cluster.drop()
+
+
 def test_postgres_unreachable_under_load(start_server: Callable[..., RunningServer]) -> None:
     """The database goes away twice while clients submit and a worker drains: every
     submit is answered (JOB_CREATED or QUEUE_ERROR), every acknowledged job runs, the

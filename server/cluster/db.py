@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import logging
+import select
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,13 +106,20 @@ def _one_line(exc: BaseException) -> str:
 class _Connected:
     """One lazily (re)opened autocommit connection."""
 
+    #: An idle connection that has something to read was closed by the server (a restart
+    #: sends FATAL and closes idle sessions): reopen it before use rather than fail the
+    #: next call with it. Not for a LISTEN connection, where notifications wait.
+    probe_idle = True
+
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
         self._conn: psycopg.Connection[Any] | None = None
 
     def connection(self) -> psycopg.Connection[Any]:
-        if self._conn is not None and not self._conn.closed and not self._conn.broken:
-            return self._conn
+        conn = self._conn
+        if (conn is not None and not conn.closed and not conn.broken
+                and not (self.probe_idle and select.select([conn.fileno()], [], [], 0)[0])):
+            return conn
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -157,7 +165,8 @@ def create_schema(conn: psycopg.Connection[Any], table: str) -> None:
             " lease_until TIMESTAMPTZ,"
             " claims INTEGER NOT NULL DEFAULT 0,"
             " origin TEXT,"
-            " created TIMESTAMPTZ NOT NULL DEFAULT now())")
+            " created TIMESTAMPTZ NOT NULL DEFAULT now())"
+            " WITH (fillfactor = 70)")
         conn.execute(f"CREATE TABLE IF NOT EXISTS {t}_members ("
                      " cluster TEXT NOT NULL, owner TEXT NOT NULL,"
                      " lease_until TIMESTAMPTZ NOT NULL, PRIMARY KEY (cluster, owner))")
@@ -172,8 +181,8 @@ def create_schema(conn: psycopg.Connection[Any], table: str) -> None:
                      " WHERE unique_key IS NOT NULL")
         conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_claim"
                      f" ON {t} (cluster, function_name, priority, seq)")
-        conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_owner ON {t} (owner)"
-                     " WHERE owner IS NOT NULL")
+        # No index on owner or lease_until: a claim or a renewal then updates the row
+        # in place (a HOT update), without touching any index.
 
 
 class ClusterStore(_Connected):
@@ -372,6 +381,8 @@ class ClusterDB(_Connected):
 
 class Listener(_Connected):
     """The LISTEN connection: the cluster's wake-ups and the results relayed to us."""
+
+    probe_idle = False
 
     def __init__(self, conninfo: str, table: str, cluster: str, owner: str) -> None:
         super().__init__(conninfo)

@@ -135,6 +135,8 @@ class ClusterNode:
         self._relay_wake = trio.Event()
         self.relayed_out = 0
         self.relayed_in = 0
+        #: Relayed foreground jobs failed because our LISTEN connection broke.
+        self.relay_failed = 0
         self._nursery: trio.Nursery | None = None
         manager.status_hook = self.status
         #: Jobs per function in the shared table held by no one here (admin ``status``),
@@ -228,6 +230,22 @@ class ClusterNode:
         finally:
             self._counting = False
 
+    def _relay_lost(self) -> None:
+        """Our LISTEN connection broke: results relayed to us meanwhile are lost (a
+        notification is not kept), so the foreground jobs we relayed fail now rather
+        than leave their clients waiting for ever (as if their server had gone)."""
+        jobs = list(self.stand_in.assigned.values())
+        if not jobs:
+            return
+        log.error("cluster: %d foreground jobs running on other members failed: their "
+                  "results could not be heard", len(jobs))
+        now = time.time()
+        for job in jobs:
+            self.manager.handle_packet(self.stand_in, PacketType.WORK_FAIL, (job.handle,),
+                                       now)
+        self.relay_failed += len(jobs)
+        self.changed()
+
     def status(self, conn: Conn, handle: bytes) -> bool:
         """GET_STATUS for a handle this server does not hold: asked of the shared table."""
         nursery = self._nursery
@@ -313,6 +331,7 @@ class ClusterNode:
                     self.listener.wait, self.poll, abandon_on_cancel=True)
             except StoreError as exc:
                 self.state.failed("listen", exc)
+                self._relay_lost()
                 await trio.sleep(backoff)
                 backoff = min(BACKOFF_MAX, backoff * 2)
                 self._wake_all()
@@ -388,6 +407,7 @@ class ClusterNode:
                 "lost_queued": self.lost_queued, "lost_running": self.lost_running,
                 "db_up": self.state.up, "db_failures": self.state.failures,
                 "relayed_out": self.relayed_out, "relayed_in": self.relayed_in,
+                "relay_failed": self.relay_failed,
                 "relay_pending": len(self._relay_out), "bad_relayed": self.listener.bad,
                 "shared_queued": {name.decode("utf-8", "replace"): count
                                   for name, count in sorted(self.shared.items())}}
