@@ -193,3 +193,11 @@ def test_a_lost_claim_drops_a_queued_job_but_not_a_running_one() -> None:
     assert m.jobs == {b"H:a:2": running} and running.store_key is None
     m.handle_packet(worker, PT.WORK_COMPLETE, (b"H:a:2", b""), NOW)
     assert m.jobs == {} and store.forgotten == []
+
+
+def test_cluster_flags_on_the_command_line() -> None:
+    from server.cli import parse_args
+    inv = parse_args(["-q", "postgres", "--cluster", "prod", "--cluster-lease", "5"], {})
+    assert dict(inv.config.queue_options) == {"cluster": "prod", "cluster-lease": "5"}
+    lone = parse_args(["-q", "postgres", "--cluster-lease", "5"], {})
+    assert "--cluster-lease has no effect without --cluster" in lone.notes
