@@ -511,3 +511,15 @@ class Manager(JobCore):
         job.worker, job.stamp = conn, now
         job.assignment += 1
         conn.assigned[job.handle] = job
+
+    def take_back(self, job: Job, store_key: str, now: float) -> None:
+        """Cluster: a foreground job handed over to ``conn`` (``hand_over``) is claimed by
+        this server after all (a worker for it arrived): queue it here, its stored row
+        removed when it ends."""
+        worker = job.worker
+        if worker is not None:
+            worker.assigned.pop(job.handle, None)
+            job.function.running -= 1
+        job.worker = None
+        job.store_key, job.stamp = store_key, now
+        self._enqueue(job, now)

@@ -7,6 +7,7 @@ so that takeovers happen within the test; no assertion is about time.
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -288,3 +289,36 @@ def test_admin_status_shows_cluster_wide_queued_jobs(cluster: Cluster) -> None:
     assert len(stuck.got) >= 1
 
 
+
+
+def test_a_member_that_submits_and_runs_its_own_jobs(cluster: Cluster) -> None:
+    """Clients and workers on the same member (its claims race its own hand-offs): each
+    job runs once and the table ends empty."""
+    a, b = cluster.server(), cluster.server()
+    workers = [cluster.worker(a, b"own"), cluster.worker(b, b"own")]
+    jobs = [bg(b"own", b"%d" % i) for i in range(2000)]
+    handles(submit(a.port, jobs))
+    deadline = time.monotonic() + 60
+    while sum(len(w.got) for w in workers) < 2000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    got = Counter(x for w in workers for x in w.got)
+    assert len(got) == 2000 and all(n == 1 for n in got.values())
+    assert cluster.wait_empty() == 0
+    stats = json.loads(b"".join(admin(a.port, b"stats json")))
+    print("member A:", stats["server"]["cluster"])
+
+
+def test_a_relayed_job_runs_at_home_when_a_worker_arrives_there(cluster: Cluster) -> None:
+    a, _b = cluster.server(), cluster.server()
+    client = Peer(a.port)
+    client.send(encode_req(PT.SUBMIT_JOB, b"home", b"", b"data"))
+    (created,) = client.packets(1)
+    time.sleep(0.3)  # in the shared table, no worker anywhere
+    worker = cluster.worker(a, b"home")
+    worker.wait_for(1)
+    assert worker.handles == [created.args[0]]
+    (done,) = client.packets(1)
+    assert done.type is PT.WORK_COMPLETE and done.args == (created.args[0], b"done")
+    client.close()
+    assert cluster.wait_empty() == 0

@@ -201,3 +201,43 @@ def test_cluster_flags_on_the_command_line() -> None:
     assert dict(inv.config.queue_options) == {"cluster": "prod", "cluster-lease": "5"}
     lone = parse_args(["-q", "postgres", "--cluster-lease", "5"], {})
     assert "--cluster-lease has no effect without --cluster" in lone.notes
+
+
+def _node(m: Manager) -> object:
+    from server.cluster.db import ClusterDB, Listener, RelaySender
+    from server.cluster.node import ClusterNode
+    conninfo, table = "host=127.0.0.1 port=1", "t_cluster"  # never connected here
+    return ClusterNode(m, ClusterDB(conninfo, table, "c", "me", 30.0),
+                       Listener(conninfo, table, "c", "me"),
+                       RelaySender(conninfo, table, "c"), 30.0, lambda: None)
+
+
+def test_a_claimed_row_whose_handle_is_held_here() -> None:
+    from server.cluster.node import ClusterNode
+    m = Manager(handle_prefix="H:a")
+    store = Store()
+    m.attach_store(store)
+    node = _node(m)
+    assert isinstance(node, ClusterNode)
+    client = m.connect(FakePeer())
+    # Our own submit, claimed before its hand-off ran: given back.
+    pending = m.submit(client, b"f", b"", b"x", 1, True, NOW)
+    assert pending is not None and not pending.stored
+    assert not node._known(pending.handle, pending.store_key or "", NOW)
+    # Our own relayed foreground job, and now a worker here: it runs here.
+    relayed = m.submit(client, b"g", b"", b"y", 1, False, NOW)
+    assert relayed is not None
+    m.hand_over(relayed, node.stand_in, NOW)
+    assert node._known(relayed.handle, "row-g", NOW)
+    assert relayed.queued and relayed.store_key == "row-g" and node.held["row-g"] is relayed
+    assert relayed.function.running == 0 and not node.stand_in.assigned
+    # A job running here whose claim was lost, claimed again: ours again.
+    worker = m.connect(FakePeer())
+    m.handle_packet(worker, PT.CAN_DO, (b"h",), NOW)
+    job = m.adopt(b"H:b:1", b"h", b"", b"z", 1, b"", "row-h", NOW)
+    assert job is not None
+    m.handle_packet(worker, PT.GRAB_JOB, (), NOW)
+    m.drop_claim(job)
+    assert node._known(b"H:b:1", "row-h", NOW) and job.store_key == "row-h"
+    assert node._known(b"H:b:1", "row-h", NOW)  # held: nothing more to do
+    assert not node._known(b"H:b:1", "another-row", NOW)

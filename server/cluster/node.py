@@ -123,6 +123,8 @@ class ClusterNode:
         self.claimed = 0
         self.reclaimed = 0
         self.claim_calls = 0
+        #: Rows claimed and given back at once (our own submit not yet handed off).
+        self.given_back = 0
         #: Claims lost to an expired lease, by whether the job had started here.
         self.lost_queued = 0
         self.lost_running = 0
@@ -307,21 +309,59 @@ class ClusterNode:
             self.state.ok()
             got: dict[bytes, int] = {}
             now = time.time()
+            give_back: list[str] = []
             for row in rows:
                 got[row.function] = got.get(row.function, 0) + 1
                 self.claimed += 1
                 self.reclaimed += row.claims > 1
-                client = None if row.origin is None else self.relay_conn(row.origin)
+                mine = row.origin == self.db.owner
+                client = None if row.origin is None or mine else self.relay_conn(row.origin)
                 job = manager.adopt(row.handle, row.function, row.unique, row.data,
                                     row.priority, row.reducer, row.key, now, client)
                 if job is not None:
                     self.held[row.key] = job
+                elif not self._known(row.handle, row.key, now):
+                    give_back.append(row.key)
+            if give_back:
+                self.given_back += len(give_back)
+                self._give_back(give_back)
             if notes == self._notes:
                 self.empty.update(name for name, want in wants.items()
                                   if got.get(name, 0) < want)
             if rows:
                 self.changed()
             await trio.sleep(0)
+
+    def _known(self, handle: bytes, key: str, now: float) -> bool:
+        """A claimed row whose handle this server holds a job for: whether that job is
+        now the row's (else the row is given back)."""
+        job = self.manager.jobs.get(handle)
+        if job is None or not job.stored:
+            return False  # our own submit, whose hand-off has not run yet
+        if job.worker is self.stand_in:
+            # Our own relayed foreground job, and a worker here now: run it here.
+            self.manager.take_back(job, key, now)
+            self.held[key] = job
+            return True
+        if job.store_key == key:
+            return key in self.held
+        if job.store_key is None and job.background and job.worker is not None:
+            # Its claim was lost while it ran here, and we claimed the row again.
+            job.store_key = key
+            self.held[key] = job
+            return True
+        return False
+
+    def _give_back(self, keys: list[str]) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._release_keys, keys)
+
+    async def _release_keys(self, keys: list[str]) -> None:
+        try:
+            async with self._lock:
+                await trio.to_thread.run_sync(self.db.release, keys)
+        except StoreError as exc:  # claimable again when the lease ends
+            self.state.failed("release", exc)
 
     async def _listen(self) -> None:
         backoff = BACKOFF_MIN
@@ -403,7 +443,8 @@ class ClusterNode:
 
     def stats(self) -> dict[str, object]:
         return {"claimed": self.claimed, "reclaimed": self.reclaimed,
-                "claim_calls": self.claim_calls, "held": len(self.held),
+                "claim_calls": self.claim_calls, "given_back": self.given_back,
+                "held": len(self.held),
                 "lost_queued": self.lost_queued, "lost_running": self.lost_running,
                 "db_up": self.state.up, "db_failures": self.state.failures,
                 "relayed_out": self.relayed_out, "relayed_in": self.relayed_in,
