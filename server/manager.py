@@ -96,6 +96,8 @@ class Manager(JobCore):
         #: when it will answer). None outside a cluster.
         self.relay_hook: Callable[[Job, float], None] | None = None
         self.status_hook: Callable[[Conn, bytes], bool] | None = None
+        #: Cluster: a stored job's WORK_STATUS, shared for GET_STATUS on other servers.
+        self.progress_hook: Callable[[Job], None] | None = None
 
     def connect(self, peer: Peer, address: str = "-", port: int = 0,
                 kind: str = "gear") -> Conn:
@@ -303,6 +305,8 @@ class Manager(JobCore):
         # Stored as numbers, as the reference reads them (atoi); forwarded as sent.
         job.numerator = b"%d" % (_parse_int(args[1]) or 0)
         job.denominator = b"%d" % (_parse_int(args[2]) or 0)
+        if self.progress_hook is not None and job.store_key is not None:
+            self.progress_hook(job)
         if job.clients:
             self._broadcast(job, PT.WORK_STATUS, *args)
 

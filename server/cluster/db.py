@@ -167,6 +167,9 @@ def create_schema(conn: psycopg.Connection[Any], table: str) -> None:
             " origin TEXT,"
             " created TIMESTAMPTZ NOT NULL DEFAULT now())"
             " WITH (fillfactor = 70)")
+        conn.execute(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS numerator BYTEA NOT NULL"
+                     " DEFAULT '0', ADD COLUMN IF NOT EXISTS denominator BYTEA NOT NULL"
+                     " DEFAULT '0'")
         conn.execute(f"CREATE TABLE IF NOT EXISTS {t}_members ("
                      " cluster TEXT NOT NULL, owner TEXT NOT NULL,"
                      " lease_until TIMESTAMPTZ NOT NULL, PRIMARY KEY (cluster, owner))")
@@ -351,18 +354,31 @@ class ClusterDB(_Connected):
         except psycopg.Error as exc:
             raise self.failed("release", exc) from exc
 
-    def status(self, handle: bytes) -> tuple[bool, bool] | None:
-        """Whether a job with this handle is in the shared table, and claimed by a
-        server whose lease holds (running or about to); None when it is not there."""
+    def status(self, handle: bytes) -> tuple[bool, bytes, bytes] | None:
+        """For the job with this handle in the shared table: whether a server whose lease
+        holds claimed it (running or about to), and its last WORK_STATUS numerator and
+        denominator; None when it is not there."""
         conn = self.connection()
         try:
-            row = conn.execute(
-                f"SELECT owner IS NOT NULL AND lease_until >= now() FROM {self.table}"
-                " WHERE cluster = %s AND handle = %s LIMIT 1", (self.cluster, handle)
-            ).fetchone()
+            with conn.cursor(binary=True) as cur:
+                row = cur.execute(
+                    f"SELECT owner IS NOT NULL AND lease_until >= now(), numerator,"
+                    f" denominator FROM {self.table} WHERE cluster = %s AND handle = %s"
+                    " LIMIT 1", (self.cluster, handle)).fetchone()
         except psycopg.Error as exc:
             raise self.failed("status", exc) from exc
-        return None if row is None else (True, bool(row[0]))
+        return None if row is None else (bool(row[0]), bytes(row[1]), bytes(row[2]))
+
+    def progress(self, updates: Sequence[tuple[str, bytes, bytes]]) -> None:
+        """Record the last WORK_STATUS of jobs this server runs: (key, num, den)."""
+        conn = self.connection()
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(f"UPDATE {self.table} SET numerator = %s, denominator = %s"
+                                " WHERE cluster = %s AND job_key = %s AND owner = %s",
+                                [(n, d, self.cluster, k, self.owner) for k, n, d in updates])
+        except psycopg.Error as exc:
+            raise self.failed("progress", exc) from exc
 
     def counts(self) -> dict[bytes, int]:
         """Jobs per function in the shared table that this server neither holds nor

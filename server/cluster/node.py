@@ -141,6 +141,9 @@ class ClusterNode:
         self.relay_failed = 0
         self._nursery: trio.Nursery | None = None
         manager.status_hook = self.status
+        manager.progress_hook = self.progress
+        self._progress: dict[str, tuple[bytes, bytes]] = {}
+        self._progress_wake = trio.Event()
         #: Jobs per function in the shared table held by no one here (admin ``status``),
         #: and when they were counted (monotonic; refreshed at each lease renewal and
         #: when ``status`` finds them older than ``COUNTS_AGE``).
@@ -165,6 +168,7 @@ class ClusterNode:
             nursery.start_soon(self._claimer)
             nursery.start_soon(self._renewer)
             nursery.start_soon(self._relayer)
+            nursery.start_soon(self._progress_writer)
 
     # ------------------------------------------------------------------ relay
 
@@ -258,18 +262,42 @@ class ClusterNode:
         return True
 
     async def _status(self, conn: Conn, hold: object, handle: bytes) -> None:
-        known = running = False
+        found = None
         try:
             async with self._lock:
                 found = await trio.to_thread.run_sync(self.db.status, handle)
-            if found is not None:
-                known, running = found
         except StoreError as exc:
             self.state.failed("status", exc)
         if not conn.closed:
-            conn.peer.release(hold, PacketType.STATUS_RES, handle, b"%d" % known,
-                              b"%d" % running, b"0", b"0")
+            if found is None:
+                reply = (handle, b"0", b"0", b"0", b"0")
+            else:
+                running, numerator, denominator = found
+                reply = (handle, b"1", b"%d" % running, numerator, denominator)
+            conn.peer.release(hold, PacketType.STATUS_RES, *reply)
             self.changed()
+
+    def progress(self, job: Job) -> None:
+        """A job held here sent WORK_STATUS: shared for GET_STATUS elsewhere (the last
+        one of each job, written in batches)."""
+        key = job.store_key
+        if key is not None and key in self.held:
+            self._progress[key] = (job.numerator, job.denominator)
+            self._progress_wake.set()
+
+    async def _progress_writer(self) -> None:
+        while True:
+            if not self._progress:
+                self._progress_wake = trio.Event()
+                await self._progress_wake.wait()
+            updates = [(k, n, d) for k, (n, d) in self._progress.items()]
+            self._progress.clear()
+            try:
+                async with self._lock:
+                    await trio.to_thread.run_sync(self.db.progress, updates)
+            except StoreError as exc:
+                self.state.failed("progress", exc)
+                await trio.sleep(BACKOFF_MAX)  # best effort: later ones replace these
 
     def demand(self) -> dict[bytes, int]:
         """Jobs to claim per function: room left by this server's workers (running and
