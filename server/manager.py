@@ -98,6 +98,8 @@ class Manager(JobCore):
         self.status_hook: Callable[[Conn, bytes], bool] | None = None
         #: Cluster: a stored job's WORK_STATUS, shared for GET_STATUS on other servers.
         self.progress_hook: Callable[[Job], None] | None = None
+        #: Cluster: a relayed foreground job that no client waits for any more.
+        self.unwanted_hook: Callable[[Job], None] | None = None
 
     def connect(self, peer: Peer, address: str = "-", port: int = 0,
                 kind: str = "gear") -> Conn:
@@ -133,6 +135,12 @@ class Manager(JobCore):
                 and not job.background and not job.function.workers):
             self.relay_hook(job, now)
         return job
+
+    def _unwanted(self, job: Job) -> None:
+        super()._unwanted(job)
+        if (self.unwanted_hook is not None and job.worker is not None
+                and job.worker.kind == "cluster"):
+            self.unwanted_hook(job)
 
     def disconnect(self, conn: Conn, now: float) -> None:
         """Forget a connection (and its ``watch``, if any)."""
@@ -527,3 +535,13 @@ class Manager(JobCore):
         job.worker = None
         job.store_key, job.stamp = store_key, now
         self._enqueue(job, now)
+
+    def drop_relayed(self, job: Job) -> None:
+        """Cluster: forget a relayed foreground job nobody waits for (its packets, if
+        they still come, find no job)."""
+        worker = job.worker
+        if worker is not None:
+            worker.assigned.pop(job.handle, None)
+            job.function.running -= 1
+            job.worker = None
+        self._forget(job)

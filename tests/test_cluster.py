@@ -329,3 +329,18 @@ def test_a_relayed_job_runs_at_home_when_a_worker_arrives_there(cluster: Cluster
     assert done.type is PT.WORK_COMPLETE and done.args == (created.args[0], b"done")
     client.close()
     assert cluster.wait_empty() == 0
+
+
+def test_a_relayed_job_whose_client_left_does_not_run(cluster: Cluster) -> None:
+    a, c = cluster.server(), cluster.server()
+    client = Peer(a.port)
+    client.send(encode_req(PT.SUBMIT_JOB, b"gone", b"", b"unwanted"))
+    assert client.packets(1)[0].type is PT.JOB_CREATED
+    assert cluster.wait_empty(timeout=1) == 1  # waiting in the shared table
+    client.close()
+    assert cluster.wait_empty() == 0  # withdrawn once nobody waits for it
+    handles(submit(a.port, [bg(b"gone", b"wanted")]))
+    worker = cluster.worker(c, b"gone")
+    worker.wait_for(1)
+    time.sleep(0.5)
+    assert worker.got == [b"wanted"]

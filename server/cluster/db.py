@@ -380,6 +380,17 @@ class ClusterDB(_Connected):
         except psycopg.Error as exc:
             raise self.failed("progress", exc) from exc
 
+    def withdraw(self, handle: bytes) -> int:
+        """Delete our relayed foreground job ``handle`` unless a member runs it now."""
+        conn = self.connection()
+        try:
+            cur = conn.execute(f"DELETE FROM {self.table} WHERE cluster = %s AND handle = %s"
+                               " AND origin = %s AND (owner IS NULL OR lease_until < now())",
+                               (self.cluster, handle, self.owner))
+            return max(cur.rowcount, 0)
+        except psycopg.Error as exc:
+            raise self.failed("withdraw", exc) from exc
+
     def counts(self) -> dict[bytes, int]:
         """Jobs per function in the shared table that this server neither holds nor
         waits for (its own are counted by its core)."""

@@ -142,6 +142,7 @@ class ClusterNode:
         self._nursery: trio.Nursery | None = None
         manager.status_hook = self.status
         manager.progress_hook = self.progress
+        manager.unwanted_hook = self.unwanted
         self._progress: dict[str, tuple[bytes, bytes]] = {}
         self._progress_wake = trio.Event()
         #: Jobs per function in the shared table held by no one here (admin ``status``),
@@ -276,6 +277,21 @@ class ClusterNode:
                 reply = (handle, b"1", b"%d" % running, numerator, denominator)
             conn.peer.release(hold, PacketType.STATUS_RES, *reply)
             self.changed()
+
+    def unwanted(self, job: Job) -> None:
+        """The clients of a foreground job we relayed are all gone: forget it, and take
+        its row out of the shared table unless a member already runs it (then it ends
+        there for nobody)."""
+        self.manager.drop_relayed(job)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._withdraw, job.handle)
+
+    async def _withdraw(self, handle: bytes) -> None:
+        try:
+            async with self._lock:
+                await trio.to_thread.run_sync(self.db.withdraw, handle)
+        except StoreError as exc:  # it runs for nobody
+            self.state.failed("withdraw", exc)
 
     def progress(self, job: Job) -> None:
         """A job held here sent WORK_STATUS: shared for GET_STATUS elsewhere (the last
