@@ -100,6 +100,8 @@ class Manager(JobCore):
         self.progress_hook: Callable[[Job], None] | None = None
         #: Cluster: a relayed foreground job that no client waits for any more.
         self.unwanted_hook: Callable[[Job], None] | None = None
+        #: Cluster: the last worker of a function with queued jobs left this server.
+        self.workers_gone_hook: Callable[[Function, float], None] | None = None
 
     def connect(self, peer: Peer, address: str = "-", port: int = 0,
                 kind: str = "gear") -> Conn:
@@ -144,9 +146,25 @@ class Manager(JobCore):
 
     def disconnect(self, conn: Conn, now: float) -> None:
         """Forget a connection (and its ``watch``, if any)."""
+        names = list(conn.abilities) if self.workers_gone_hook is not None else []
         super().disconnect(conn, now)
         if self.events is not None and self.events.watchers:
             self.events.unwatch(conn.id)
+        for name in names:
+            self._workers_gone(name, now)
+
+    def _unregister(self, conn: Conn, name: bytes, now: float) -> None:
+        super()._unregister(conn, name, now)
+        if self.workers_gone_hook is not None:
+            self._workers_gone(name, now)
+
+    def _workers_gone(self, name: bytes, now: float) -> None:
+        """Cluster: jobs queued for a function this server has no worker for any more
+        can run elsewhere."""
+        fn = self.functions.get(name)
+        if (fn is not None and not fn.workers and (fn.live[0] or fn.live[1] or fn.live[2])
+                and self.workers_gone_hook is not None):
+            self.workers_gone_hook(fn, now)
 
     # ------------------------------------------------------------------ events
 

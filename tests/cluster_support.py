@@ -158,12 +158,14 @@ class Cluster:
         self.table = f"gearman_cl_{suffix}"
         self.name = f"test-{suffix}"
         self.workers: list[Worker] = []
+        #: --cluster-lease of the servers started from now on.
+        self.lease = LEASE
         #: Where the test looks at the tables (not through a proxy).
         self.admin_conninfo = CONNINFO
 
     def args(self) -> list[str]:
         return ["-q", "postgres", "--libpq-conninfo", self.conninfo, "--libpq-table",
-                self.table, "--cluster", self.name, "--cluster-lease", LEASE]
+                self.table, "--cluster", self.name, "--cluster-lease", self.lease]
 
     def server(self) -> RunningServer:
         return self._start("ours", *self.args())

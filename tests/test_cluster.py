@@ -342,3 +342,33 @@ def test_a_relayed_job_whose_client_left_does_not_run(cluster: Cluster) -> None:
     worker.wait_for(1)
     time.sleep(0.5)
     assert worker.got == [b"wanted"]
+
+
+def test_jobs_queued_for_workers_that_left_run_elsewhere_at_once(cluster: Cluster) -> None:
+    """A long lease (30 s): the jobs C claimed for a worker that left are given back at
+    once, and A's foreground jobs queued for its own worker that left are relayed."""
+    cluster.lease = "30"
+    a, b, c = cluster.server(), cluster.server(), cluster.server()
+    handles(submit(a.port, [bg(b"bgfn", b"%d" % i) for i in range(30)]))
+    leaving = cluster.worker(c, b"bgfn", complete=False)
+    leaving.wait_for(1)
+    time.sleep(0.3)  # C claimed more than that one job for it
+    leaving.close()  # the job it held is requeued on C, and given back with the rest
+    stay = cluster.worker(b, b"bgfn")
+    stay.wait_for(30, timeout=20)  # well within the lease
+    assert sorted(stay.got) == sorted(b"%d" % i for i in range(30))
+    # Foreground, on A: its own worker takes one job and leaves; both jobs run on C.
+    mine = cluster.worker(a, b"fgfn", complete=False)
+    client = Peer(a.port)
+    client.send(encode_req(PT.SUBMIT_JOB, b"fgfn", b"", b"x")
+                + encode_req(PT.SUBMIT_JOB, b"fgfn", b"", b"y"))
+    created = handles(client.packets(2))
+    mine.wait_for(1)
+    mine.close()
+    other = cluster.worker(c, b"fgfn")
+    other.wait_for(2, timeout=20)
+    done = client.packets(2)
+    assert {p.type for p in done} == {PT.WORK_COMPLETE}
+    assert sorted(p.args[0] for p in done) == sorted(created)
+    client.close()
+    assert cluster.wait_empty() == 0

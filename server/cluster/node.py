@@ -24,7 +24,7 @@ import trio
 
 from protocol import PacketType
 from server.config import ServerConfig
-from server.jobs import Conn, Job
+from server.jobs import Conn, Function, Job
 from server.manager import Manager
 from server.persistence import Persistence, stored_job
 from server.store import StoreError
@@ -143,6 +143,9 @@ class ClusterNode:
         manager.status_hook = self.status
         manager.progress_hook = self.progress
         manager.unwanted_hook = self.unwanted
+        manager.workers_gone_hook = self.workers_gone
+        #: Runs a local foreground job on another member (``ClusterPersistence.relay``).
+        self.relay_job: Callable[[Job, float], None] | None = None
         self._progress: dict[str, tuple[bytes, bytes]] = {}
         self._progress_wake = trio.Event()
         #: Jobs per function in the shared table held by no one here (admin ``status``),
@@ -277,6 +280,24 @@ class ClusterNode:
                 reply = (handle, b"1", b"%d" % running, numerator, denominator)
             conn.peer.release(hold, PacketType.STATUS_RES, *reply)
             self.changed()
+
+    def workers_gone(self, fn: Function, now: float) -> None:
+        """The last worker of ``fn`` here left: its claimed jobs not started are given
+        back (any member runs them now, not after the lease), and its foreground jobs
+        queued here are relayed to a member that has a worker."""
+        give_back: list[str] = []
+        for queue in fn.queues:
+            for job in [j for j in queue if j.queued]:
+                key = job.store_key
+                if key is not None and self.held.get(key) is job:
+                    del self.held[key]
+                    self.manager.drop_claim(job)
+                    give_back.append(key)
+                elif key is None and not job.background and self.relay_job is not None:
+                    self.relay_job(job, now)
+        if give_back:
+            self.given_back += len(give_back)
+            self._give_back(give_back)
 
     def unwanted(self, job: Job) -> None:
         """The clients of a foreground job we relayed are all gone: forget it, and take
@@ -521,6 +542,7 @@ class ClusterPersistence(Persistence):
                                 Listener(conninfo, table, cluster, self.owner),
                                 RelaySender(conninfo, table, cluster), lease, changed)
         manager.relay_hook = self.relay
+        self.node.relay_job = self.relay
         # While the database is down, the writer's line per failed batch is one too many.
         logging.getLogger("server.store.writer").addFilter(_Quiet(self.node.state))
         # Handles name this server: they must be unique in the whole cluster.
