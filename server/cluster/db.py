@@ -103,6 +103,13 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` has something to read now (poll: any descriptor number)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class _Connected:
     """One lazily (re)opened autocommit connection."""
 
@@ -118,7 +125,7 @@ class _Connected:
     def connection(self) -> psycopg.Connection[Any]:
         conn = self._conn
         if (conn is not None and not conn.closed and not conn.broken
-                and not (self.probe_idle and select.select([conn.fileno()], [], [], 0)[0])):
+                and not (self.probe_idle and _readable(conn.fileno()))):
             return conn
         if self._conn is not None:
             self._conn.close()
