@@ -372,3 +372,31 @@ def test_jobs_queued_for_workers_that_left_run_elsewhere_at_once(cluster: Cluste
     assert sorted(p.args[0] for p in done) == sorted(created)
     client.close()
     assert cluster.wait_empty() == 0
+
+
+def test_foreground_jobs_of_a_dead_member_are_dropped(cluster: Cluster) -> None:
+    """A dies (kill -9) with a relayed foreground job waiting in the shared table: its
+    client lost its connection with A, so the job is deleted, not run, once A's
+    membership ends; A's background jobs still run."""
+    a, c = cluster.server(), cluster.server()
+    client = Peer(a.port)
+    client.send(encode_req(PT.SUBMIT_JOB, b"orphan", b"", b"nobody waits")
+                + encode_req(PT.SUBMIT_JOB_BG, b"orphan", b"", b"still wanted"))
+    assert [p.type for p in client.packets(2)] == [PT.JOB_CREATED, PT.JOB_CREATED]
+    deadline = time.monotonic() + 10
+    while cluster.rows() != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait(10)
+    assert cluster.rows() == 2  # A's membership outlives it by up to the lease
+    with pytest.raises((EOFError, ConnectionError)):
+        client.packets(1)
+    deadline = time.monotonic() + 15  # A's membership lapses after the lease (2 s)
+    while cluster.rows("origin IS NOT NULL") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cluster.rows("origin IS NOT NULL") == 0
+    worker = cluster.worker(c, b"orphan")
+    worker.wait_for(1)
+    time.sleep(0.5)
+    assert worker.got == [b"still wanted"]
