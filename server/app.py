@@ -191,7 +191,7 @@ class Server:
         config = self._config
         if config.queue_type.lower() == "postgres" and dict(config.queue_options).get(
                 "cluster"):
-            from .cluster.node import ClusterPersistence  # only a cluster member needs it
+            from .cluster.member import ClusterPersistence  # only a cluster member needs it
             cluster = ClusterPersistence(self._manager, config, self.changed)
             self._admin.shared_counts = cluster.node.shared_counts
             self.persistence = cluster

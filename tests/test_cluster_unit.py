@@ -17,7 +17,7 @@ from server.cluster.db import (
     relay_channel,
     unique_column,
 )
-from server.cluster.node import cluster_options
+from server.cluster.member import cluster_options
 from server.cluster.relay import RelayPeer, valid
 from server.manager import Job, Manager
 from server.store import StoreError

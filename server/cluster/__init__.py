@@ -2,6 +2,7 @@
 the same database and cluster name share one durable queue of background jobs.
 
 ``db`` is the blocking PostgreSQL side (the shared table, claims, leases, notifications);
-``node`` the trio side (the ``JobStore`` of a member, its claimer, listener and lease
-renewer). See docs/cluster.md.
+``member`` the ``JobStore`` of a member; ``node`` its tasks (claimer, listener, lease
+renewer, relay sender); ``relay`` the peers of a relayed foreground job. See
+docs/cluster.md.
 """

@@ -1,5 +1,5 @@
-"""The cluster's trio side: ``ClusterPersistence`` (the ``JobStore`` in cluster mode) and
-``ClusterNode`` (claims, lease renewals, notifications).
+"""The cluster's trio side: ``ClusterNode``, a member's tasks (claims, lease renewals,
+notifications, the relay). Its ``JobStore`` is ``member.ClusterPersistence``.
 
 A background submit is inserted into the shared table by the store writer (group
 commits, as every persistent queue) and acknowledged once committed; then the submitting
@@ -13,9 +13,6 @@ again by the others once the lease is over. No DB call runs on the trio thread.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
 import time
 from collections.abc import Callable
 from typing import Final
@@ -23,15 +20,11 @@ from typing import Final
 import trio
 
 from protocol import PacketType
-from server.config import ServerConfig
 from server.jobs import Conn, Function, Job
 from server.manager import Manager
-from server.persistence import Persistence, stored_job
 from server.store import StoreError
-from server.store.base import table_name
-from server.store.writer import StoreWriter
 
-from .db import ClusterDB, ClusterStore, Listener, RelaySender, encode_relay
+from .db import ClusterDB, Listener, RelaySender, encode_relay
 from .relay import RelayPeer, StandInPeer, valid
 
 log = logging.getLogger(__name__)
@@ -47,23 +40,6 @@ COUNTS_AGE: Final = 1.0
 #: Back-off of a call that failed: first and longest wait, in seconds.
 BACKOFF_MIN: Final = 0.2
 BACKOFF_MAX: Final = 5.0
-
-
-def cluster_options(options: dict[str, str]) -> tuple[str, float]:
-    """``--cluster`` and ``--cluster-lease``, checked: one clear error otherwise."""
-    name = options.get("cluster", "")
-    if not name or len(name) > 64 or not all(c.isprintable() and not c.isspace()
-                                             for c in name):
-        raise StoreError("--cluster: the cluster name must be one word of at most 64 "
-                         "printable characters")
-    raw = options.get("cluster-lease") or "30"
-    try:
-        lease = float(raw)
-    except ValueError:
-        raise StoreError(f"--cluster-lease: {raw!r} is not a number of seconds") from None
-    if not 1 <= lease <= 86400:
-        raise StoreError("--cluster-lease: the lease must be between 1 and 86400 seconds")
-    return name, lease
 
 
 class DbState:
@@ -86,7 +62,7 @@ class DbState:
                       what, error)
 
 
-class _Quiet(logging.Filter):
+class Quiet(logging.Filter):
     """Drops the store writer's failure lines while the database is known to be down."""
 
     def __init__(self, state: DbState) -> None:
@@ -517,116 +493,3 @@ class ClusterNode:
                 "relay_pending": len(self._relay_out), "bad_relayed": self.listener.bad,
                 "shared_queued": {name.decode("utf-8", "replace"): count
                                   for name, count in sorted(self.shared.items())}}
-
-
-class ClusterPersistence(Persistence):
-    """The ``JobStore`` of a cluster member: a shared queue instead of a private one."""
-
-    def __init__(self, manager: Manager, config: ServerConfig,
-                 changed: Callable[[], None]) -> None:
-        options = dict(config.queue_options)
-        cluster, lease = cluster_options(options)
-        if options.get("store-queue-on-shutdown"):
-            raise StoreError("--store-queue-on-shutdown cannot be used with --cluster")
-        conninfo = options.get("libpq-conninfo", "")
-        base = options.get("libpq-table") or "queue"
-        # The longest name made from it must fit PostgreSQL's 63 bytes.
-        if len(base) > 47:
-            raise StoreError("--libpq-table: with --cluster, a table name of at most 47 "
-                             "characters (the cluster adds _cluster_members to it)")
-        table = table_name(base + "_cluster", "libpq-table")
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.cluster_store = ClusterStore(conninfo, table, cluster, self.owner, lease)
-        super().__init__(manager, StoreWriter(self.cluster_store), changed=changed)
-        self.node = ClusterNode(manager, ClusterDB(conninfo, table, cluster, self.owner, lease),
-                                Listener(conninfo, table, cluster, self.owner),
-                                RelaySender(conninfo, table, cluster), lease, changed)
-        manager.relay_hook = self.relay
-        self.node.relay_job = self.relay
-        # While the database is down, the writer's line per failed batch is one too many.
-        logging.getLogger("server.store.writer").addFilter(_Quiet(self.node.state))
-        # Handles name this server: they must be unique in the whole cluster.
-        manager.handle_prefix += secrets.token_hex(3).encode() + b":"
-        log.info("cluster %s: member %s, table %s, lease %.0f s", cluster, self.owner,
-                 table, lease)
-
-    # ------------------------------------------------------------------ JobStore
-
-    def persist(self, job: Job) -> None:
-        key = job.store_key
-        assert key is not None
-        manager = self.manager
-        # A new background job is shared (any server claims it); a job already queued or
-        # running here that a background submit joined stays here, its row held by us.
-        shared = not job.stored
-        self.cluster_store.meta[key] = (job.handle, not shared, False)
-        if shared:
-            manager.share(job)
-
-        def committed(error: Exception | None) -> None:
-            now = time.time()
-            if error is not None:
-                self.node.state.failed("commit", error)
-                manager.persisted(job, False, now)
-            elif shared:
-                self.node.state.ok()
-                handle = self.cluster_store.coalesced.pop(key, job.handle)
-                manager.handed_off(job, handle, now)
-            else:
-                self.cluster_store.coalesced.pop(key, None)
-                manager.persisted(job, True, now)
-            self.changed()
-
-        self.writer.add_nowait(stored_job(job, key), committed)
-
-    def forget(self, key: str) -> None:
-        self.writer.done(key)
-        self.node.forget(key)
-
-    def relay(self, job: Job, now: float) -> None:
-        """A foreground job that no worker here can do: into the shared table, with this
-        server as its origin; it is assigned here to the stand-in for the server that
-        will run it, whose packets come back relayed."""
-        node = self.node
-        self.manager.hand_over(job, node.stand_in, now)
-        key = self.manager.new_store_key()
-        self.cluster_store.meta[key] = (job.handle, False, True)
-        handle = job.handle
-
-        def committed(error: Exception | None) -> None:
-            if error is None:
-                node.state.ok()
-                return
-            node.state.failed("commit", error)
-            # Nothing will run it: its clients hear WORK_FAIL, as when retries run out.
-            self.manager.handle_packet(node.stand_in, PacketType.WORK_FAIL, (handle,),
-                                       time.time())
-            self.changed()
-
-        self.writer.add_nowait(stored_job(job, key), committed)
-
-    # ------------------------------------------------------------------ life cycle
-
-    async def replay(self) -> int:
-        return 0
-
-    async def run(self, *, task_status: trio.TaskStatus[None]
-                  = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.node.run)
-            try:
-                await super().run(task_status=task_status)
-            finally:
-                nursery.cancel_scope.cancel()
-
-    async def close(self) -> None:
-        await super().close()
-        await self.node.release()
-        self.node.db.close()
-        self.node.sender.close()
-        self.node.listener.closing = True
-
-    def cluster_stats(self) -> dict[str, object]:
-        report = self.node.stats()
-        report["lost_removals"] = self.cluster_store.lost_removals
-        return report
