@@ -235,19 +235,23 @@ def py_cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def scenario_roundtrip(port: int, jobs: int) -> Outcome:
-    if SETTINGS.exe:
-        r = run_c("roundtrip", port, jobs, "--clients", "4", "--inflight", "100",
-                  "--workers", "32", "--procs", c_procs())
-        return c_outcome(r, float(str(r["rate"])))
-    cpu0 = py_cpu()
-    result, done = _with_workers(
-        port, 32, b"echo",
-        lambda: loadgen.run_clients(port, 4, 100, jobs, b"echo"))
-    ok = result.errors == 0 and done == result.jobs == jobs
-    return Outcome(result.jobs / result.seconds,
-                   "" if ok else f"FAILED ({result.errors} errors)", result.seconds,
-                   py_cpu() - cpu0, None, jobs)
+def scenario_roundtrip(clients: int = 4, inflight: int = 100,
+                       workers: int = 32) -> Callable[[int, int], Outcome]:
+    """Round trips: ``clients`` connections x ``inflight`` jobs, ``workers`` echo workers."""
+    def run(port: int, jobs: int) -> Outcome:
+        if SETTINGS.exe:
+            r = run_c("roundtrip", port, jobs, "--clients", str(clients), "--inflight",
+                      str(inflight), "--workers", str(workers), "--procs", c_procs())
+            return c_outcome(r, float(str(r["rate"])))
+        cpu0 = py_cpu()
+        result, done = _with_workers(
+            port, workers, b"echo",
+            lambda: loadgen.run_clients(port, clients, inflight, jobs, b"echo"))
+        ok = result.errors == 0 and done == result.jobs == jobs
+        return Outcome(result.jobs / result.seconds,
+                       "" if ok else f"FAILED ({result.errors} errors)", result.seconds,
+                       py_cpu() - cpu0, None, jobs)
+    return run
 
 
 def admin_workers(port: int, function: str) -> int:
@@ -344,9 +348,10 @@ class IdleWorkers:
             sock.close()
 
 
-def idle_name() -> str:
+def idle_name(clients: int, inflight: int, workers: int) -> str:
     same = SETTINGS.idle_function == "echo"
-    return (f"round trips with {SETTINGS.idle:,} idle workers of "
+    return (f"round trips, {clients}x{inflight} in flight, {workers} workers, plus "
+            f"{SETTINGS.idle:,} idle workers of "
             f"{'the same (wrong setup)' if same else 'another'} function")
 
 
@@ -356,46 +361,55 @@ def idle_server_args() -> tuple[str, ...]:
     return ("-b", "4096", "-f", str(fds))
 
 
-def scenario_idle(port: int, jobs: int) -> Outcome:
+def scenario_idle(clients: int = 4, inflight: int = 100,
+                  workers: int = 32) -> Callable[[int, int], Outcome]:
     """Round trips as ``scenario_roundtrip`` while ``--idle`` more workers sleep on a function
     no job is for; the clock starts once ``status`` shows them all. A NOOP (or any other
     packet) to one of them is an error: a server should wake only workers that can do
     the job."""
-    n, fn = SETTINGS.idle, SETTINGS.idle_function
-    if SETTINGS.exe:
-        r = run_c("roundtrip", port, jobs, "--clients", "4", "--inflight", "100",
-                  "--workers", "32", "--procs", c_procs(), "--idle", str(n),
-                  "--idle-function", fn)
-        return replace(c_outcome(r, float(str(r["rate"]))),
-                       idle_noops=int(str(r["idle_noops"])),
-                       idle_other=int(str(r["idle_other_packets"])),
-                       idle_registered=int(str(r["idle_registered"])))
-    idle = IdleWorkers(port, n, fn.encode())
-    try:
-        want = n  # the echo workers connect later, in scenario_roundtrip
-        registered = wait_workers(port, fn, want)
-        out = scenario_roundtrip(port, jobs)
-        noops, other = idle.check()
-    finally:
-        idle.close()
-    errors = noops + other + (registered != want)
-    note = out.note
-    if errors:
-        note = f"FAILED ({errors} idle-worker errors{', ' + out.note if out.note else ''})"
-    return replace(out, note=note, idle_noops=noops, idle_other=other,
-                   idle_registered=registered)
+    def run(port: int, jobs: int) -> Outcome:
+        n, fn = SETTINGS.idle, SETTINGS.idle_function
+        if SETTINGS.exe:
+            r = run_c("roundtrip", port, jobs, "--clients", str(clients), "--inflight",
+                      str(inflight), "--workers", str(workers), "--procs", c_procs(),
+                      "--idle", str(n), "--idle-function", fn)
+            return replace(c_outcome(r, float(str(r["rate"]))),
+                           idle_noops=int(str(r["idle_noops"])),
+                           idle_other=int(str(r["idle_other_packets"])),
+                           idle_registered=int(str(r["idle_registered"])))
+        idle = IdleWorkers(port, n, fn.encode())
+        try:
+            want = n  # the echo workers connect later, in the round trips
+            registered = wait_workers(port, fn, want)
+            out = scenario_roundtrip(clients, inflight, workers)(port, jobs)
+            noops, other = idle.check()
+        finally:
+            idle.close()
+        errors = noops + other + (registered != want)
+        note = out.note
+        if errors:
+            note = f"FAILED ({errors} idle-worker errors{', ' + out.note if out.note else ''})"
+        return replace(out, note=note, idle_noops=noops, idle_other=other,
+                       idle_registered=registered)
+    return run
 
 
-def scenario_latency(port: int, jobs: int) -> Outcome:
-    if SETTINGS.exe:
-        r = run_c("latency", port, min(jobs, 2000))
-        return c_outcome(r, float(str(r["p50_us"])))
-    cpu0 = py_cpu()
-    result, _ = _with_workers(port, 1, b"lat",
-                              lambda: loadgen.run_latency(port, min(jobs, 2000), b"lat"))
-    assert result.latencies
-    return Outcome(loadgen.median_us(result.latencies), "" if not result.errors else "FAILED",
-                   result.seconds, py_cpu() - cpu0, None, result.jobs)
+def scenario_latency(quantile: str = "p50") -> Callable[[int, int], Outcome]:
+    """Single-job latency (1 client, 1 job at a time, 1 worker): ``p50`` or ``p99``, in us."""
+    def run(port: int, jobs: int) -> Outcome:
+        if SETTINGS.exe:
+            r = run_c("latency", port, min(jobs, 2000))
+            return c_outcome(r, float(str(r[f"{quantile}_us"])))
+        cpu0 = py_cpu()
+        result, _ = _with_workers(port, 1, b"lat",
+                                  lambda: loadgen.run_latency(port, min(jobs, 2000), b"lat"))
+        assert result.latencies
+        lat = sorted(result.latencies)
+        value = (loadgen.median_us(lat) if quantile == "p50"
+                 else lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6)
+        return Outcome(value, "" if not result.errors else "FAILED", result.seconds,
+                       py_cpu() - cpu0, None, result.jobs)
+    return run
 
 
 def scenario_background(unique: bool, depth: int = 0) -> Callable[[int, int], Outcome]:
@@ -501,6 +515,27 @@ class Scenario(NamedTuple):
     fn: Callable[[int, int], Outcome]
     higher: bool  # higher is better
     server_args: tuple[str, ...] = ()  # for both servers
+    jobs: int = 0  # a fixed job count for this row (0: --jobs)
+    #: The performance issue's target for ours / reference: (">=" or "<=", ratio).
+    target: tuple[str, float] | None = None
+    #: Per-start arguments for both servers, given a fresh directory (a queue file).
+    setup: Callable[[str], tuple[str, ...]] | None = None
+
+
+def sqlite_args(directory: str) -> tuple[str, ...]:
+    """Both servers' SQLite queue flags (the same spelling in ours and the reference)."""
+    return ("-q", "libsqlite3", "--libsqlite3-db", os.path.join(directory, "q.sqlite"))
+
+
+def met(target: tuple[str, float] | None, ratio: float | None) -> str:
+    """The target column: ``>= 1.0x: met`` / ``not met`` (blank without a target)."""
+    if target is None:
+        return ""
+    op, want = target
+    if ratio is None:
+        return f"{op} {want:g}x"
+    ok = ratio >= want if op == ">=" else ratio <= want
+    return f"{op} {want:g}x: {'met' if ok else 'NOT met'}"
 
 
 def raise_nofile(need: int) -> None:
@@ -572,41 +607,58 @@ def main() -> None:
         kinds = ["ours"]
     _pin_self()
     current = {"pid": 0}
+    # The rows of the performance issue (targets are ours / reference), then the rest of
+    # the earlier table. A row with a fixed job count ignores --jobs.
     scenarios = [
-        Scenario("round trips, 4x100 in flight, 32 workers", "jobs/s", scenario_roundtrip,
-                 True),
-        Scenario("single-job latency, median", "us", scenario_latency, False),
-        Scenario("background submits, unique per job", "jobs/s", scenario_background(True),
-                 True),
-        Scenario("background submits, no unique", "jobs/s", scenario_background(False),
-                 True),
-        # The performance issue's reference figure for unique submits (52k/s) is what
-        # gearmand does with a deep queue; this row measures both servers there.
+        Scenario("round trips, 4x32 in flight, 100 workers", "jobs/s",
+                 scenario_roundtrip(4, 32, 100), True, target=(">=", 1.0)),
+        Scenario("round trips, 4x100 in flight, 32 workers", "jobs/s", scenario_roundtrip(),
+                 True, target=(">=", 1.0)),
+        Scenario("single-job latency, p50", "us", scenario_latency("p50"), False,
+                 target=("<=", 1.1)),
+        Scenario("single-job latency, p99", "us", scenario_latency("p99"), False,
+                 target=("<=", 1.0)),
+        Scenario("background submits, no unique, 200,000 jobs", "jobs/s",
+                 scenario_background(False), True, jobs=200_000, target=(">=", 0.5)),
+        Scenario("background submits, unique per job, 20,000 jobs", "jobs/s",
+                 scenario_background(True), True, jobs=20_000, target=(">=", 1.0)),
+        Scenario("background submits, unique per job, 200,000 jobs", "jobs/s",
+                 scenario_background(True), True, jobs=200_000, target=(">=", 2.0)),
         Scenario("background submits, unique per job, 100,000 deep", "jobs/s",
-                 scenario_background(True, 100_000), True),
-        Scenario("drain to 100 workers", "jobs/s", scenario_drain, True),
+                 scenario_background(True), True, jobs=100_000),
+        Scenario("drain 200,000 queued jobs to 100 workers", "jobs/s", scenario_drain, True,
+                 jobs=200_000, target=(">=", 2.0)),
         Scenario("memory per queued 100-byte bg job", "bytes", scenario_memory(current),
-                 False),
+                 False, target=("<=", 0.5)),
+        Scenario("background submits, -q libsqlite3, 5,000 jobs", "jobs/s",
+                 scenario_background(False), True, jobs=5_000, setup=sqlite_args,
+                 target=(">=", 10.0)),  # "keep" the lead (65x when the issue was filed)
     ]
     if SETTINGS.idle:
-        scenarios.append(Scenario(idle_name(), "jobs/s", scenario_idle, True,
+        scenarios.append(Scenario(idle_name(4, 4, 100), "jobs/s", scenario_idle(4, 4, 100),
+                                  True, idle_server_args(), target=(">=", 1.0)))
+        scenarios.append(Scenario(idle_name(4, 100, 32), "jobs/s", scenario_idle(), True,
                                   idle_server_args()))
     if args.scenario:
         scenarios = [s for s in scenarios if any(w in s.name for w in args.scenario)]
-    if any(s.fn is scenario_idle for s in scenarios):
+    if any("idle workers" in s.name for s in scenarios):
         raise_nofile(SETTINGS.idle + 1024)
     results: dict[tuple[str, str], list[Outcome]] = {}
     notes: dict[tuple[str, str], str] = {}
     with tempfile.TemporaryDirectory() as logdir:
         for run in range(args.runs):
             for kind in kinds:
-                for name, _unit, fn, _higher, server_args in scenarios:
+                for sc in scenarios:
+                    name, fn, server_args = sc.name, sc.fn, sc.server_args
+                    if sc.setup:
+                        server_args += sc.setup(tempfile.mkdtemp(dir=logdir))
+                    jobs = sc.jobs or args.jobs
                     proc, port = start(kind, logdir, common=server_args)
                     current["pid"] = proc.pid
                     SETTINGS.server_pid = proc.pid
                     cpu0 = cpu_seconds(proc.pid)
                     try:
-                        out = fn(port, args.jobs)
+                        out = fn(port, jobs)
                         cpu = cpu_seconds(proc.pid) - cpu0
                     finally:
                         proc.terminate()
@@ -626,23 +678,30 @@ def main() -> None:
                     if out.idle_noops is not None:
                         detail += (f" [idle workers: {out.idle_registered} in status, "
                                    f"{out.idle_noops} NOOPs, {out.idle_other} other packets]")
-                    per_job = cpu * 1e6 / (out.jobs or args.jobs)
+                    per_job = cpu * 1e6 / (out.jobs or jobs)
                     print(f"run {run + 1} {kind:9} {name}: {out.value:,.1f} {out.note}{detail}"
                           f" (server CPU {per_job:.1f} us/job{busy})",
                           file=sys.stderr, flush=True)
-    print(f"\n| measure | unit | {' | '.join(kinds)} | ratio |")
-    print("|---|---|" + "---|" * len(kinds) + "---|")
-    for name, unit, _fn, higher, _args in scenarios:
-        meds = [statistics.median(o.value for o in results[(name, k)]) for k in kinds]
-        ratio = ""
-        if len(meds) == 2 and meds[1]:
-            ratio = f"{meds[0] / meds[1]:.2f}x"
-        cells = " | ".join(f"{m:,.0f}{' ' + notes[(name, k)] if (name, k) in notes else ''}"
+    print(f"\n| measure | unit | {' | '.join(kinds)} | ratio | target |")
+    print("|---|---|" + "---|" * len(kinds) + "---|---|")
+    medians: dict[str, list[float]] = {}
+    for sc in scenarios:
+        meds = [statistics.median(o.value for o in results[(sc.name, k)]) for k in kinds]
+        medians[sc.name] = meds
+        ratio = meds[0] / meds[1] if len(meds) == 2 and meds[1] else None
+        cells = " | ".join(f"{m:,.0f}{' ' + notes[(sc.name, k)] if (sc.name, k) in notes else ''}"
                            for m, k in zip(meds, kinds, strict=True))
-        print(f"| {name} | {unit} ({'higher' if higher else 'lower'} is better) | {cells} "
-              f"| {ratio} |")
-    for name, _unit, fn, _higher, _args in scenarios:
-        if fn is scenario_idle:
+        print(f"| {sc.name} | {sc.unit} ({'higher' if sc.higher else 'lower'} is better) "
+              f"| {cells} | {'' if ratio is None else f'{ratio:.2f}x'} "
+              f"| {met(sc.target, ratio)} |")
+    own = [s.name for s in scenarios if "libsqlite3" in s.name]
+    mem = [s.name for s in scenarios if s.name.startswith("background submits, no unique")]
+    if own and mem and medians[mem[0]][0]:
+        share = medians[own[0]][0] / medians[mem[0]][0]
+        print(f"\nOur -q libsqlite3 rate is {share:.2f}x our in-memory rate (target >= 0.5x:"
+              f" {'met' if share >= 0.5 else 'NOT met'}).")
+    for name, _unit, _fn, _higher, *_rest in scenarios:
+        if "idle workers" in name:
             counts = "; ".join(
                 f"{k}: NOOPs {[o.idle_noops for o in results[(name, k)]]}, other packets "
                 f"{[o.idle_other for o in results[(name, k)]]}, in status "
@@ -655,7 +714,7 @@ def main() -> None:
                       for k in kinds)
     print(f"| measure | {head} |")
     print("|---|" + "---|---|---|" * len(kinds))
-    for name, _unit, _fn, _higher, _args in scenarios:
+    for name, *_rest in scenarios:
         row: list[str] = []
         for k in kinds:
             runs = [o for o in results[(name, k)] if o.seconds > 0]

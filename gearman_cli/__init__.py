@@ -29,10 +29,14 @@ _WHERE = {
     "ServerAddress": "._servers",
     "default_servers": "._servers",
     "parse_servers": "._servers",
+    "TlsSetupError": "._tls",
+    "tls_context": "._tls",
     "Admin": "._admin_sync",
     "AdminReply": "._admin_core",
     "FunctionStatus": "._admin_core",
     "JobInfo": "._admin_core",
+    "JobResult": "._admin_core",
+    "DeadLetterInfo": "._admin_core",
     "PriorityStatus": "._admin_core",
     "WorkerInfo": "._admin_core",
     "AsyncAdmin": ".admin",
@@ -61,6 +65,7 @@ __all__ = [
     "BackgroundBatch",
     "Client",
     "ConnectionLostError",
+    "DeadLetterInfo",
     "FunctionStatus",
     "GearmanError",
     "Job",
@@ -68,6 +73,7 @@ __all__ = [
     "JobExceptionError",
     "JobFailedError",
     "JobInfo",
+    "JobResult",
     "JobStatus",
     "NoServerError",
     "PriorityStatus",
@@ -77,10 +83,12 @@ __all__ = [
     "TaskCallback",
     "TaskCallbacks",
     "TaskState",
+    "TlsSetupError",
     "Worker",
     "WorkerInfo",
     "default_servers",
     "parse_servers",
+    "tls_context",
 ]
 
 
@@ -100,7 +108,15 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._admin_core import AdminReply, FunctionStatus, JobInfo, PriorityStatus, WorkerInfo
+    from ._admin_core import (
+        AdminReply,
+        DeadLetterInfo,
+        FunctionStatus,
+        JobInfo,
+        JobResult,
+        PriorityStatus,
+        WorkerInfo,
+    )
     from ._admin_sync import Admin
     from ._blocking import Client
     from ._errors import (
@@ -114,6 +130,7 @@ if TYPE_CHECKING:
     )
     from ._servers import DEFAULT_PORT, ServerAddress, default_servers, parse_servers
     from ._task import BackgroundBatch, JobStatus, Task, TaskCallback, TaskCallbacks, TaskState
+    from ._tls import TlsSetupError, tls_context
     from .admin import AsyncAdmin
     from .client import AsyncClient
     from .worker import AsyncWorker, Job, JobCallback, Worker

@@ -76,6 +76,28 @@ class JobInfo(NamedTuple):
     queued: bool
 
 
+class DeadLetterInfo(NamedTuple):
+    """One ``show dead`` line (our gearmand): a job that used up its retries."""
+
+    function: bytes
+    handle: bytes
+    unique: bytes
+    attempts: int
+    first_failed: float
+    last_failed: float
+    error: str
+
+
+class JobResult(NamedTuple):
+    """The ``result`` reply (our gearmand): ``state`` is ``queued``, ``running``,
+    ``done``, ``failed`` or ``unknown``; ``data`` is WORK_COMPLETE's data (done) or the
+    failure's text (failed), else None."""
+
+    state: str
+    attempts: int
+    data: bytes | None
+
+
 def ints(fields: list[bytes], n: int) -> list[int]:
     out = []
     for field in fields[:n]:
@@ -183,3 +205,51 @@ def maxqueue_line(function: str | bytes, sizes: tuple[int, ...]) -> bytes:
     if len(sizes) > 3:
         raise ValueError("maxqueue takes at most three sizes")
     return b" ".join([b"maxqueue", word(function), *(str(int(n)).encode() for n in sizes)])
+
+
+def parse_show_dead(reply: AdminReply) -> list[DeadLetterInfo]:
+    out = []
+    for line in reply.lines:
+        fields = line.split(b"\t")
+        if len(fields) < 7:
+            continue
+        (attempts,) = ints(fields[3:4], 1)
+        try:
+            first, last = float(fields[4]), float(fields[5])
+        except ValueError:
+            first = last = 0.0
+        out.append(DeadLetterInfo(fields[0], fields[1], fields[2], attempts, first, last,
+                                  b"\t".join(fields[6:]).decode("utf-8", "replace")))
+    return out
+
+
+def dead_line(command: str, function: str | bytes, handle: str | bytes | None) -> bytes:
+    """``retry|drop dead FUNCTION HANDLE|all``."""
+    target = word(handle) if handle is not None else b"all"
+    return b" ".join([command.encode(), b"dead", word(function), target])
+
+
+def result_line(handle: str | bytes | None, function: str | bytes | None,
+                unique: str | bytes | None) -> bytes:
+    """``result HANDLE`` or ``result unique FUNCTION KEY``."""
+    if handle is not None:
+        return b"result " + word(handle)
+    if function is None or unique is None:
+        raise ValueError("give a handle, or a function and a unique key")
+    return b"result unique " + word(function) + b" " + word(unique)
+
+
+def parse_result(reply: AdminReply) -> JobResult:
+    import base64
+    import binascii
+
+    fields = reply.value.split()
+    state = fields[0].decode("latin-1") if fields else "unknown"
+    if len(fields) < 2:
+        return JobResult(state, 0, None)
+    (attempts,) = ints(fields[1:2], 1)
+    try:
+        data = base64.b64decode(fields[2], validate=True) if len(fields) > 2 else b""
+    except binascii.Error:
+        data = b""
+    return JobResult(state, attempts, data)

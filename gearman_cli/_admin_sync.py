@@ -9,31 +9,40 @@ from __future__ import annotations
 import _socket
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol import NEED_DATA, AdminCommand, ConnectionClosed, Parser, RemoteProtocolError
 
 from ._admin_core import (
     MAX_LINE,
     AdminReply,
+    DeadLetterInfo,
     FunctionStatus,
     JobInfo,
+    JobResult,
     PriorityStatus,
     ReplyReader,
     WorkerInfo,
     checked,
     command_line,
+    dead_line,
     is_list_command,
     maxqueue_line,
     parse_prioritystatus,
+    parse_result,
+    parse_show_dead,
     parse_show_jobs,
     parse_status,
     parse_workers,
+    result_line,
     word,
 )
 from ._errors import ConnectionLostError
 from ._servers import ServerAddress, ServerSpec, default_servers, to_addresses
 from ._sync import RECEIVE_SIZE, connect
+
+if TYPE_CHECKING:
+    from ._tls import SslArg
 
 __all__ = ["Admin", "AdminTimeout"]
 
@@ -48,7 +57,10 @@ class AdminTimeout(ConnectionLostError):
 class Admin:
     """Blocking admin client. Each call opens a connection, sends the command, reads the
     whole reply and closes; ``with Admin(...) as admin:`` keeps one connection for several
-    calls. ``timeout`` (seconds, ``None`` = wait for ever) bounds each read."""
+    calls. ``timeout`` (seconds, ``None`` = wait for ever) bounds each read.
+    ``ssl``: an ``ssl.SSLContext`` (see ``tls_context``), True, False, or None (TLS when
+    the ``GEARMAN_SSL*`` variables ask for it); the server's certificate and host name are
+    always verified (docs/security.md)."""
 
     def __init__(
         self,
@@ -56,7 +68,11 @@ class Admin:
         *,
         connect_timeout: float = CONNECT_TIMEOUT,
         timeout: float | None = None,
+        ssl: SslArg = None,
     ) -> None:
+        from ._tls import resolve
+
+        self._tls = resolve(ssl)
         self.server: ServerAddress = (
             to_addresses(server)[0] if server is not None else default_servers()[0]
         )
@@ -79,7 +95,7 @@ class Admin:
     def connect(self) -> None:
         """Open the connection (``OSError`` when the server cannot be reached)."""
         if self._sock is None:
-            sock = connect(self.server, self._connect_timeout)
+            sock = connect(self.server, self._connect_timeout, self._tls)
             sock.settimeout(self._timeout)
             self._sock = sock
             self._parser = Parser(max_line_length=MAX_LINE)
@@ -163,6 +179,30 @@ class Admin:
 
     def cancel_job(self, handle: str | bytes) -> None:
         self.command(b"cancel job " + word(handle), is_list=False)
+
+    def show_dead(self, function: str | bytes | None = None) -> list[DeadLetterInfo]:
+        """``show dead [FUNCTION]`` (our gearmand): the dead letters, oldest first."""
+        line = b"show dead" + (b" " + word(function) if function is not None else b"")
+        return parse_show_dead(self.command(line, is_list=True))
+
+    def retry_dead(self, function: str | bytes, handle: str | bytes | None = None) -> int:
+        """``retry dead FUNCTION HANDLE|all``: queue dead letters again (all when no
+        handle); how many. ``AdminError`` (``UNKNOWN_JOB``) for an unknown handle."""
+        reply = self.command(dead_line("retry", function, handle), is_list=False)
+        return int(reply.value or b"0")
+
+    def drop_dead(self, function: str | bytes, handle: str | bytes | None = None) -> int:
+        """``drop dead FUNCTION HANDLE|all``: forget dead letters; how many."""
+        reply = self.command(dead_line("drop", function, handle), is_list=False)
+        return int(reply.value or b"0")
+
+    def result(self, handle: str | bytes | None = None, *,
+               function: str | bytes | None = None,
+               unique: str | bytes | None = None) -> JobResult:
+        """``result HANDLE`` or ``result unique FUNCTION KEY`` (our gearmand with
+        ``--result-ttl``): the job's state, and its result once done or failed."""
+        return parse_result(self.command(result_line(handle, function, unique),
+                                              is_list=False))
 
     def create_function(self, name: str | bytes) -> None:
         self.command(b"create function " + word(name), is_list=False)

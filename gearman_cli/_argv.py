@@ -233,3 +233,22 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise ValueError(f"{value} is not in the range x>0.")
     return value
+
+
+def tls_options() -> list[Option]:
+    """``-S`` and the TLS files, shared by ``gearman`` and ``gearadmin`` (see ``_tls``)."""
+    return [
+        Option("-S", "--ssl", dest="ssl",
+               help="Connect with TLS (1.2 or later), verifying the server's certificate "
+                    "and host name (env GEARMAN_SSL=1)."),
+        Option("--ssl-ca-file", dest="ssl_ca_file", takes_value=True, metavar="FILE",
+               help="CA certificates (PEM) that sign the server's certificate (default: "
+                    "the system's CAs; env GEARMAN_SSL_CA_FILE). Implies -S."),
+        Option("--ssl-certificate", dest="ssl_certificate", takes_value=True,
+               metavar="FILE",
+               help="Client certificate (PEM; may hold the key too), for a server that "
+                    "asks for one (env GEARMAN_SSL_CERTIFICATE). Implies -S."),
+        Option("--ssl-key", dest="ssl_key", takes_value=True, metavar="FILE",
+               help="The client certificate's private key (PEM, unencrypted; env "
+                    "GEARMAN_SSL_KEY). Implies -S."),
+    ]

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import Packet, PacketType, Priority, encode_req
 
+from ._admin_core import JobResult
 from ._client_core import ConnCore, give_up_after
 from ._errors import ConnectionLostError, GearmanError, NoServerError
 from ._log import get_logger
@@ -57,6 +58,7 @@ logger = get_logger("gearman_cli.client")
 
 if TYPE_CHECKING:
     from ._task import When
+    from ._tls import SslArg
 
 __all__ = ["CONNECT_TIMEOUT", "Client", "IdleTimeout"]
 
@@ -83,6 +85,9 @@ class Client(TaskQueue):
     them; ``None`` uses ``add_server`` calls or else ``GEARMAN_SERVERS`` (else
     ``localhost:4730``, read once). With ``exceptions=True`` every connection sends
     ``OPTION_REQ exceptions`` so WORK_EXCEPTION reaches us.
+    ``ssl``: an ``ssl.SSLContext`` (see ``tls_context``), True, False, or None (TLS when
+    the ``GEARMAN_SSL*`` variables ask for it); the server's certificate and host name are
+    always verified (docs/security.md).
     """
 
     def __init__(
@@ -92,7 +97,11 @@ class Client(TaskQueue):
         exceptions: bool = True,
         connect_timeout: float = CONNECT_TIMEOUT,
         client_id: str | bytes | None = None,
+        ssl: SslArg = None,
     ) -> None:
+        from ._tls import resolve
+
+        self._tls = resolve(ssl)
         self._pool = ServerPool()
         if servers is not None:
             for address in to_addresses(servers):
@@ -124,7 +133,7 @@ class Client(TaskQueue):
         if conn is not None and not conn.sock.closed:
             return conn
         try:
-            sock = SyncConnection(server, self._connect_timeout)
+            sock = SyncConnection(server, self._connect_timeout, self._tls)
         except OSError:
             self._pool.mark_down(server)
             raise
@@ -394,6 +403,35 @@ class Client(TaskQueue):
         key = to_bytes(unique)
         request = encode_req(PacketType.GET_STATUS_UNIQUE, key)
         return self._poll_status(request, self._pool.order(key), unique=True)
+
+    def result(self, handle: str | bytes | Task, *, unique: str | bytes | None = None,
+               server: ServerAddress | None = None) -> JobResult:
+        """A background job's state and result, from our gearmand's result cache
+        (``--result-ttl``), by handle (or a Task), or by function and unique key
+        (``result(FUNCTION, unique=KEY)``). Each server is asked in turn until one knows
+        the job; ``state`` is ``unknown`` when none does (or the result expired)."""
+        from ._admin_sync import Admin
+
+        if isinstance(handle, Task):
+            server = server or handle.server
+            if handle.handle is None:
+                raise ValueError("the task has no handle yet")
+            handle = handle.handle
+        answer: JobResult | None = None
+        for address in [server] if server is not None else self._pool.order():
+            try:
+                with Admin(address, connect_timeout=self._connect_timeout,
+                           timeout=10.0) as admin:
+                    answer = (admin.result(function=handle, unique=unique)
+                              if unique is not None else admin.result(handle))
+            except (OSError, ConnectionLostError) as exc:
+                logger.info("result from %s failed: %s", address, exc)
+                continue
+            if answer.state != "unknown":
+                return answer
+        if answer is None:
+            raise NoServerError("no server reachable for a result request")
+        return answer
 
     def echo(self, data: Bytesish = b"", *, server: ServerAddress | None = None) -> bytes:
         """ECHO_REQ to a server (the first reachable one by default); returns the echo."""

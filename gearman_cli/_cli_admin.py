@@ -24,6 +24,8 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "workers": ("Workers (every connection)", ("FD", "Address", "Client ID", "Functions")),
     "show jobs": ("Jobs", ("Handle", "Retries", "Ignore", "Queued")),
     "show unique jobs": ("Unique keys of jobs", ("Unique key",)),
+    "show dead": ("Dead letters", ("Function", "Handle", "Unique", "Attempts", "First failed",
+                                   "Last failed", "Error")),
 }
 
 #: Shown for a job without a unique key (the reply has a blank line for it).
@@ -133,7 +135,7 @@ class AdminRun:
 
     def main(self) -> int:
         opts = self.opts
-        admin = Admin(opts.server, timeout=opts.timeout)
+        admin = Admin(opts.server, timeout=opts.timeout, ssl=opts.tls or False)
         try:
             with admin:
                 for command in opts.commands:

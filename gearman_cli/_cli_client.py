@@ -434,7 +434,7 @@ async def main(opts: GearmanOptions) -> int:
     connect_timeout = opts.timeout_ms / 1000 if opts.timeout_ms else 5.0
     try:
         async with AsyncClient(
-            list(opts.servers), connect_timeout=connect_timeout
+            list(opts.servers), connect_timeout=connect_timeout, ssl=opts.tls or False
         ) as client:
             pipeline = Pipeline(client, opts, output)
             if batched(opts):

@@ -90,7 +90,8 @@ class OneShot:
     def run(self) -> int:
         opts = self.opts
         timeout = opts.timeout_ms / 1000 if opts.timeout_ms else None
-        client = Client(list(opts.servers), connect_timeout=timeout or 5.0)
+        client = Client(list(opts.servers), connect_timeout=timeout or 5.0,
+                        ssl=opts.tls or False)
         unique = opts.unique.encode() if opts.unique is not None else None
         priority = _PRIORITY[opts.priority]
         try:

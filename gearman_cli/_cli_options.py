@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ._servers import DEFAULT_HOST, DEFAULT_PORT, ServerAddress, parse_servers
 
@@ -22,12 +22,14 @@ class ExitCode(enum.IntEnum):
     #: gearman: a job failed (WORK_FAIL) or raised (WORK_EXCEPTION);
     #: gearadmin: the server answered a command with ERR.
     JOB_FAILED = 1
-    #: Bad usage: unknown option, missing argument, no function, no command, -S.
+    #: Bad usage: unknown option, missing argument, no function, no command, a TLS file.
     USAGE = 2
     #: No server could be reached, or the connection was lost or refused a request.
     NO_SERVER = 3
-    #: The -t timeout elapsed with no progress.
+    #: The -t timeout elapsed with no progress; gearman --result: unknown or expired.
     TIMEOUT = 4
+    #: gearman --result: the job is still queued or running.
+    NOT_DONE = 5
     #: Interrupted by SIGINT, when dying by the signal itself did not work.
     INTERRUPTED = 130
 
@@ -54,6 +56,8 @@ class GearmanOptions(NamedTuple):
     window: int = 512  # --window: line-mode jobs in flight
     concurrency: int = 1  # --concurrency: worker jobs at once
     job_timeout: float | None = None  # --job-timeout, seconds
+    tls: Any = None  # -S / --ssl-*: an ssl.SSLContext, or None for plaintext
+    result: str | None = None  # --result HANDLE (or unique key with -f)
 
 
 class AdminCommand(NamedTuple):
@@ -71,6 +75,7 @@ class AdminOptions(NamedTuple):
     json: bool = False
     table: bool | None = None  # None = when stdout is a terminal
     timeout: float | None = None  # -t, seconds; None = wait for ever
+    tls: Any = None  # -S / --ssl-*: an ssl.SSLContext, or None for plaintext
 
 
 class TopOptions(NamedTuple):
@@ -80,6 +85,7 @@ class TopOptions(NamedTuple):
     interval: float = 1.0
     sort: str = "function"
     timeout: float | None = None  # -t, seconds; None = 10 s per read
+    tls: Any = None  # -S / --ssl-*: an ssl.SSLContext, or None for plaintext
 
 
 def resolve_servers(host: str | None, port: int | None) -> tuple[ServerAddress, ...]:

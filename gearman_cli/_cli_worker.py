@@ -35,6 +35,7 @@ class WorkerRun:
         self.opts = opts
         self.worker = AsyncWorker(
             list(opts.servers),
+            ssl=opts.tls or False,
             concurrency=opts.concurrency,
             connect_timeout=opts.timeout_ms / 1000 if opts.timeout_ms else 5.0,
         )

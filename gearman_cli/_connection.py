@@ -17,6 +17,11 @@ import trio
 from protocol import ConnectionClosed, Packet, Parser, RemoteProtocolError
 
 from ._servers import ServerAddress
+from ._tls import handshake_failure
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ssl
 
 logger = logging.getLogger(__name__)
 
@@ -31,16 +36,33 @@ _ids = itertools.count(1)
 
 
 async def open_stream(
-    address: ServerAddress, timeout: float = CONNECT_TIMEOUT
-) -> trio.SocketStream:
-    """Connect to ``address`` with TCP_NODELAY set; ``OSError`` when that fails or times out."""
+    address: ServerAddress, timeout: float = CONNECT_TIMEOUT,
+    tls: ssl.SSLContext | None = None,
+) -> trio.abc.Stream:
+    """Connect to ``address`` with TCP_NODELAY set, and with ``tls`` its TLS handshake
+    done (the server's certificate verified for ``address.host``), all within
+    ``timeout``; ``OSError`` when that fails or times out."""
+    stream: trio.SocketStream | None = None
     try:
         with trio.fail_after(timeout):
             stream = await trio.open_tcp_stream(address.host, address.port)
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is None:
+                return stream
+            # https_compatible: no close_notify is awaited or required at the end (Gear
+            # packets delimit themselves), so closing never waits on the server.
+            tls_stream = trio.SSLStream(stream, tls, server_hostname=address.host,
+                                        https_compatible=True)
+            try:
+                await tls_stream.do_handshake()
+            except trio.BrokenResourceError as exc:
+                await trio.aclose_forcefully(stream)
+                raise OSError(handshake_failure(exc)) from None
+            return tls_stream
     except trio.TooSlowError:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
         raise OSError(f"connect to {address} timed out after {timeout}s") from None
-    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return stream
 
 
 class Connection:
@@ -51,7 +73,7 @@ class Connection:
     ``close``) and returns the reason as text; it never raises for I/O errors.
     """
 
-    def __init__(self, stream: trio.SocketStream, address: ServerAddress) -> None:
+    def __init__(self, stream: trio.abc.Stream, address: ServerAddress) -> None:
         self.id = next(_ids)
         self.address = address
         self._stream = stream

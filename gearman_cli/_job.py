@@ -51,6 +51,7 @@ class Job:
         "reducer",
         "app_data",
         "sequence",
+        "attempt",
         "_conn",
         "_in_thread",
         "_finished",
@@ -76,6 +77,10 @@ class Job:
         #: The order the server assigned the job in: 0, 1, 2, ... over the worker's life
         #: (all servers). Callbacks of concurrent jobs may start in any order; this does not.
         self.sequence = sequence
+        #: Which attempt at this job this is (1 = the first run): our gearmand says so
+        #: to workers that ask (``AsyncWorker(attempts=True)`` sends ``OPTION_REQ
+        #: attempts``); None otherwise, or from a server that does not.
+        self.attempt: int | None = None
         self._conn = conn
         self._in_thread = False
         self._finished = False
@@ -176,10 +181,13 @@ class _Session:
     the session waits a second before grabbing again.
     """
 
-    __slots__ = ("conn", "outstanding", "sleeping", "empty", "paused", "closed", "changed")
+    __slots__ = ("conn", "outstanding", "sleeping", "empty", "paused", "closed", "changed",
+                 "attempt")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        #: The attempt number announced for the next assignment (OPTION_RES attempt=N).
+        self.attempt: int | None = None
         self.outstanding = 0
         self.sleeping = False
         self.empty = False

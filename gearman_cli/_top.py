@@ -192,10 +192,12 @@ def human_cell(key: str, value: Any) -> str:
 class Source:
     """One server: a kept admin connection, re-opened after an error."""
 
-    def __init__(self, server: ServerAddress, timeout: float | None) -> None:
+    def __init__(self, server: ServerAddress, timeout: float | None,
+                 tls: Any = None) -> None:
         self.server = server
         self.name = str(server)
-        self.admin = Admin(server, timeout=timeout if timeout is not None else 10.0)
+        self.admin = Admin(server, timeout=timeout if timeout is not None else 10.0,
+                           ssl=tls or False)
         self.previous: Reading | None = None
         self.error: str | None = None
         self.stats_known = True
@@ -255,7 +257,7 @@ def _why(source: Source, exc: BaseException) -> str:
 
 def snapshot(opts: TopOptions) -> int:
     """Not a terminal: one reading of every server, TAB-separated, header first."""
-    sources = [Source(s, opts.timeout) for s in opts.servers]
+    sources = [Source(s, opts.timeout, opts.tls) for s in opts.servers]
     all_rows: list[dict[str, Any]] = []
     status = ExitCode.OK
     for source in sources:
@@ -318,7 +320,7 @@ class Live:
         self.opts = opts
         self.sort = opts.sort
         self.reverse = False
-        self.sources = [Source(s, opts.timeout) for s in opts.servers]
+        self.sources = [Source(s, opts.timeout, opts.tls) for s in opts.servers]
 
     def columns(self, cells: list[dict[str, str]], width: int) -> dict[str, int]:
         """The columns to show in ``width`` terminal columns: key -> content width."""

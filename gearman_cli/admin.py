@@ -23,7 +23,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -33,22 +33,32 @@ from ._admin_core import (
     LIST_COMMANDS,
     MAX_LINE,
     AdminReply,
+    DeadLetterInfo,
     FunctionStatus,
     JobInfo,
+    JobResult,
     PriorityStatus,
     ReplyReader,
     WorkerInfo,
     checked,
     command_line,
+    dead_line,
     is_list_command,
     maxqueue_line,
     parse_prioritystatus,
+    parse_result,
+    parse_show_dead,
     parse_show_jobs,
     parse_status,
     parse_workers,
+    result_line,
     word,
 )
 from ._connection import CONNECT_TIMEOUT, RECEIVE_SIZE, open_stream
+from ._tls import resolve as resolve_tls
+
+if TYPE_CHECKING:
+    from ._tls import SslArg
 from ._errors import ConnectionLostError
 from ._servers import ServerAddress, ServerSpec, default_servers, to_addresses
 
@@ -56,8 +66,10 @@ __all__ = [
     "LIST_COMMANDS",
     "AdminReply",
     "AsyncAdmin",
+    "DeadLetterInfo",
     "FunctionStatus",
     "JobInfo",
+    "JobResult",
     "PriorityStatus",
     "WorkerInfo",
 ]
@@ -68,16 +80,21 @@ class AsyncAdmin:
 
     ``server`` defaults to the first of ``GEARMAN_SERVERS`` (else ``localhost:4730``).
     Commands are sent and answered one at a time, in order.
+    ``ssl``: an ``ssl.SSLContext`` (see ``tls_context``), True, False, or None (TLS when
+    the ``GEARMAN_SSL*`` variables ask for it); the server's certificate and host name are
+    always verified (docs/security.md).
     """
 
     def __init__(
-        self, server: ServerSpec | None = None, *, connect_timeout: float = CONNECT_TIMEOUT
+        self, server: ServerSpec | None = None, *, connect_timeout: float = CONNECT_TIMEOUT,
+        ssl: SslArg = None,
     ) -> None:
         self.server: ServerAddress = (
             to_addresses(server)[0] if server is not None else default_servers()[0]
         )
         self._connect_timeout = connect_timeout
-        self._stream: trio.SocketStream | None = None
+        self._tls = resolve_tls(ssl)
+        self._stream: trio.abc.Stream | None = None
         self._parser = Parser(max_line_length=MAX_LINE)
         self._lock = trio.Lock()
 
@@ -96,7 +113,7 @@ class AsyncAdmin:
     async def connect(self) -> None:
         """Open the connection (``OSError`` when the server cannot be reached)."""
         if self._stream is None:
-            self._stream = await open_stream(self.server, self._connect_timeout)
+            self._stream = await open_stream(self.server, self._connect_timeout, self._tls)
             self._parser = Parser(max_line_length=MAX_LINE)
 
     async def aclose(self) -> None:
@@ -187,6 +204,30 @@ class AsyncAdmin:
     async def cancel_job(self, handle: str | bytes) -> None:
         """``cancel job H``; ``AdminError`` (``UNKNOWN_JOB``) for an unknown handle."""
         await self.command(b"cancel job " + word(handle), is_list=False)
+
+    async def show_dead(self, function: str | bytes | None = None) -> list[DeadLetterInfo]:
+        """``show dead [FUNCTION]`` (our gearmand): the dead letters, oldest first."""
+        line = b"show dead" + (b" " + word(function) if function is not None else b"")
+        return parse_show_dead(await self.command(line, is_list=True))
+
+    async def retry_dead(self, function: str | bytes, handle: str | bytes | None = None) -> int:
+        """``retry dead FUNCTION HANDLE|all``: queue dead letters again (all when no
+        handle); how many. ``AdminError`` (``UNKNOWN_JOB``) for an unknown handle."""
+        reply = await self.command(dead_line("retry", function, handle), is_list=False)
+        return int(reply.value or b"0")
+
+    async def drop_dead(self, function: str | bytes, handle: str | bytes | None = None) -> int:
+        """``drop dead FUNCTION HANDLE|all``: forget dead letters; how many."""
+        reply = await self.command(dead_line("drop", function, handle), is_list=False)
+        return int(reply.value or b"0")
+
+    async def result(self, handle: str | bytes | None = None, *,
+               function: str | bytes | None = None,
+               unique: str | bytes | None = None) -> JobResult:
+        """``result HANDLE`` or ``result unique FUNCTION KEY`` (our gearmand with
+        ``--result-ttl``): the job's state, and its result once done or failed."""
+        return parse_result(await self.command(result_line(handle, function, unique),
+                                              is_list=False))
 
     async def create_function(self, name: str | bytes) -> None:
         await self.command(b"create function " + word(name), is_list=False)

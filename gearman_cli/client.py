@@ -49,15 +49,20 @@ import time
 from collections.abc import Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from protocol import Packet, PacketType, Priority, encode_req
 
+from ._admin_core import JobResult
 from ._blocking import Client
 from ._client_core import ConnCore, give_up_after
 from ._connection import CONNECT_TIMEOUT, Connection, open_stream
+from ._tls import resolve as resolve_tls
+
+if TYPE_CHECKING:
+    from ._tls import SslArg
 from ._errors import ConnectionLostError, GearmanError, NoServerError
 from ._servers import ServerAddress, ServerPool, ServerSpec, to_addresses, why
 from ._task import (
@@ -129,6 +134,9 @@ class AsyncClient(TaskQueue):
     them; ``None`` uses ``add_server`` calls or else ``GEARMAN_SERVERS`` (else
     ``localhost:4730``). With ``exceptions=True`` every connection sends
     ``OPTION_REQ exceptions`` so WORK_EXCEPTION reaches us (§1.3).
+    ``ssl``: an ``ssl.SSLContext`` (see ``tls_context``), True, False, or None (TLS when
+    the ``GEARMAN_SSL*`` variables ask for it); the server's certificate and host name are
+    always verified (docs/security.md).
     """
 
     def __init__(
@@ -139,7 +147,9 @@ class AsyncClient(TaskQueue):
         connect_timeout: float = CONNECT_TIMEOUT,
         client_id: str | bytes | None = None,
         pool: ServerPool | None = None,
+        ssl: SslArg = None,
     ) -> None:
+        self._tls = resolve_tls(ssl)
         self._pool = pool if pool is not None else ServerPool()
         if servers is not None:
             for address in to_addresses(servers):
@@ -228,7 +238,7 @@ class AsyncClient(TaskQueue):
         event = self._connecting[server] = trio.Event()
         try:
             try:
-                stream = await open_stream(server, self._connect_timeout)
+                stream = await open_stream(server, self._connect_timeout, self._tls)
             except OSError:
                 self._pool.mark_down(server)
                 raise
@@ -523,6 +533,32 @@ class AsyncClient(TaskQueue):
                 return answer
         if answer is None:
             raise NoServerError("no server reachable for a status request")
+        return answer
+
+    async def result(self, handle: str | bytes | Task, *, unique: str | bytes | None = None,
+                     server: ServerAddress | None = None) -> JobResult:
+        """A background job's state and result from our gearmand's result cache (see
+        ``Client.result``): by handle (or a Task), or ``result(FUNCTION, unique=KEY)``."""
+        from .admin import AsyncAdmin
+
+        if isinstance(handle, Task):
+            server = server or handle.server
+            if handle.handle is None:
+                raise ValueError("the task has no handle yet")
+            handle = handle.handle
+        answer: JobResult | None = None
+        for address in self._status_servers(server):
+            try:
+                async with AsyncAdmin(address, connect_timeout=self._connect_timeout) as admin:
+                    answer = await (admin.result(function=handle, unique=unique)
+                                    if unique is not None else admin.result(handle))
+            except (OSError, ConnectionLostError) as exc:
+                logger.info("result from %s failed: %s", address, exc)
+                continue
+            if answer.state != "unknown":
+                return answer
+        if answer is None:
+            raise NoServerError("no server reachable for a result request")
         return answer
 
     async def echo(self, data: Bytesish = b"", *, server: ServerAddress | None = None) -> bytes:

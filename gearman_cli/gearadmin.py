@@ -9,11 +9,12 @@ from __future__ import annotations
 import sys
 
 from . import _signals
-from ._argv import ArgParser, Option, UsageError, int_range, positive_float
+from ._argv import ArgParser, Option, UsageError, int_range, positive_float, tls_options
 
 TYPE_CHECKING = False  # not typing's: start-up time
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import Any
 
     from ._cli_options import AdminCommand, AdminOptions, TopOptions
 
@@ -42,7 +43,13 @@ COMMANDS = {
     "workers": "workers",
     "shutdown": "shutdown",
     "shutdown_graceful": "shutdown graceful",
+    "dead": "show dead",
+    "retry_dead": "retry dead",
+    "drop_dead": "drop dead",
 }
+
+#: Value options whose value may be two words: FUNCTION [HANDLE] (all when no handle).
+_DEAD = frozenset({"retry_dead", "drop_dead"})
 
 
 def _port(value: str) -> int:
@@ -100,6 +107,12 @@ OPTIONS = [
     _flag("--shutdown", "Shut the server down (our gearmand)."),
     _flag("--shutdown-graceful",
           "Stop accepting, finish running work, then shut down (our gearmand)."),
+    _flag("--dead", "Show the dead letters: jobs that used up their retries (our gearmand)."),
+    _value("--retry-dead", "'FUNCTION [HANDLE]'",
+           "Queue a function's dead letters again: the one with HANDLE, or all (our "
+           "gearmand)."),
+    _value("--drop-dead", "'FUNCTION [HANDLE]'",
+           "Forget a function's dead letters: the one with HANDLE, or all (our gearmand)."),
     Option("--watch", dest="watch",
            help="Stream job events (our gearmand) as JSON lines until Ctrl-C; the "
                 "arguments, if any, are the functions to watch."),
@@ -113,7 +126,7 @@ OPTIONS = [
            help="Seconds between two refreshes of --top."),
     Option("--sort", dest="sort", takes_value=True, metavar="COLUMN", convert=_sort_key,
            help="The column --top sorts by first (default: function)."),
-    Option("-S", "--ssl", dest="ssl", help="Enable SSL connections (not supported yet)."),
+    *tls_options(),
 ]
 
 PARSER = ArgParser(
@@ -138,8 +151,9 @@ def parse(argv: Sequence[str]) -> AdminOptions | TopOptions | None:
     v = parsed.values
     if parsed.args and not v["watch"]:
         raise UsageError(f"Got unexpected extra argument ({' '.join(parsed.args)})")
-    if v["ssl"]:
-        raise UsageError("-S: TLS is not supported yet")
+    from ._tls import cli_context
+
+    tls = cli_context(v)
     # Commands in the order given (the reference runs them in a fixed order).
     commands: list[AdminCommand] = []
     for opt, value in parsed.order:
@@ -147,7 +161,13 @@ def parse(argv: Sequence[str]) -> AdminOptions | TopOptions | None:
         if line is None:
             continue
         flag = opt.names[0]
-        if opt.multiple:
+        if opt.dest in _DEAD:
+            words = value.split()
+            if not 1 <= len(words) <= 2:
+                raise UsageError(f"Invalid value for '{flag}': FUNCTION or 'FUNCTION HANDLE'")
+            commands.append(AdminCommand(flag, f"{line} {words[0]} "
+                                         f"{words[1] if len(words) == 2 else 'all'}"))
+        elif opt.multiple:
             if not value or any(c.isspace() for c in value):
                 raise UsageError(f"Invalid value for '{flag}': must be one word")
             commands.append(AdminCommand(flag, f"{line} {value}"))
@@ -169,7 +189,7 @@ def parse(argv: Sequence[str]) -> AdminOptions | TopOptions | None:
             raise UsageError(f"--top cannot be combined with {commands[0].flag}")
         if v["json"]:
             raise UsageError("--top cannot be combined with --json")
-        return _top_options(hosts, port, v["interval"], v["sort"], timeout_ms)
+        return _top_options(hosts, port, v["interval"], v["sort"], timeout_ms, tls)
     if v["sort"] is not None or any(opt.dest == "interval" for opt, _ in parsed.order):
         raise UsageError("--interval and --sort go with --top")
     if not commands:
@@ -180,11 +200,12 @@ def parse(argv: Sequence[str]) -> AdminOptions | TopOptions | None:
         json=bool(v["json"]),
         table=None,
         timeout=timeout_ms / 1000 if timeout_ms else None,
+        tls=tls,
     )
 
 
 def _top_options(hosts: list[str], port: int, interval: float, sort: str | None,
-                 timeout_ms: int | None) -> TopOptions:
+                 timeout_ms: int | None, tls: Any = None) -> TopOptions:
     from ._cli_options import TopOptions
     from ._servers import parse_server
 
@@ -197,7 +218,7 @@ def _top_options(hosts: list[str], port: int, interval: float, sort: str | None,
         if server not in servers:
             servers.append(server)
     return TopOptions(servers=tuple(servers), interval=interval, sort=sort or "function",
-                      timeout=timeout_ms / 1000 if timeout_ms else None)
+                      timeout=timeout_ms / 1000 if timeout_ms else None, tls=tls)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

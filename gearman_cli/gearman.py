@@ -13,7 +13,7 @@ import os
 import sys
 
 from . import _signals
-from ._argv import ArgParser, Option, UsageError, int_range, positive_float
+from ._argv import ArgParser, Option, UsageError, int_range, positive_float, tls_options
 
 TYPE_CHECKING = False  # not typing's: `gearman --help` imports nothing it does not need
 if TYPE_CHECKING:
@@ -65,7 +65,6 @@ OPTIONS = [
     Option("-d", "--daemon", dest="daemon",
            help="Detach: fork, new session, stdio to /dev/null (a worker first checks "
                 "that a server answers, and exits 3 if none does)."),
-    Option("-S", "--ssl", dest="ssl", help="Enable SSL connections (not supported yet)."),
     Option("-v", "--verbose", dest="verbose",
            help="Print 'Task created: HANDLE' to stdout for each job created."),
     Option("-b", "--background", dest="background", help="Run jobs in the background."),
@@ -92,9 +91,15 @@ OPTIONS = [
            convert=int_range(1),
            help="Worker: jobs run at once (default 1, as the C tool, so several "
                 "workers share the load)."),
+    Option("--result", dest="result", takes_value=True, metavar="HANDLE",
+           help="Print the result of the background job HANDLE (our gearmand, with "
+                "--result-ttl) and exit: 0 done, 1 failed (its error on stderr), 4 unknown "
+                "or expired, 5 still queued or running. With -f FUNCTION, HANDLE is the "
+                "job's unique key."),
     Option("--job-timeout", dest="job_timeout", takes_value=True, metavar="SECONDS",
            convert=positive_float,
            help="Worker: kill the command's process group and fail the job after SECONDS."),
+    *tls_options(),
 ]
 
 PARSER = ArgParser(
@@ -117,12 +122,14 @@ def parse(argv: Sequence[str]) -> GearmanOptions | None:
         sys.stdout.write(PARSER.help_text())
         return None
     from ._cli_options import GearmanOptions, resolve_servers
+    from ._tls import cli_context
 
     v = parsed.values
-    if v["ssl"]:
-        raise UsageError("-S: TLS is not supported yet")
-    if not v["functions"]:
+    if not v["functions"] and v["result"] is None:
         raise UsageError("no function given (use -f FUNCTION)")
+    if v["result"] is not None and (len(v["functions"]) > 1 or v["worker"] or parsed.args):
+        raise UsageError("--result takes one handle (or -f FUNCTION and a unique key), "
+                         "and no jobs")
     try:
         servers = resolve_servers(v["host"], v["port"])
     except ValueError as exc:
@@ -155,6 +162,8 @@ def parse(argv: Sequence[str]) -> GearmanOptions | None:
         window=v["window"],
         concurrency=v["concurrency"] if v["concurrency"] is not None else 1,
         job_timeout=v["job_timeout"],
+        tls=cli_context(v),
+        result=v["result"],
     )
 
 
@@ -197,7 +206,7 @@ def _reachable(opts: GearmanOptions) -> str | None:
     reasons = []
     for server in opts.servers:
         try:
-            connect(server, timeout).close()
+            connect(server, timeout, opts.tls).close()
             return None
         except OSError as exc:
             reasons.append(f"{server}: {why(exc)}")
@@ -224,6 +233,10 @@ def run(opts: GearmanOptions) -> int:
                              f"{exc.strerror or exc}\n")
             return _USAGE
     try:
+        if opts.result is not None:
+            from ._cli_result import run_result
+
+            return run_result(opts)
         if opts.worker:
             from ._cli_worker import run_worker
 

@@ -67,13 +67,17 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import trio
 
 from protocol import Packet, PacketType, encode_req
 
 from ._connection import CONNECT_TIMEOUT, Connection, open_stream
+from ._tls import resolve as resolve_tls
+
+if TYPE_CHECKING:
+    from ._tls import SslArg
 from ._job import _ASSIGN, _GRAB, _PRE_SLEEP, Job, JobCallback, _Function, _Session
 from ._servers import ServerAddress, ServerPool, ServerSpec, to_addresses
 
@@ -91,7 +95,12 @@ class AsyncWorker:
     seconds, with jitter) and the functions are registered again. An idle worker sleeps
     (PRE_SLEEP, once every outstanding grab came back empty) until the server sends NOOP;
     with ``idle_poll`` seconds it also grabs again after that long without a NOOP (off by
-    default: no polling).
+    default: no polling). With ``attempts=True`` it asks the server (our gearmand) for
+    each job's attempt number (``Job.attempt``; gearmand(8), RETRIES AND DEAD LETTERS),
+    which a job retried under a ``--retry-policy`` may want to know.
+    ``ssl``: an ``ssl.SSLContext`` (see ``tls_context``), True, False, or None (TLS when
+    the ``GEARMAN_SSL*`` variables ask for it); the server's certificate and host name are
+    always verified (docs/security.md).
     """
 
     def __init__(
@@ -105,9 +114,12 @@ class AsyncWorker:
         reconnect_max: float = 5.0,
         exception_packet: Literal["exception", "fail"] = "exception",
         idle_poll: float | None = None,
+        ssl: SslArg = None,
+        attempts: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        self._tls = resolve_tls(ssl)
         self._pool = ServerPool()
         if servers is not None:
             for address in to_addresses(servers):
@@ -119,6 +131,7 @@ class AsyncWorker:
         self._reconnect_max = reconnect_max
         self._exception_packet = exception_packet
         self._idle_poll = idle_poll
+        self._attempts = attempts
         self._functions: dict[bytes, _Function] = {}
         #: Live sessions, in the order free slots are offered to them (rotated on use).
         self._sessions: dict[_Session, None] = {}
@@ -268,7 +281,7 @@ class AsyncWorker:
         lost = False
         while True:
             try:
-                stream = await open_stream(server, self._connect_timeout)
+                stream = await open_stream(server, self._connect_timeout, self._tls)
             except OSError as exc:
                 # One warning per second at most; the other attempts log at DEBUG.
                 now = trio.current_time()
@@ -297,6 +310,10 @@ class AsyncWorker:
         session = _Session(conn)
         if self._client_id is not None:
             conn.send(encode_req(PacketType.SET_CLIENT_ID, self._client_id))
+        if self._attempts:
+            # Our gearmand then precedes each assignment with OPTION_RES "attempt=N"
+            # (Job.attempt); other servers answer ERROR UNKNOWN_OPTION, ignored.
+            conn.send(_ATTEMPTS)
         for function in self._functions.values():
             conn.send(function.register_packet())
         self._sessions[session] = None
@@ -403,6 +420,7 @@ class AsyncWorker:
             self._active += 1
             session.empty = False  # a job came after all: keep grabbing
             job = self._job_from(session.conn, packet)
+            job.attempt, session.attempt = session.attempt, None
             function = self._functions.get(job.function)
             if function is not None and function.inline:
                 self._run_inline(job, function)
@@ -413,6 +431,13 @@ class AsyncWorker:
         if ptype is PacketType.NOOP:
             self._wake(session)
             return
+        if ptype is PacketType.OPTION_RES:
+            option = packet.args[0]
+            if option.startswith(b"attempt="):
+                session.attempt = int(option[8:]) if option[8:].isdigit() else None
+            return
+        if ptype is PacketType.ERROR and packet.args[0].upper() == b"UNKNOWN_OPTION":
+            return  # our OPTION_REQ attempts, to a server without it
         if ptype is PacketType.ERROR and packet.args[0] == b"JOB_NOT_FOUND":
             # The answer to one of our WORK_* packets, not to a GRAB: the server took the
             # job back (CAN_DO_TIMEOUT, cancel), so our result was discarded (§1.3, §2.7).
@@ -531,6 +556,8 @@ class Worker:
         reconnect_max: float = 5.0,
         exception_packet: Literal["exception", "fail"] = "exception",
         idle_poll: float | None = None,
+        ssl: SslArg = None,
+        attempts: bool = False,
     ) -> None:
         self._worker = AsyncWorker(
             servers,
@@ -541,6 +568,8 @@ class Worker:
             reconnect_max=reconnect_max,
             exception_packet=exception_packet,
             idle_poll=idle_poll,
+            ssl=ssl,
+            attempts=attempts,
         )
 
     def add_server(self, host: str, port: int = 4730) -> None:
@@ -575,6 +604,7 @@ class Worker:
         self._worker.stop()
 
 
+_ATTEMPTS = encode_req(PacketType.OPTION_REQ, b"attempts")
 T = TypeVar("T")
 
 

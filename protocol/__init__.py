@@ -7,6 +7,9 @@ behaviour differs from the reference.
 from __future__ import annotations
 
 from . import _admin as admin
+
+# First: it installs the finder of the optional compiled build before any module of it.
+from . import _native  # noqa: F401
 from ._admin import AdminCommand, parse_admin_line
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._packet import (

@@ -2,7 +2,7 @@
 
 Parse (server.cli), set up the process (logs, limits, -d, pid file), then run the server
 under trio with the reference's signals (spec §2.12): TERM/INT stop, USR1 stops
-gracefully, HUP reopens the log file.
+gracefully, HUP reopens the log file and reloads the ``--acl-file``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import trio
 
+from protocol._native import describe as native_describe
 from server import cli, daemon, logs
 from server.config import ServerConfig
 from server.store.base import StoreError
@@ -91,6 +92,9 @@ async def _watch_signals(signals: Any, server: Serving, on_reopen: Callable[[], 
             stopped_by = signum
         if signum == signal.SIGHUP:
             on_reopen()
+            reload_acl = getattr(server, "reload_acl", None)
+            if reload_acl is not None:
+                reload_acl()
         elif signum == signal.SIGUSR1:
             logger.log(logs.NOTICE, "Received %s, shutting down gracefully", name)
             server.shutdown(graceful=True)
@@ -165,6 +169,7 @@ def run(invocation: cli.Invocation, factory: ServerFactory = _default_factory,
             for address in addresses:
                 logger.info("Listening on %s", format_address(address))
             logger.info("Queue type: %s", config.queue_type)
+            logger.info("Hot modules: %s", native_describe())
             readiness.ready()
 
         def on_reopen() -> None:

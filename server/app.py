@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -18,13 +19,17 @@ import trio
 
 from protocol import PacketType
 
+from .acl import Acl, AclError
 from .admin import AdminContext
 from .config import ServerConfig
+from .daemon import StartupError
 from .events import Events
-from .gear import GearFrontEnd
+from .gear import GearFrontEnd, GearPeer
 from .host import Address, FrontEnd
-from .manager import Limits, Manager
+from .manager import Conn, Limits, Manager
 from .persistence import Persistence
+from .results_io import open_cache, run_writer
+from .retry import RetryPolicies
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +61,24 @@ class Server:
             limits=Limits(max_name=config.max_name_length, max_functions=config.max_functions,
                           max_worker_functions=config.max_worker_functions),
         )
+        self._manager.retry = RetryPolicies(dict(config.retry_policies))
+        self._manager.dead_letters.limit = config.max_dead_letters
+        if config.result_ttls:
+            self._manager.results = open_cache(config.result_cache, dict(config.result_ttls),
+                                               config.result_cache_bytes)
         self.events = Events(config.events_buffer, config.events_payloads,
                              config.events_function.encode()
                              if config.events_function is not None else None)
         self._manager.attach_events(self.events)
         if config.events_function is not None:
             self.events.add_hook(self._events_hook(config.events_function.encode()))
+        self.acl: Acl | None = None
+        if config.acl_file is not None:
+            try:
+                self.acl = Acl.from_file(config.acl_file)
+            except AclError as exc:
+                raise StartupError(str(exc)) from None
+            self._manager.attach_acl(self.acl)
         self._admin = AdminContext(
             manager=self._manager,
             version=config.version,
@@ -70,12 +87,25 @@ class Server:
             shutdown=self.shutdown,
             admin_from_anywhere=config.admin_from_anywhere,
             server_stats=self.server_stats,
+            acl=self.acl,
+            defer=self._defer_admin,
         )
         #: Where the Gear front-end listens, once serving.
         self.addresses: list[Address] = []
         #: Where each ``-r`` front-end listens, by name, once serving.
         self.frontend_addresses: dict[str, list[Address]] = {}
-        self.gear = GearFrontEnd(self, config.port)
+        #: ``--ssl``: built here, so that a bad certificate stops start-up before binding.
+        self._tls_context: ssl.SSLContext | None = None
+        peer_class: type[GearPeer] = GearPeer
+        if config.tls is not None:
+            from .gear_tls import TlsGearPeer
+            from .tls import TlsSetupError, server_context
+            try:
+                self._tls_context = server_context(config.tls)
+            except TlsSetupError as exc:
+                raise StartupError(str(exc)) from None
+            peer_class = TlsGearPeer
+        self.gear = GearFrontEnd(self, config.port, peer_class)
         self.frontends: list[FrontEnd] = [self.gear, *self._extra_frontends()]
         self.persistence: Persistence | None = None
         self._shutdown = trio.Event()
@@ -99,6 +129,20 @@ class Server:
 
         return submit
 
+    def _defer_admin(self, conn: Conn, answer: Callable[[], Awaitable[bytes]]) -> None:
+        """An admin reply that needs I/O (a remote result cache): its place in the
+        connection's output is held, and filled by a task."""
+        peer = conn.peer
+        if not isinstance(peer, GearPeer):
+            return
+        hold = peer.hold()
+
+        async def reply() -> None:
+            peer.release_raw(hold, await answer())
+            self.changed()
+
+        self.spawn(reply)
+
     def _extra_frontends(self) -> list[FrontEnd]:
         config = self._config
         extra: list[FrontEnd] = []
@@ -116,6 +160,12 @@ class Server:
             from .http import MetricsFrontEnd
             extra.append(MetricsFrontEnd(self, config.metrics_port))
         return extra
+
+    def reload_acl(self) -> None:
+        """SIGHUP: read the ACL file again; a bad one keeps the rules in force (logged)."""
+        if self.acl is not None and self.acl.reload():
+            self._manager.acl_reloaded(time.time())
+            self.changed()
 
     def server_stats(self) -> dict[str, object]:
         """Counters beyond the core's: Gear traffic and the store's commits."""
@@ -151,6 +201,10 @@ class Server:
     @property
     def admin(self) -> AdminContext:
         return self._admin
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        return self._tls_context
 
     @property
     def http_addresses(self) -> list[Address]:
@@ -204,6 +258,9 @@ class Server:
                 await persistence.replay()
                 await nursery.start(persistence.run)
             nursery.start_soon(self._timer)
+            results = self._manager.results
+            if results is not None and results.remote:
+                nursery.start_soon(run_writer, results)
             nursery.start_soon(self._flusher)
             with trio.CancelScope() as accepting:
                 self._accepting = accepting

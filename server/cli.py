@@ -18,7 +18,15 @@ from click.core import ParameterSource
 
 from protocol import __version__
 from server import logs
+from server.cli_checks import (
+    CliError,
+    default_tls,
+    result_ttls,
+    retry_policies,
+    tls_config,
+)
 from server.config import ServerConfig
+from server.results import cache_url_problem
 from server.store import registry
 
 PROG = "gearmand"
@@ -38,11 +46,7 @@ HTTP = "HTTP"
 MEMCACHED = "memcached"
 GEAR = "Gear"
 
-
-class CliError(click.ClickException):
-    """A usage or configuration error: one line on stderr, exit status 1 (as the reference)."""
-
-    exit_code = 1
+__all__ = ["CliError", "Exit", "Invocation", "help_text", "parse_args", "parse_port"]
 
 
 class Exit(Exception):
@@ -152,9 +156,6 @@ def _queue_opt(queue: registry.QueueType, option: registry.QueueOption) -> _Opti
 #: (name, value) pairs.
 QUEUE_OPTIONS: tuple[_Option, ...] = tuple(_queue_opt(q, o) for q, o in registry.all_options())
 
-#: Accepted by the parser, refused at once: we have no TLS (spec §4.2).
-REFUSED_SSL = ("ssl", "ssl_ca_file", "ssl_certificate", "ssl_key")
-
 PARAMS: list[click.Parameter] = [
     _opt("-b", "--backlog", type=_Int(1), default=_default("backlog"), metavar="N",
          help="Number of backlog connections for listen (the reference's default is 32; "
@@ -168,9 +169,10 @@ PARAMS: list[click.Parameter] = [
               "Default is the limit the process was started with."),
     _opt("-h", "--help", "help_", is_flag=True, help="Print this help menu."),
     _opt("-j", "--job-retries", type=_Int(-1), default=-1, metavar="N",
-         help="Assignments a job gets in all: when its worker is lost (or times out) "
-              "on the N-th, the job fails; 0 and 1 both fail it on the first loss. "
-              "-1 (the default) means no limit."),
+         help="Assignments a job gets in all: when its worker is lost on the N-th, the "
+              "job fails; 0 and 1 both fail it on the first loss. -1 (the default) means "
+              "no limit. (A job past its CAN_DO_TIMEOUT fails at once; a --retry-policy "
+              "replaces this for its functions.)"),
     _opt("--job-handle-prefix", metavar="PREFIX",
          help='Prefix used to generate a job handle string. If not provided, the default '
               '"H:<host_name>" is used.'),
@@ -224,16 +226,23 @@ PARAMS: list[click.Parameter] = [
               "-vv NOTICE, -vvv INFO, -vvvv DEBUG."),
     _opt("-V", "--version", is_flag=True, help="Display the version of gearmand and exit."),
     _opt("-w", "--worker-wakeup", type=_Int(0), default=0, metavar="N",
-         help="Number of workers to wakeup for each job received. The default (0) is to "
-              "wakeup all available workers."),
+         help="Accepted for compatibility: each job received wakes at most one sleeping "
+              "worker (as many as there is work for; the reference's default, 0, woke all)."),
     _opt("--check-args", is_flag=True, hidden=True),
     _opt("--graceful-timeout", section=OURS, type=float, default=30.0,
          metavar="SECONDS",
          help="How long SIGUSR1 and the 'shutdown graceful' admin command wait for "
               "running work."),
     _opt("--admin-from-anywhere", section=OURS, is_flag=True,
-         help="Accept mutating admin commands (shutdown, cancel job, drop function, "
-              "maxqueue, create function) from any address, not only loopback."),
+         help="Without --acl-file, admin-write commands (shutdown, cancel job, drop "
+              "function, maxqueue, create function, verbose) are refused from peers not "
+              "on loopback; this accepts them from any address. With --acl-file the "
+              "rules decide and this flag has no effect."),
+    _opt("--acl-file", section=OURS, metavar="FILE",
+         help="Access rules (TOML): which peers (by TLS identity or by address/CIDR) may "
+              "register and submit which functions, read or change the server by admin "
+              "commands, and their tenant (its own function names, limits). SIGHUP "
+              "reloads it; a bad file keeps the rules in force. See man gearmand."),
     _opt("--max-packet-size", section=OURS, type=_Int(1024),
          default=_default("max_packet_size"), metavar="BYTES",
          help="Largest packet a peer may send."),
@@ -273,15 +282,47 @@ PARAMS: list[click.Parameter] = [
          help="Events carry the first 256 bytes of job data and results (as text)."),
     _opt("--events-buffer", section=OURS, type=_Int(1), default=_default("events_buffer"),
          metavar="N", help="Events pending delivery before new ones are dropped (counted)."),
+    _opt("--retry-policy", section=OURS, multiple=True, metavar="NAME=N[,backoff=MIN..MAX]",
+         help="Retry a failed, timed-out or lost background job of function NAME (* for "
+              "every function without its own) up to N attempts in all, after a back-off "
+              "doubling from MIN to MAX (default 1s..10m, jittered), then keep it as a dead "
+              "letter. Add ',foreground' to retry foreground jobs too. Repeatable."),
+    _opt("--max-dead-letters", section=OURS, type=_Int(1),
+         default=_default("max_dead_letters"), metavar="N",
+         help="Dead letters kept per function (the oldest is dropped past it)."),
+    _opt("--result-ttl", section=OURS, multiple=True, metavar="[NAME=]SECONDS",
+         help="Keep the result of a finished background job (of function NAME, or of "
+              "every function) for SECONDS, to be fetched by handle or unique key. "
+              "Repeatable. Off by default."),
+    _opt("--result-cache", section=OURS, default=_default("result_cache"), metavar="URL",
+         help="Where results are kept: memory, memcached://HOST:PORT or "
+              "redis://HOST:PORT[/DB]."),
+    _opt("--result-cache-bytes", section=OURS, type=_Int(1024),
+         default=_default("result_cache_bytes"), metavar="BYTES",
+         help="Bound of the memory result cache (least recently used evicted first)."),
     _opt("--memcached-port", section=MEMCACHED, type=_Int(0), default=11211,
          metavar="PORT", help="Port to listen on (with -r memcached)."),
     _opt("-p", "--port", section=GEAR, default=DEFAULT_PORT, metavar="PORT",
          help="Port or service name the server should listen on. GEARMAND_PORT in the "
               "environment replaces the default; 0 picks a free port."),
-    _opt("--ssl", section=GEAR, is_flag=True, help="Refused: TLS is not supported yet."),
-    _opt("--ssl-ca-file", section=GEAR, metavar="FILE", help="Refused with --ssl."),
-    _opt("--ssl-certificate", section=GEAR, metavar="FILE", help="Refused with --ssl."),
-    _opt("--ssl-key", section=GEAR, metavar="FILE", help="Refused with --ssl."),
+    _opt("--ssl", section=GEAR, is_flag=True,
+         help="TLS (1.2 or later) on every listener: the Gear port, and the HTTP, "
+              "memcached and metrics ports. A plaintext connection is closed; there is "
+              "no fallback. Needs --ssl-certificate and --ssl-key."),
+    _opt("--ssl-ca-file", section=GEAR, metavar="FILE",
+         help="With --ssl: CA certificates (PEM) that sign client certificates. A client "
+              "certificate sent is then verified (and its identity given to the "
+              "connection); with --ssl-verify-client one is required."),
+    _opt("--ssl-certificate", section=GEAR, metavar="FILE",
+         help="With --ssl: the server's certificate chain (PEM, the server's first)."),
+    _opt("--ssl-key", section=GEAR, metavar="FILE",
+         help="With --ssl: the certificate's private key (PEM, unencrypted)."),
+    _opt("--ssl-verify-client", section=GEAR, is_flag=True,
+         help="With --ssl and --ssl-ca-file: refuse a connection without a client "
+              "certificate verified by that CA."),
+    _opt("--ssl-handshake-timeout", section=GEAR, type=float,
+         default=default_tls("handshake_timeout"), metavar="SECONDS",
+         help="With --ssl: time a new connection has to finish its TLS handshake."),
     *QUEUE_OPTIONS,
 ]
 
@@ -290,7 +331,8 @@ COMMAND = _Command(
     params=PARAMS,
     help="The Gearman job server (pure Python, trio).",
     epilog="Signals: SIGTERM and SIGINT stop the server; SIGUSR1 stops it gracefully "
-           "(no new connections, running work may finish); SIGHUP reopens the log file.",
+           "(no new connections, running work may finish); SIGHUP reopens the log file "
+           "and reloads the --acl-file.",
     context_settings={"help_option_names": [], "allow_extra_args": True,
                       "max_content_width": 100},
     add_help_option=False,
@@ -422,10 +464,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     if values["version"]:
         raise Exit(VERSION_LINE)
 
-    for name in REFUSED_SSL:
-        if given(name):
-            raise CliError(f"--{name.replace('_', '-')}: TLS is not supported by this server "
-                           "yet; put a TLS proxy in front of it")
+    tls = tls_config(values, given)
     protocols: list[str] = []
     for protocol in values["protocol"]:
         if protocol not in ("http", "memcached"):
@@ -455,6 +494,16 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     level_name = logs.raise_level(base, values["v_count"])
 
     notes: list[str] = []
+    acl_file: Path | None = None
+    if values["acl_file"] is not None:
+        from server.acl import AclError, load  # the rules module only when asked for
+        acl_file = Path(values["acl_file"]).absolute()
+        try:
+            load(acl_file)
+        except AclError as exc:
+            raise CliError(f"--acl-file: {exc}") from None
+        if values["admin_from_anywhere"]:
+            notes.append("--admin-from-anywhere has no effect with --acl-file")
     if given("http_port") and "http" not in protocols:
         notes.append("--http-port has no effect without -r http")
     if given("memcached_port") and "memcached" not in protocols:
@@ -466,6 +515,14 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     if given("hashtable_buckets"):
         notes.append("--hashtable-buckets ignored: Python's hash tables size themselves")
 
+    policies = retry_policies(values["retry_policy"])
+    ttls = result_ttls(values["result_ttl"])
+    problem = cache_url_problem(values["result_cache"])
+    if problem is not None:
+        raise CliError(f"invalid value for --result-cache: {problem}")
+    if not ttls and (given("result_cache") or given("result_cache_bytes")):
+        notes.append("--result-cache and --result-cache-bytes have no effect without "
+                     "--result-ttl")
     retries: int = values["job_retries"]
     pid_file = Path(values["pid_file"]).absolute() if values["pid_file"] else None
     log_file = values["log_file"]
@@ -496,6 +553,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         http_idle_timeout=values["http_idle_timeout"],
         http_request_timeout=values["http_request_timeout"],
         admin_from_anywhere=values["admin_from_anywhere"],
+        acl_file=acl_file,
         queue_type=_queue_type(values["queue_type"]),
         queue_options=_queue_options(values, (o.name for o in QUEUE_OPTIONS
                                               if o.name is not None and given(o.name))),
@@ -510,6 +568,12 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         events_function=values["events_function"],
         events_payloads=values["events_payloads"],
         events_buffer=values["events_buffer"],
+        tls=tls,
+        retry_policies=policies,
+        max_dead_letters=values["max_dead_letters"],
+        result_ttls=ttls,
+        result_cache=values["result_cache"],
+        result_cache_bytes=values["result_cache_bytes"],
         **prefix_kw,
     )
     return Invocation(

@@ -6,6 +6,24 @@ import dataclasses
 import socket
 from pathlib import Path
 
+from .retry import MAX_DEAD_PER_FUNCTION, RetryPolicy
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """``--ssl`` and its files: every listener speaks TLS only (no plaintext fallback)."""
+
+    certificate: Path
+    key: Path
+    #: CA bundle for client certificates: a client certificate sent is verified against
+    #: it (and required with ``verify_client``); None = client certificates not asked for.
+    ca_file: Path | None = None
+    #: ``--ssl-verify-client``: a connection without a certificate verified by
+    #: ``ca_file`` is refused.
+    verify_client: bool = False
+    #: ``--ssl-handshake-timeout``: seconds a new connection has to finish its handshake.
+    handshake_timeout: float = 10.0
+
 
 def default_handle_prefix() -> str:
     """``H:<nodename>`` as the reference builds it (spec §2.1)."""
@@ -56,6 +74,8 @@ class ServerConfig:
     max_worker_functions: int = 10_000
     #: Mutating admin commands (shutdown, cancel job, ...) from non-loopback peers.
     admin_from_anywhere: bool = False
+    #: ``--acl-file``: access rules and tenants (docs/acl.md); None = none.
+    acl_file: Path | None = None
     #: Persistent queue: "builtin" (memory only) or a store name, with its options.
     queue_type: str = "builtin"
     queue_options: tuple[tuple[str, str], ...] = ()
@@ -85,3 +105,16 @@ class ServerConfig:
     events_payloads: bool = False
     #: ``--events-buffer``: events pending delivery before new ones are dropped.
     events_buffer: int = 10_000
+    #: ``--ssl``: TLS on every listener (Gear, HTTP, memcached, metrics); None = plaintext.
+    tls: TlsConfig | None = None
+    #: ``--retry-policy``: (function name, or None for the default, policy) pairs.
+    retry_policies: tuple[tuple[bytes | None, RetryPolicy], ...] = ()
+    #: ``--max-dead-letters``: dead letters kept per function.
+    max_dead_letters: int = MAX_DEAD_PER_FUNCTION
+    #: ``--result-ttl``: (function name, or None for the default, seconds) pairs; none =
+    #: no result cache.
+    result_ttls: tuple[tuple[bytes | None, float], ...] = ()
+    #: ``--result-cache``: "memory", "memcached://HOST:PORT" or "redis://...".
+    result_cache: str = "memory"
+    #: ``--result-cache-bytes``: the bound of the in-memory result cache.
+    result_cache_bytes: int = 64 * 1024 * 1024

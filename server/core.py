@@ -31,10 +31,14 @@ from .jobs import (
     StatsTable,
     by_unique_add,
     by_unique_index,
+    creation_order,
     index_key,
     log_job,
     name_problem,
 )
+from .results import ResultCache
+from .retry import DeadLetters, RetryPolicies
+from .wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class JobCore:
         self.worker_wakeup = worker_wakeup
         self.exceptions = exceptions
         self.functions: dict[bytes, Function] = {}
+        self.wakeups = Wakeups(self.functions)
         self.jobs: dict[bytes, Job] = {}
         self.unique_index: dict[tuple[bytes, ...], Job] = {}
         #: unique -> the indexed job with that unique, or a list when several functions
@@ -90,6 +95,10 @@ class JobCore:
         self.store: JobStore | None = None
         self._store_prefix = f"{time.time_ns():x}.{os.getpid()}."
         self._store_keys = itertools.count(1)
+        #: Retry policies, dead letters and the result cache (``server.outcomes``).
+        self.retry = RetryPolicies()
+        self.dead_letters = DeadLetters()
+        self.results: ResultCache | None = None
 
     # ------------------------------------------------------------------ connections
 
@@ -114,11 +123,14 @@ class JobCore:
                 fn.sleepers.pop(conn, None)
         conn.abilities.clear()
         conn.sleeping = False
+        woke = self.wakeups.answered(conn)
         for job in list(conn.assigned.values()):
             self._lost(job, conn, now)
         for job in list(conn.attached):
             self._detach(job, conn)
         conn.attached.clear()
+        if woke is not None:
+            self.wakeups.rebalance(woke, now)
         for name in names:
             self._release(name)
 
@@ -200,10 +212,8 @@ class JobCore:
         if limit and fn.total >= limit:
             conn.peer.deliver(PT.ERROR, b"QUEUE_ERROR", b"Job queue is full")
             return None
-        number = next(self._handles)
-        handle = self.handle_prefix + b"%d" % number
+        handle = self.handle_prefix + b"%d" % next(self._handles)
         job = Job(handle, fn, unique, data, priority, background, when, reducer)
-        job.number = number
         job.stamp = now
         fn.stats.submitted[priority + 3 if background else priority] += 1
         self.jobs[handle] = job
@@ -217,7 +227,7 @@ class JobCore:
             self.job_log(job, f"submitted: function {function!r}, unique {unique!r}, "
                          f"priority {priority}{kind}", conn, data, now, "submitted")
         if not background:
-            job.clients.append(conn)
+            job.clients += (conn,)
             conn.attached.add(job)
         elif self.store is not None:
             job.stored = False
@@ -235,7 +245,7 @@ class JobCore:
             self.job_log(job, "joined by a %s submit" % (
                 "background" if background else "foreground"), conn)
         if not background:
-            job.clients.append(conn)
+            job.clients += (conn,)
             conn.attached.add(job)
         if job.acks is not None:
             # Its commit is pending: this submit hears how it ends, never earlier.
@@ -287,7 +297,7 @@ class JobCore:
             self.by_unique = by_unique_index(self.unique_index)
         same = self.by_unique.get(unique)
         if isinstance(same, list):
-            return min(same, key=lambda j: j.number)
+            return min(same, key=creation_order)
         return same
 
     # ------------------------------------------------------------------ persistence
@@ -348,10 +358,8 @@ class JobCore:
                 self.store.forget(store_key)
             return self.unique_index[key]
         fn = self.function(function)
-        number = next(self._handles)
-        handle = self.handle_prefix + b"%d" % number
+        handle = self.handle_prefix + b"%d" % next(self._handles)
         job = Job(handle, fn, unique, data, priority, True, when, reducer)
-        job.number = number
         job.store_key, job.stamp = store_key, now
         self.jobs[handle] = job
         if key is not None:
@@ -374,26 +382,7 @@ class JobCore:
         fn.live[job.priority] += 1
         fn.bytes_queued += len(job.data)
         if fn.sleepers:
-            self._wake(fn)
-
-    def _wake(self, fn: Function) -> None:
-        """NOOP sleeping workers of ``fn``: all, or ``worker_wakeup`` of them (spec §2.5)."""
-        limit = self.worker_wakeup or len(fn.sleepers)
-        sleepers = fn.sleepers
-        while sleepers and limit:
-            conn = next(iter(sleepers))
-            self._unsleep(conn)
-            conn.noop_sent = True
-            conn.peer.deliver(PT.NOOP)
-            limit -= 1
-
-    def _unsleep(self, conn: Conn) -> None:
-        conn.sleeping = False
-        functions = self.functions
-        for name in conn.abilities:
-            fn = functions.get(name)
-            if fn is not None:
-                fn.sleepers.pop(conn, None)
+            self.wakeups.arrived(fn, now)
 
     # ------------------------------------------------------------------ time
 
@@ -405,10 +394,14 @@ class JobCore:
         if self._timeouts:
             t = self._timeouts[0][0]
             best = t if best is None or t < best else best
+        wake = self.wakeups.next_deadline()
+        if wake is not None and (best is None or wake < best):
+            best = wake
         return best
 
     def tick(self, now: float) -> None:
-        """Release jobs whose time has come and requeue jobs that ran too long."""
+        """Release jobs whose time has come (or whose retry is due); fail jobs that ran
+        too long."""
         scheduled = self._scheduled
         jobs = self.jobs
         while scheduled and scheduled[0][0] <= now:
@@ -418,7 +411,7 @@ class JobCore:
                 continue
             job.waiting = False
             job.function.scheduled -= 1
-            job.when, job.stamp = 0, now
+            job.when, job.stamp = 0.0, now
             self._enqueue(job, now)
         timeouts = self._timeouts
         while timeouts and timeouts[0][0] <= now:
@@ -428,14 +421,12 @@ class JobCore:
                 continue
             worker = timed.worker
             if worker is not None and timed.assignment == assignment:
-                if self.log_jobs:
-                    self.job_log(timed, "timed out", worker, None, now, "timed_out")
-                timed.function.stats.timed_out += 1
-                self._lost(timed, worker, now)
+                self._timed_out(timed, worker, now)
+        self.wakeups.expire(now)
 
     # ------------------------------------------------------------------ workers
 
-    def _register(self, conn: Conn, name: bytes, timeout: float | None) -> None:
+    def _register(self, conn: Conn, name: bytes, timeout: float | None, now: float) -> None:
         if name not in conn.abilities and len(conn.abilities) >= self.limits.max_worker_functions:
             conn.peer.deliver(PT.ERROR, b"TOO_MANY_FUNCTIONS",
                               b"This connection can do as many functions as allowed")
@@ -448,9 +439,7 @@ class JobCore:
         fn.workers[conn] = None
         if conn.sleeping and not conn.noop_sent:
             if fn.live[0] or fn.live[1] or fn.live[2]:
-                self._unsleep(conn)
-                conn.noop_sent = True
-                conn.peer.deliver(PT.NOOP)
+                self.wakeups.wake(conn, fn, now)
             else:
                 fn.sleepers[conn] = None
 
@@ -462,25 +451,37 @@ class JobCore:
         if fn is not None:
             fn.workers.pop(conn, None)
             fn.sleepers.pop(conn, None)
+        woke = self.wakeups.answered(conn) if conn.woken_for is fn else None
         # The reference requeues jobs of a function the worker gives up (spec §1.3).
         for job in [j for j in conn.assigned.values() if j.function.name == name]:
             self._lost(job, conn, now)
+        if woke is not None:
+            self.wakeups.rebalance(woke, now)
         self._release(name)
 
-    def has_work(self, conn: Conn) -> bool:
-        """Whether any job is ready for a function this connection can do."""
+    def work_for(self, conn: Conn) -> Function | None:
+        """A function of this connection's with a ready job, or None."""
         functions = self.functions
         for name in conn.abilities:
             fn = functions.get(name)
             if fn is not None and (fn.live[0] or fn.live[1] or fn.live[2]):
-                return True
-        return False
+                return fn
+        return None
 
     def grab(self, conn: Conn, now: float) -> Job | None:
         """Take the next job for a worker: global priority, FIFO, rotating between functions."""
         if conn.sleeping:
-            self._unsleep(conn)
+            self.wakeups.unsleep(conn)
         conn.noop_sent = False
+        woke = conn.woken_for
+        if woke is None:
+            return self._take(conn, now)
+        self.wakeups.answered(conn)
+        job = self._take(conn, now)
+        self.wakeups.rebalance(woke, now)  # it may have taken other work, or none
+        return job
+
+    def _take(self, conn: Conn, now: float) -> Job | None:
         names = list(conn.abilities)
         count = len(names)
         if not count:
@@ -544,7 +545,7 @@ class JobCore:
         if job.clients:
             for client in job.clients:
                 client.attached.discard(job)
-            job.clients = []
+            job.clients = ()
         if job.store_key is not None and self.store is not None:
             self.store.forget(job.store_key)
         job.store_key = None
@@ -553,38 +554,19 @@ class JobCore:
             self._release(fn.name)
 
     def _lost(self, job: Job, worker: Conn, now: float) -> None:
-        """The worker running ``job`` is gone or gave up: requeue, or fail after retries."""
-        worker.assigned.pop(job.handle, None)
-        job.worker = None
-        job.function.running -= 1
-        job.numerator = job.denominator = b"0"
-        gone = job.cancelled or (not job.background and not job.clients)
-        job.retries += not gone
-        limit = self.job_retries
-        failed = not gone and limit is not None and job.retries >= max(limit, 1)
-        if self.log_jobs:
-            self.job_log(job, f"failed after {job.retries} retries" if failed else
-                         "lost its worker", worker, None, now,
-                         "dropped" if gone else "failed" if failed else "requeued")
-        if gone:
-            self._forget(job)
-            return
-        if failed:
-            job.function.stats.failed += 1
-            if job.clients:
-                self._broadcast(job, PT.WORK_FAIL, job.handle)
-            self._forget(job)
-            return
-        job.function.stats.requeued += 1
-        job.stamp = now
-        self._enqueue(job, now)
+        """The worker running ``job`` is gone or gave up (``server.outcomes``)."""
+        raise NotImplementedError
+
+    def _timed_out(self, job: Job, worker: Conn, now: float) -> None:
+        """``job`` ran past its CAN_DO_TIMEOUT (``server.outcomes``)."""
+        raise NotImplementedError
 
     def _detach(self, job: Job, client: Conn) -> None:
         """A foreground client stops waiting for ``job`` (spec §2.8, decisions.md)."""
         if client not in job.clients:
             return
         # Every entry: a client that submitted the same unique twice is attached twice.
-        job.clients = [c for c in job.clients if c is not client]
+        job.clients = tuple(c for c in job.clients if c is not client)
         if not job.clients and not job.background:
             self._unwanted(job)
 

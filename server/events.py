@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final, Protocol
 
+from .acl import SEP
 from .jobs import Conn, Job
 
 #: The kinds of events, in the order of a job's life.
@@ -72,8 +73,9 @@ class Events:
         self.emitted = 0
         #: Watchers dropped because their output was past its bound.
         self.watchers_dropped = 0
-        #: connection id -> (its output, the functions it watches; empty = all).
-        self.watchers: dict[int, tuple[LinePeer, frozenset[bytes]]] = {}
+        #: connection id -> (its output, the functions it watches (empty = all), the
+        #: tenant prefix its functions must have (None = any function)).
+        self.watchers: dict[int, tuple[LinePeer, frozenset[bytes], bytes | None]] = {}
         self.hooks: list[Callable[[bytes], None]] = []
         #: Called when ``active`` may have changed (the manager re-reads its flag).
         self.on_change: Callable[[], None] | None = None
@@ -87,8 +89,11 @@ class Events:
         if self.on_change is not None:
             self.on_change()
 
-    def watch(self, conn_id: int, peer: LinePeer, functions: frozenset[bytes]) -> None:
-        self.watchers[conn_id] = (peer, functions)
+    def watch(self, conn_id: int, peer: LinePeer, functions: frozenset[bytes],
+              tenant: bytes | None = None) -> None:
+        """Send events to ``peer``: of ``functions`` (internal names; empty = all), and
+        only of functions with the ``tenant`` prefix when one is given."""
+        self.watchers[conn_id] = (peer, functions, tenant)
         self._changed()
 
     def unwatch(self, conn_id: int) -> None:
@@ -112,11 +117,14 @@ class Events:
             return
         if not now:
             now = self.clock()
+        tenant, sep, plain = name.partition(SEP)
         event: dict[str, object] = {
-            "time": now, "event": kind, "function": _text(name), "handle": _text(job.handle),
-            "unique": _text(job.unique), "size": len(job.data), "priority": job.priority,
-            "background": job.background,
+            "time": now, "event": kind, "function": _text(plain if sep else name),
+            "handle": _text(job.handle), "unique": _text(job.unique), "size": len(job.data),
+            "priority": job.priority, "background": job.background,
         }
+        if sep:
+            event["tenant"] = _text(tenant)
         worker = conn if kind in _WORKER_KINDS else job.worker
         if worker is not None:
             event["worker"] = _who(worker)
@@ -130,6 +138,10 @@ class Events:
             event["run" if running else "wait"] = elapsed
         if kind in ("requeued", "failed", "timed_out"):
             event["retries"] = job.retries
+        # "started" is emitted as the assignment begins, before it is counted.
+        attempt = job.assignment + (kind == "started")
+        if attempt:
+            event["attempt"] = attempt
         if data is not None and kind != "submitted":
             event["result_size"] = len(data)
         if self.payloads:
@@ -148,8 +160,11 @@ class Events:
         while queue:
             function, event = queue.popleft()
             line = json.dumps(event, separators=(",", ":")).encode()
-            for conn_id, (peer, functions) in list(self.watchers.items()):
+            for conn_id, (peer, functions, prefix) in list(self.watchers.items()):
                 if functions and function not in functions:
+                    continue
+                if prefix is not None and (function.partition(SEP)[0] + SEP
+                                           if SEP in function else b"") != prefix:
                     continue
                 if peer.broken:
                     self.unwatch(conn_id)

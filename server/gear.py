@@ -3,11 +3,9 @@
 A codec (``protocol.Parser`` in, ``\\0RES`` packets and admin lines out) plus a translator
 onto ``Manager.handle_packet`` and ``admin.handle_admin``. Replies go to each connection's
 ``GearPeer`` buffer, written once per batch of events (one write per peer per batch);
-back-pressure and bounds are in docs/architecture.md. Two transports, chosen
-automatically: ``epoll`` (Linux: one reactor task over an epoll set holding every
-connection's fd, which saves a task switch and two epoll_ctl calls per read; server CPU
-per job down by a third) and ``streams`` (a reader task per connection over trio's
-socket streams; anywhere else, or ``ServerConfig.transport``).
+back-pressure and bounds are in docs/architecture.md. Transports: ``epoll`` (Linux: one
+reactor task over an epoll set of every connection's fd; a third less server CPU per job)
+and ``streams`` (a task per connection: elsewhere, by config, and for ``--ssl``'s peers).
 """
 
 from __future__ import annotations
@@ -38,8 +36,9 @@ from protocol import RemoteProtocolError as ProtoError
 from protocol import admin as admin_text
 
 from .admin import admin_listing, handle_admin
-from .host import Address, Host, bind, serve_listeners
+from .host import Address, Host, Stream, bind, serve_listeners
 from .manager import Conn
+from .tls import adopt
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ class GearPeer:
                  "over", "overfull", "parser", "paused", "reader_scope", "resumed", "stream",
                  "waiters", "waiting_on", "write_timeout", "held", "traffic")
 
-    def __init__(self, stream: trio.SocketStream, limit: int, dirty: list[GearPeer],
+    def __init__(self, stream: Stream, limit: int, dirty: list[GearPeer],
                  parser: Parser, overfull: list[GearPeer] | None = None,
                  write_timeout: float = 0, traffic: list[int] | None = None) -> None:
         self.stream = stream
@@ -303,12 +302,13 @@ class GearFrontEnd:
 
     name = "gear"
 
-    def __init__(self, host: Host, port: int) -> None:
+    def __init__(self, host: Host, port: int, peer_class: type[GearPeer] = GearPeer) -> None:
         self.host = host
         self.port = port
         self.config = host.config
         self.manager = host.manager
-        self.transport = transport_for(host.config.transport)
+        self.transport = transport_for("streams" if host.config.tls else host.config.transport)
+        self.peer_class = peer_class
         self.addresses: list[Address] = []
         self._dirty: list[GearPeer] = []  # peers with output not written yet
         #: Peers whose output passed their bound during the current batch.
@@ -361,18 +361,18 @@ class GearFrontEnd:
 
     # ------------------------------------------------------------------ connections
 
-    async def _connection(self, stream: trio.SocketStream, address: str, port: int) -> None:
+    async def _connection(self, stream: Stream, address: str, port: int) -> None:
         """One connection's life: read by the transport, its writer task finishing slow
         writes, and the clean-up when either side ends it."""
         config = self.config
-        peer = GearPeer(stream, config.max_outgoing_buffer, self._dirty,
-                        Parser(max_packet_size=config.max_packet_size), self._overfull,
-                        config.write_timeout, self.traffic)
+        peer = self.peer_class(stream, config.max_outgoing_buffer, self._dirty,
+                               Parser(max_packet_size=config.max_packet_size),
+                               self._overfull, config.write_timeout, self.traffic)
         conn = self.manager.connect(peer, address, port)
         peer.cid = conn.id
         peer.conn = conn
         peer.on_drained = self._drained
-        log.info("connection %d: accepted from %s", conn.id, conn.remote)
+        log.info("connection %d: accepted from %s%s", conn.id, conn.remote, adopt(conn, stream))
         try:
             if self._stopped:
                 return

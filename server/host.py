@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
@@ -22,13 +23,19 @@ from protocol import PacketType
 from .admin import AdminContext
 from .config import ServerConfig
 from .manager import Conn, Manager
+from .tls import TlsStream, adopt, over_tls
 
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
+#: What a front-end reads and writes: a TCP stream, or (``--ssl``) a TLS stream over one
+#: whose handshake is done. Both have ``socket``.
+Stream = trio.SocketStream | TlsStream
 #: A connection's handler: the stream, and the peer's address and port as accept(2) gave
 #: them ("-" and 0 when there were none).
-Handler = Callable[[trio.SocketStream, str, int], Awaitable[None]]
+Handler = Callable[[Stream, str, int], Awaitable[None]]
+#: What an accept loop runs for each connection: the TCP stream, address and port.
+AcceptHandler = Callable[[trio.SocketStream, str, int], Awaitable[None]]
 
 #: Accept errors that mean "out of resources": wait and retry instead of dying.
 _ACCEPT_RETRY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -49,6 +56,10 @@ class Host(Protocol):
 
     @property
     def admin(self) -> AdminContext: ...
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        """``--ssl``: the server's TLS context (every listener speaks TLS); else None."""
 
     def changed(self) -> None:
         """Something outside a front-end's own read batch changed the core (a submit
@@ -134,7 +145,8 @@ def configure(config: ServerConfig, sock: trio.socket.SocketType) -> None:
         log.debug("setsockopt failed: %s", exc)
 
 
-async def accept_loop(host: Host, listener: trio.SocketListener, handler: Handler) -> None:
+async def accept_loop(host: Host, listener: trio.SocketListener,
+                      handler: AcceptHandler) -> None:
     """Accept until cancelled; each connection runs ``handler(stream, address, port)`` via
     ``host.spawn``. The address is the one accept(2) returned: asking later
     (getpeername) fails once the peer has reset, and an unknown address is never trusted.
@@ -179,12 +191,21 @@ async def accept_loop(host: Host, listener: trio.SocketListener, handler: Handle
 
 
 async def serve_listeners(host: Host, listeners: list[trio.SocketListener],
-                          handler: Handler) -> None:
-    """One accept loop per listener until cancelled; the listeners are closed after."""
+                          handler: Handler, name: str = "gear") -> None:
+    """One accept loop per listener until cancelled; the listeners are closed after.
+    With ``--ssl`` each connection is handed to ``handler`` only after its TLS handshake
+    (server/tls.py); one that fails it is closed and logged under ``name``."""
+    accept: AcceptHandler = handler
+    context = host.tls_context
+    tls = host.config.tls
+    if tls is not None:
+        if context is None:  # fail closed: never plaintext on a port meant for TLS
+            raise RuntimeError("--ssl is set but the host has no TLS context")
+        accept = over_tls(handler, context, tls.handshake_timeout, name)
     try:
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(accept_loop, host, listener, handler)
+                nursery.start_soon(accept_loop, host, listener, accept)
     finally:
         await close_all(listeners)
 
@@ -215,7 +236,7 @@ class TaskFrontEnd:
         self._connections: set[TaskConnection] = set()
         self._stopped = False
 
-    def open(self, stream: trio.SocketStream, address: str, port: int) -> TaskConnection:
+    def open(self, stream: Stream, address: str, port: int) -> TaskConnection:
         raise NotImplementedError
 
     async def serve(self, *, task_status: trio.TaskStatus[list[Address]]
@@ -226,7 +247,7 @@ class TaskFrontEnd:
         for address in self.addresses:
             log.info("%s: listening on %s:%d", self.name, *address)
         task_status.started(list(self.addresses))
-        await serve_listeners(self.host, listeners, self._connection)
+        await serve_listeners(self.host, listeners, self._connection, self.name)
 
     def flush(self) -> None:
         """Nothing to do: each connection's task writes its own answers."""
@@ -236,10 +257,10 @@ class TaskFrontEnd:
         for connection in list(self._connections):
             connection.peer.scope.cancel()
 
-    async def _connection(self, stream: trio.SocketStream, address: str, port: int) -> None:
+    async def _connection(self, stream: Stream, address: str, port: int) -> None:
         connection = self.open(stream, address, port)
-        log.info("connection %d: %s accepted from %s", connection.conn.id, self.name,
-                 connection.conn.remote)
+        log.info("connection %d: %s accepted from %s%s", connection.conn.id, self.name,
+                 connection.conn.remote, adopt(connection.conn, stream))
         if self._stopped:
             connection.peer.scope.cancel()
         self._connections.add(connection)

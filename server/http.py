@@ -19,7 +19,7 @@ import trio
 
 from protocol import PacketType, Priority
 
-from .host import Host, PacketPeer, TaskFrontEnd
+from .host import Host, PacketPeer, Stream, TaskFrontEnd
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,14 @@ _METHODS: Final = (b"GET", b"POST", b"PUT")
 _ALLOW: Final = b"GET, POST, PUT"
 _PRIORITIES: Final = {b"high": Priority.HIGH, b"normal": Priority.NORMAL, b"low": Priority.LOW}
 _REASONS: Final = {
-    200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-    408: b"Request Timeout",
+    200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
+    405: b"Method Not Allowed", 408: b"Request Timeout",
     413: b"Content Too Large", 500: b"Internal Server Error", 503: b"Service Unavailable",
 }
 #: HTTP status for an ERROR packet answering the submit; any other code is a 500.
 _ERROR_STATUS: Final = {b"QUEUE_ERROR": 503, b"ARGUMENT_TOO_LARGE": 400,
-                        b"INVALID_ARGUMENT": 400, b"TOO_MANY_FUNCTIONS": 503}
+                        b"INVALID_ARGUMENT": 400, b"TOO_MANY_FUNCTIONS": 503,
+                        b"PERMISSION_DENIED": 403}
 #: Headers that may come as trailers of a streamed (chunked) answer.
 _TRAILERS: Final = b"X-Gearman-Command, X-Gearman-Work-Status, X-Gearman-Work-Warning"
 #: Printable ASCII except "%": what a warning keeps as is in a header; the rest is %XX.
@@ -86,7 +87,7 @@ class _Answer:
 class HttpConnection:
     """One HTTP client: requests read with h11, each answered from the manager's packets."""
 
-    def __init__(self, host: Host, stream: trio.SocketStream, address: str,
+    def __init__(self, host: Host, stream: Stream, address: str,
                  port: int = 0, *, metrics_only: bool = False) -> None:
         config = host.config
         #: ``--metrics-port``: only ``GET /metrics`` and the web monitor (``/`` and
@@ -220,6 +221,17 @@ class HttpConnection:
         if request.method not in _METHODS:
             await self._simple(405, [(b"Allow", _ALLOW)])
             return
+        if request.method == b"GET" and (path == b"/dead" or path.startswith((b"/dead/",
+                                                                             b"/jobs/"))):
+            from .http_jobs import job_page  # reserved paths (man/gearmand.8)
+
+            admin = self.host.admin  # admin-read with --acl-file; a tenant sees its own
+            if admin.refusal(self.conn, "result" if path.startswith(b"/jobs/")
+                             else "show") is not None:
+                await self._simple(403)
+                return
+            await self._page(*await job_page(self.manager, path, admin.view(self.conn)))
+            return
         # As the reference: leading "/"s stripped, the rest (query included) verbatim.
         function = request.target.lstrip(b"/")
         if not function:
@@ -236,8 +248,8 @@ class HttpConnection:
             elif name == b"x-gearman-priority":
                 priority = _PRIORITIES.get(value.lower(), Priority.NORMAL)
         workload = b"" if request.method == b"GET" else body
-        self.manager.submit(self.conn, function, unique, workload, int(priority), background,
-                            time.time())
+        self.manager.submit_checked(self.conn, function, unique, workload, int(priority),
+                                    background, time.time())
         # The submit may have woken workers on other connections.
         self.host.changed()
         failure: Exception | None = None
@@ -262,18 +274,23 @@ class HttpConnection:
         if request.method != b"GET":
             await self._simple(405, [(b"Allow", b"GET")])
             return
+        admin = self.host.admin
+        if admin.refusal(self.conn, "stats") is not None:  # admin-read, with --acl-file
+            await self._simple(403)
+            return
+        view = admin.view(self.conn)
         extra: Headers = []
         if path == b"/metrics":
             from .metrics import CONTENT_TYPE, render  # prometheus_client only when asked
 
-            content_type, page = CONTENT_TYPE, render(self.host.admin)
+            content_type, page = CONTENT_TYPE, render(admin, view)
         else:
             from . import web
 
             if path == b"/":
                 content_type, page = web.PAGE_TYPE, web.page()
             else:
-                content_type, page = web.JSON_TYPE, web.stats_json(self.host.admin)
+                content_type, page = web.JSON_TYPE, web.stats_json(admin, view)
                 extra.append((b"Cache-Control", b"no-store"))
         await self._send(h11.Response(status_code=200, reason=b"OK", headers=[
             (b"Content-Type", content_type), (b"Content-Length", b"%d" % len(page)),
@@ -377,6 +394,14 @@ class HttpConnection:
             await self._send(h11.Data(data=body))
         await self._send(h11.EndOfMessage())
 
+    async def _page(self, status: int, body: bytes) -> None:
+        await self._send(h11.Response(status_code=status, reason=_REASONS.get(status, b""),
+                                      headers=[(b"Content-Type", b"application/json"),
+                                               (b"Content-Length", b"%d" % len(body)),
+                                               (b"Server", self.server_header)]))
+        await self._send(h11.Data(data=body))
+        await self._send(h11.EndOfMessage())
+
     async def _simple(self, status: int, extra: Headers | None = None) -> None:
         """An empty answer that submits nothing (400, 404, 405, 413)."""
         headers: Headers = [(b"Server", self.server_header), (b"Content-Length", b"0")]
@@ -407,7 +432,7 @@ class HttpFrontEnd(TaskFrontEnd):
 
     name = "http"
 
-    def open(self, stream: trio.SocketStream, address: str, port: int) -> HttpConnection:
+    def open(self, stream: Stream, address: str, port: int) -> HttpConnection:
         return HttpConnection(self.host, stream, address, port)
 
 
@@ -418,5 +443,5 @@ class MetricsFrontEnd(TaskFrontEnd):
 
     name = "metrics"
 
-    def open(self, stream: trio.SocketStream, address: str, port: int) -> HttpConnection:
+    def open(self, stream: Stream, address: str, port: int) -> HttpConnection:
         return HttpConnection(self.host, stream, address, port, metrics_only=True)

@@ -73,7 +73,7 @@ class Conn:
     __slots__ = (
         "id", "peer", "address", "port", "client_id", "exceptions", "abilities", "rotation",
         "sleeping", "noop_sent", "assigned", "attached", "closed", "kind", "admin",
-        "identity", "tenant",
+        "identity", "tenant", "woken_for", "wake_deadline",
     )
 
     def __init__(self, conn_id: int, peer: Peer, address: str = "-", exceptions: bool = False,
@@ -100,6 +100,9 @@ class Conn:
         self.rotation = 0
         self.sleeping = False
         self.noop_sent = False
+        #: The function it was last woken (NOOP) for, until it answers (server/wakeups.py).
+        self.woken_for: Function | None = None
+        self.wake_deadline = 0.0
         #: Jobs assigned to this worker connection, by handle.
         self.assigned: dict[bytes, Job] = {}
         #: Foreground jobs this client waits for.
@@ -163,7 +166,7 @@ class StatsTable(dict[bytes, FunctionStats]):
     function that comes and goes keeps counting) but bounded: past ``limit`` entries,
     all but the newest ``KEEP_FREED`` of them are pruned (amortised O(1))."""
 
-    KEEP_FREED = 1024
+    KEEP_FREED: Final = 1024
 
     def __init__(self) -> None:
         super().__init__()
@@ -187,7 +190,8 @@ class Function:
     """A function name's queues, workers and limits (spec §2.1)."""
 
     __slots__ = ("name", "queues", "live", "dead", "running", "workers", "sleepers",
-                 "maxqueue", "scheduled", "storing", "pinned", "bytes_queued", "stats")
+                 "maxqueue", "scheduled", "storing", "pinned", "bytes_queued", "stats",
+                 "waking")
 
     def __init__(self, name: bytes, stats: FunctionStats | None = None) -> None:
         self.name = name
@@ -207,6 +211,8 @@ class Function:
         self.workers: dict[Conn, None] = {}
         #: Sleeping workers not yet sent a NOOP, in the order they fell asleep.
         self.sleepers: dict[Conn, None] = {}
+        #: Workers woken for it that have not answered yet (server/wakeups.py).
+        self.waking = 0
         #: Max-queue limits per priority; 0 = unlimited (spec §2.10).
         self.maxqueue = [0, 0, 0]
         #: Created by the admin (``create function``): kept when nothing refers to it.
@@ -223,6 +229,15 @@ class Function:
         return self.queued + self.running
 
 
+@dataclass(slots=True)
+class RetryState:
+    """A job's failures under a retry policy: kept while it waits and runs again."""
+
+    failures: int = 0
+    first_failed: float = 0.0
+    error: str = ""
+
+
 class Job:
     """One job (spec §2.1). ``queued`` is True while it sits live in a ready queue."""
 
@@ -230,14 +245,12 @@ class Job:
         "handle", "function", "unique", "data", "priority", "when", "reducer",
         "numerator", "denominator", "retries", "worker", "clients", "background",
         "queued", "waiting", "index_key", "store_key", "cancelled", "assignment",
-        "stored", "number", "acks", "stamp",
+        "stored", "acks", "stamp", "retry",
     )
 
     def __init__(self, handle: bytes, function: Function, unique: bytes, data: bytes,
                  priority: int, background: bool, when: float = 0, reducer: bytes = b""):
         self.handle = handle
-        #: Creation order (the handle's counter value).
-        self.number = 0
         self.function = function
         self.unique = unique
         self.data = data
@@ -248,7 +261,9 @@ class Job:
         self.denominator = b"0"
         self.retries = 0
         self.worker: Conn | None = None
-        self.clients: list[Conn] = []
+        #: Clients waiting for it (a tuple: most jobs have none or one, and the empty
+        #: tuple is shared, where an empty list would cost every background job 56 bytes).
+        self.clients: tuple[Conn, ...] = ()
         #: Some submitter did not wait for it: it must run even with no client attached.
         self.background = background
         self.queued = False
@@ -269,14 +284,23 @@ class Job:
         #: When it entered its queue (submit, requeue, its time came) until it is
         #: assigned; from then on, when it was assigned. For the stats' histograms.
         self.stamp = 0.0
+        #: Its failures so far, once it failed under a retry policy (``server.outcomes``).
+        self.retry: RetryState | None = None
 
     def unattach(self, client: Conn) -> None:
         """A client stops waiting for this job (every entry of it)."""
-        self.clients = [c for c in self.clients if c is not client]
+        self.clients = tuple(c for c in self.clients if c is not client)
         client.attached.discard(self)
 
     def __repr__(self) -> str:
         return f"<Job {self.handle!r} {self.function.name!r}>"
+
+
+def creation_order(job: Job) -> tuple[int, bytes]:
+    """A sort key that orders one server's jobs by creation: its handles are one prefix
+    and a counter, so a shorter handle is older and equal lengths compare as numbers.
+    (Not a field of the job: an int per queued job costs 36 bytes.)"""
+    return len(job.handle), job.handle
 
 
 #: Bytes a function name or client id may not hold: line ends and the other control

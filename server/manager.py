@@ -14,7 +14,8 @@ from typing import Final
 
 from protocol import SUBMIT_KINDS, PacketType
 
-from .core import PRIORITIES, JobCore
+from .acl import Acl, plain, prefix_of
+from .core import PRIORITIES
 from .events import Events
 from .jobs import (
     MAX_HANDLE,
@@ -24,10 +25,12 @@ from .jobs import (
     Job,
     Limits,
     Peer,
+    creation_order,
     index_key,
     next_cron_time,
 )
 from .jobs import parse_int as _parse_int
+from .outcomes import Outcomes
 
 __all__ = ["PRIORITIES", "Conn", "Function", "Job", "Limits", "Manager", "next_cron_time"]
 
@@ -46,7 +49,7 @@ _NOT_FOUND_TEXT: Final = {
 }
 
 
-class Manager(JobCore):
+class Manager(Outcomes):
     """The job core, driven by request packets (``handle_packet``) and by the server."""
 
     def __init__(
@@ -102,6 +105,10 @@ class Manager(JobCore):
         self.unwanted_hook: Callable[[Job], None] | None = None
         #: Cluster: the last worker of a function with queued jobs left this server.
         self.workers_gone_hook: Callable[[Function, float], None] | None = None
+        #: Access rules and tenants (``attach_acl``); None = everyone may do everything.
+        self.acl: Acl | None = None
+        #: Connections that asked for the ``attempts`` option.
+        self.attempt_conns: set[int] = set()
 
     def connect(self, peer: Peer, address: str = "-", port: int = 0,
                 kind: str = "gear") -> Conn:
@@ -148,8 +155,11 @@ class Manager(JobCore):
         """Forget a connection (and its ``watch``, if any)."""
         names = list(conn.abilities) if self.workers_gone_hook is not None else []
         super().disconnect(conn, now)
+        self.attempt_conns.discard(conn.id)
         if self.events is not None and self.events.watchers:
             self.events.unwatch(conn.id)
+        if self.acl is not None:
+            self.acl.forget(conn)
         for name in names:
             self._workers_gone(name, now)
 
@@ -165,6 +175,91 @@ class Manager(JobCore):
         if (fn is not None and not fn.workers and (fn.live[0] or fn.live[1] or fn.live[2])
                 and self.workers_gone_hook is not None):
             self.workers_gone_hook(fn, now)
+
+    # ------------------------------------------------------------------ access rules
+
+    def attach_acl(self, acl: Acl) -> None:
+        """Check each register and submit against ``acl``, with each tenant's function
+        names in its own namespace (``server.acl``). A server without pays nothing."""
+        self.acl = acl
+        dispatch = self._dispatch
+        for ptype in (PT.CAN_DO, PT.CAN_DO_TIMEOUT):
+            dispatch[ptype] = self._checked(dispatch[ptype], "register")
+        dispatch[PT.CANT_DO] = self._checked(dispatch[PT.CANT_DO], "")
+        for ptype in SUBMIT_KINDS:
+            dispatch[ptype] = self._checked(dispatch[ptype], "submit")
+
+    def _checked(self, handler: Callable[[Conn, tuple[bytes, ...], float], None],
+                 right: str) -> Callable[[Conn, tuple[bytes, ...], float], None]:
+        """``handler`` given the internal name of its function argument, once allowed."""
+        acl = self.acl
+        assert acl is not None
+
+        def checked(conn: Conn, args: tuple[bytes, ...], now: float) -> None:
+            if not right:  # CANT_DO: nothing to allow, only the name to find
+                handler(conn, (acl.rights(conn).prefix + args[0],), now)
+                return
+            key = acl.key(conn, right, args[0], self.limits.max_name)
+            if key is None or (right == "submit"
+                               and self._over_quota(conn, key, args[1], args[-1])):
+                return
+            handler(conn, (key, *args[1:]), now)
+
+        return checked
+
+    def _over_quota(self, conn: Conn, key: bytes, unique: bytes, data: bytes) -> bool:
+        """A new job would take the tenant past a limit: QUEUE_ERROR sent. A submit that
+        joins an existing job adds none, so it is never refused here."""
+        assert self.acl is not None
+        joins = index_key(key, unique, data)
+        if joins is not None and joins in self.unique_index:
+            return False
+        if not self.acl.queue_full(conn, key, self.functions, len(data)):
+            return False
+        log.warning("connection %d: tenant %s is at its queue limit; submit refused",
+                    conn.id, conn.tenant)
+        conn.peer.deliver(PT.ERROR, b"QUEUE_ERROR", b"Job queue is full")
+        return True
+
+    def submit_checked(self, conn: Conn, function: bytes, unique: bytes, data: bytes,
+                       priority: int, background: bool, now: float) -> Job | None:
+        """``submit`` for the other front-ends (HTTP, memcached): under the access rules."""
+        if self.acl is not None:
+            key = self.acl.key(conn, "submit", function, self.limits.max_name)
+            if key is None or self._over_quota(conn, key, unique, data):
+                return None
+            function = key
+        return self.submit(conn, function, unique, data, priority, background, now)
+
+    def name_problem(self, name: bytes,
+                     what: bytes = b"Function name") -> tuple[bytes, bytes] | None:
+        # With access rules, a name reaching the core is internal (its plain part was
+        # checked on the way in by ``Acl.key``, which refuses the separator).
+        if self.acl is not None and what == b"Function name":
+            name = plain(name)
+        return super().name_problem(name, what)
+
+    def acl_reloaded(self, now: float) -> None:
+        """The rules changed: workers give up the functions they may no longer do."""
+        acl = self.acl
+        assert acl is not None
+        for conn in list(self.conns.values()):
+            for name in [n for n in conn.abilities if not acl.may_keep(conn, n)]:
+                log.warning("connection %d: may no longer do %r after the ACL reload",
+                            conn.id, plain(name))
+                self._unregister(conn, name, now)
+
+    def _unique_job(self, conn: Conn, unique: bytes) -> Job | None:
+        """The job a submit of ``conn`` with this unique would join (GET_STATUS_UNIQUE)."""
+        if self.acl is None:
+            return self.job_by_unique(unique)
+        self.job_by_unique(unique)  # builds the by_unique index
+        assert self.by_unique is not None
+        same = self.by_unique.get(unique)
+        prefix = self.acl.rights(conn).prefix
+        mine = [j for j in (same if isinstance(same, list) else [same] if same else [])
+                if prefix_of(j.function.name) == prefix]
+        return min(mine, key=creation_order) if mine else None
 
     # ------------------------------------------------------------------ events
 
@@ -209,8 +304,13 @@ class Manager(JobCore):
 
     def _option(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         # As the reference, the name is compared up to a NUL (some clients send one).
-        if args[0].partition(b"\0")[0].lower() == b"exceptions":
+        option = args[0].partition(b"\0")[0].lower()
+        if option == b"exceptions":
             conn.exceptions = True
+            conn.peer.deliver(PT.OPTION_RES, args[0])
+        elif option == b"attempts":
+            # Ours: each JOB_ASSIGN* is preceded by OPTION_RES "attempt=N".
+            self.attempt_conns.add(conn.id)
             conn.peer.deliver(PT.OPTION_RES, args[0])
         else:
             conn.peer.deliver(PT.ERROR, b"UNKNOWN_OPTION",
@@ -250,7 +350,7 @@ class Manager(JobCore):
         return submit
 
     def _can_do(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
-        self._register(conn, args[0], None)
+        self._register(conn, args[0], None, now)
 
     def _can_do_timeout(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         if len(args[1]) > 20:
@@ -259,7 +359,7 @@ class Manager(JobCore):
         ms = _parse_int(args[1]) or 0
         if 0 < ms < 1000:
             ms = 1000
-        self._register(conn, args[0], ms / 1000 if ms > 0 else None)
+        self._register(conn, args[0], ms / 1000 if ms > 0 else None, now)
 
     def _cant_do(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         self._unregister(conn, args[0], now)
@@ -269,44 +369,60 @@ class Manager(JobCore):
             self._unregister(conn, name, now)
 
     def _pre_sleep(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
-        if self.has_work(conn):
-            conn.noop_sent = True
-            conn.peer.deliver(PT.NOOP)
-            return
-        conn.sleeping = True
-        conn.noop_sent = False
-        functions = self.functions
-        for name in conn.abilities:
-            fn = functions.get(name)
-            if fn is not None:
-                fn.sleepers[conn] = None
+        woke = self.wakeups.answered(conn)  # it was woken and sleeps again: not for it
+        work = self.work_for(conn)
+        if work is not None:
+            self.wakeups.wake(conn, work, now)
+        else:
+            conn.sleeping = True
+            conn.noop_sent = False
+            functions = self.functions
+            for name in conn.abilities:
+                fn = functions.get(name)
+                if fn is not None:
+                    fn.sleepers[conn] = None
+        if woke is not None:
+            self.wakeups.rebalance(woke, now)
+
+    def _grabbed(self, conn: Conn, now: float) -> Job | None:
+        """``grab``; a worker that asked for the ``attempts`` option hears the attempt's
+        number first, as OPTION_RES ``attempt=N`` (gearmand(8), RETRIES AND DEAD
+        LETTERS)."""
+        job = self.grab(conn, now)
+        if job is not None and conn.id in self.attempt_conns:
+            conn.peer.deliver(PT.OPTION_RES, b"attempt=%d" % job.assignment)
+        return job
 
     def _grab_job(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
-        job = self.grab(conn, now)
+        job = self._grabbed(conn, now)
         if job is None:
             conn.peer.deliver(PT.NO_JOB)
         else:
-            conn.peer.deliver(PT.JOB_ASSIGN, job.handle, job.function.name, job.data)
+            conn.peer.deliver(PT.JOB_ASSIGN, job.handle, self._shown(job), job.data)
 
     def _grab_job_uniq(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
-        job = self.grab(conn, now)
+        job = self._grabbed(conn, now)
         if job is None:
             conn.peer.deliver(PT.NO_JOB)
         else:
-            conn.peer.deliver(PT.JOB_ASSIGN_UNIQ, job.handle, job.function.name, job.unique,
+            conn.peer.deliver(PT.JOB_ASSIGN_UNIQ, job.handle, self._shown(job), job.unique,
                               job.data)
 
     def _grab_job_all(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
-        job = self.grab(conn, now)
+        job = self._grabbed(conn, now)
         if job is None:
             conn.peer.deliver(PT.NO_JOB)
         elif job.reducer:
-            conn.peer.deliver(PT.JOB_ASSIGN_ALL, job.handle, job.function.name, job.unique,
+            conn.peer.deliver(PT.JOB_ASSIGN_ALL, job.handle, self._shown(job), job.unique,
                               job.reducer, job.data)
         else:
             # As the reference: JOB_ASSIGN_UNIQ when there is no reducer (spec §1.3).
-            conn.peer.deliver(PT.JOB_ASSIGN_UNIQ, job.handle, job.function.name, job.unique,
+            conn.peer.deliver(PT.JOB_ASSIGN_UNIQ, job.handle, self._shown(job), job.unique,
                               job.data)
+
+    def _shown(self, job: Job) -> bytes:
+        """The job's function name as its worker knows it (a tenant's: plain)."""
+        return job.function.name if self.acl is None else plain(job.function.name)
 
     def _owned(self, conn: Conn, ptype: PacketType, handle: bytes) -> Job | None:
         job = conn.assigned.get(handle)
@@ -345,22 +461,26 @@ class Manager(JobCore):
         if self.log_jobs:
             self.job_log(job, "complete", conn, args[1], now, "completed")
         job.function.stats.completed += 1
+        if job.background and self.results is not None:
+            self.record(job, True, args[1], now)
         self._finish(job, now)
 
     def _work_fail(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         job = self._owned(conn, PT.WORK_FAIL, args[0])
-        if job is None:
+        if job is None or self.failed_attempt(job, conn, now, "WORK_FAIL"):
             return
         if job.clients:
             self._broadcast(job, PT.WORK_FAIL, job.handle)
         if self.log_jobs:
             self.job_log(job, "failed (WORK_FAIL)", conn, None, now, "failed")
         job.function.stats.failed += 1
+        self.record(job, False, b"WORK_FAIL", now)
         self._finish(job, now)
 
     def _work_exception(self, conn: Conn, args: tuple[bytes, ...], now: float) -> None:
         job = self._owned(conn, PT.WORK_EXCEPTION, args[0])
-        if job is None:
+        if job is None or (self.retry and self.failed_attempt(
+                job, conn, now, "exception: " + args[1][:1024].decode("utf-8", "replace"))):
             return
         for client in job.clients:
             if client.exceptions:
@@ -373,6 +493,7 @@ class Manager(JobCore):
             self.job_log(job, f"raised an exception: {text!r}", conn, args[1], now,
                          "exception")
         job.function.stats.exceptions += 1
+        self.record(job, False, args[1], now)
         self._finish(job, now)
 
     # ------------------------------------------------------------------ status
@@ -389,7 +510,8 @@ class Manager(JobCore):
         job = self.jobs.get(handle)
         if job is None and self.status_hook is not None and self.status_hook(conn, handle):
             return
-        if job is None or job.cancelled:
+        if job is None or job.cancelled or (self.acl is not None
+                                            and not self.acl.sees(conn, job)):
             conn.peer.deliver(PT.STATUS_RES, handle, b"0", b"0", b"0", b"0")
             return
         running = b"1" if job.worker is not None else b"0"
@@ -406,7 +528,7 @@ class Manager(JobCore):
             return
         # The job a submit with this unique would join, in any function; jobs cancelled
         # or abandoned are no longer in the index.
-        job = self.job_by_unique(unique) if unique and unique != b"-" else None
+        job = self._unique_job(conn, unique) if unique and unique != b"-" else None
         if job is None:
             conn.peer.deliver(PT.STATUS_RES_UNIQUE, unique, b"0", b"0", b"0", b"0", b"0")
             return
@@ -453,7 +575,7 @@ class Manager(JobCore):
             # Running: detach everything; the worker's later results are discarded.
             for client in job.clients:
                 client.attached.discard(job)
-            job.clients = []
+            job.clients = ()
             self._unindex(job)
             if job.store_key is not None and self.store is not None:
                 self.store.forget(job.store_key)
@@ -474,92 +596,3 @@ class Manager(JobCore):
     def iter_jobs(self) -> Iterator[Job]:
         """Every job the server holds (queued, waiting, running), in handle order."""
         return iter(list(self.jobs.values()))
-
-
-    # ------------------------------------------------------------------ cluster
-
-    def share(self, job: Job) -> None:
-        """Cluster (``server.cluster``): a new background job goes to the shared queue.
-        Out of the local unique index at once: the shared table coalesces it."""
-        self._unindex(job)
-
-    def handed_off(self, job: Job, handle: bytes, now: float) -> None:
-        """Cluster: ``job`` is committed to the shared queue, where any server claims it.
-        Answer the submits waiting for it with ``handle`` (the job's handle in the
-        cluster: another one when it coalesced there) and drop the local copy."""
-        acks = job.acks or []
-        job.acks = None
-        if not job.stored:
-            job.stored = True
-            job.function.storing -= 1
-        job.store_key = None
-        if handle != job.handle:
-            job.function.stats.coalesced += 1
-        for conn, hold, _ in acks:
-            conn.peer.release(hold, PT.JOB_CREATED, handle)
-        self._forget(job)
-
-    def adopt(self, handle: bytes, function: bytes, unique: bytes, data: bytes,
-              priority: int, reducer: bytes, store_key: str, now: float,
-              client: Conn | None = None) -> Job | None:
-        """Cluster: queue a job claimed from the shared queue, under its cluster handle
-        (a foreground one with ``client``, which relays its packets to the server its
-        client waits on); None if this server holds that job already."""
-        if handle in self.jobs:
-            return None
-        fn = self.function(function)
-        job = Job(handle, fn, unique, data, priority, client is None, 0, reducer)
-        job.number = next(self._handles)
-        job.store_key, job.stamp = store_key, now
-        self.jobs[handle] = job
-        key = index_key(function, unique, data)
-        if client is not None:
-            job.clients.append(client)
-            client.attached.add(job)
-        elif key is not None and key not in self.unique_index:
-            self._index(job, key)
-        self._enqueue(job, now)
-        return job
-
-    def drop_claim(self, job: Job) -> None:
-        """Cluster: this server lost its claim on ``job`` (its lease ran out): if it has
-        not started, drop the local copy (another server runs it); the stored row is
-        no longer this server's to remove."""
-        if self.jobs.get(job.handle) is not job:
-            return
-        job.store_key = None
-        if job.queued:
-            self._abandon(job)
-            self._forget(job)
-
-    def hand_over(self, job: Job, conn: Conn, now: float) -> None:
-        """Cluster: a queued foreground job runs on another server, which ``conn``
-        stands for here: it is assigned to ``conn``, whose packets (relayed from that
-        server) reach the job's clients as a worker's would."""
-        self._abandon(job)
-        job.function.running += 1
-        job.worker, job.stamp = conn, now
-        job.assignment += 1
-        conn.assigned[job.handle] = job
-
-    def take_back(self, job: Job, store_key: str, now: float) -> None:
-        """Cluster: a foreground job handed over to ``conn`` (``hand_over``) is claimed by
-        this server after all (a worker for it arrived): queue it here, its stored row
-        removed when it ends."""
-        worker = job.worker
-        if worker is not None:
-            worker.assigned.pop(job.handle, None)
-            job.function.running -= 1
-        job.worker = None
-        job.store_key, job.stamp = store_key, now
-        self._enqueue(job, now)
-
-    def drop_relayed(self, job: Job) -> None:
-        """Cluster: forget a relayed foreground job nobody waits for (its packets, if
-        they still come, find no job)."""
-        worker = job.worker
-        if worker is not None:
-            worker.assigned.pop(job.handle, None)
-            job.function.running -= 1
-            job.worker = None
-        self._forget(job)

@@ -29,7 +29,7 @@ import trio
 
 from protocol import PacketType, Priority
 
-from .host import Host, PacketPeer, TaskFrontEnd
+from .host import Host, PacketPeer, Stream, TaskFrontEnd
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class _Closed(Exception):
 class MemcachedConnection:
     """One memcached client: commands read from its stream, answered in order."""
 
-    def __init__(self, host: Host, stream: trio.SocketStream, address: str, port: int,
+    def __init__(self, host: Host, stream: Stream, address: str, port: int,
                  started: float) -> None:
         config = host.config
         self.host = host
@@ -218,8 +218,8 @@ class MemcachedConnection:
         return problem[1] if problem is not None else None
 
     async def _submit_background(self, function: bytes, data: bytes) -> bytes:
-        self.manager.submit(self.conn, function, b"", data, int(Priority.NORMAL), True,
-                            time.time())
+        self.manager.submit_checked(self.conn, function, b"", data, int(Priority.NORMAL),
+                                    True, time.time())
         self.host.changed()
         ptype, args = await self.peer.next_packet()
         if ptype is PT.JOB_CREATED:
@@ -256,8 +256,8 @@ class MemcachedConnection:
         now = time.time()
         for key in keys:
             function, _, arg = key.partition(b"/")
-            self.manager.submit(self.conn, function, b"", arg, int(Priority.NORMAL), False,
-                                now)
+            self.manager.submit_checked(self.conn, function, b"", arg,
+                                        int(Priority.NORMAL), False, now)
         self.host.changed()
         results: list[bytes | None] = [None] * len(keys)
         bodies: dict[bytes, tuple[int, bytearray]] = {}
@@ -331,7 +331,14 @@ class MemcachedConnection:
             await self._send(b"CLIENT_ERROR only plain stats are supported\r\n")
             return
         manager = self.manager
-        functions = manager.functions.values()
+        admin = self.host.admin
+        if admin.acl is not None:
+            refused = admin.refusal(self.conn, "stats")  # admin-read
+            if refused is not None:
+                await self._send(b"SERVER_ERROR " + refused[4:])
+                return
+        view = admin.view(self.conn)  # with tenants, the asker's own functions only
+        functions = [fn for fn in manager.functions.values() if view.sees(fn.name)]
         now = time.time()
         stats = {
             b"pid": os.getpid(),
@@ -339,11 +346,13 @@ class MemcachedConnection:
             b"time": int(now),
             b"version": self.host.config.version,
             b"curr_connections": len(manager.conns),
-            b"functions": len(manager.functions),
-            b"jobs": len(manager.jobs),
+            b"functions": len(functions),
+            b"jobs": len(manager.jobs) if view.prefix is None
+            else sum(fn.total for fn in functions),
             b"jobs_queued": sum(fn.queued for fn in functions),
             b"jobs_running": sum(fn.running for fn in functions),
-            b"workers": sum(1 for c in manager.conns.values() if c.abilities),
+            b"workers": sum(1 for c in manager.conns.values()
+                            if c.abilities and view.sees_conn(c)),
         }
         out = b"".join(b"STAT %s %s\r\n" % (name, str(value).encode())
                        for name, value in stats.items())
@@ -359,6 +368,6 @@ class MemcachedFrontEnd(TaskFrontEnd):
         super().__init__(host, port)
         self.started = time.time()
 
-    def open(self, stream: trio.SocketStream, address: str,
+    def open(self, stream: Stream, address: str,
              port: int) -> MemcachedConnection:
         return MemcachedConnection(self.host, stream, address, port, self.started)

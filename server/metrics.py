@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import stats
+from .acl import ALL, View
 from .admin import AdminContext
 from .jobs import BUCKETS
 
@@ -50,8 +51,9 @@ def _buckets(counts: list[int]) -> list[tuple[str, float]]:
 class StatsCollector(Collector):
     """Reads the core's counters at each scrape."""
 
-    def __init__(self, ctx: AdminContext) -> None:
+    def __init__(self, ctx: AdminContext, view: View = ALL) -> None:
         self.ctx = ctx
+        self.view = view
 
     def collect(self) -> Iterator[Metric]:
         ctx = self.ctx
@@ -79,7 +81,7 @@ class StatsCollector(Collector):
         run = HistogramMetricFamily("gearman_job_run_seconds",
                                     "From JOB_ASSIGN to the worker's result.",
                                     labels=fn_label)
-        for name, st, fn in stats.functions(manager):
+        for name, st, fn in stats.functions(manager, self.view):
             label = stats.label(name)
             for i, priority in enumerate(stats.PRIORITY_NAMES):
                 submitted.add_metric([label, priority, "false"], st.submitted[i])
@@ -98,9 +100,22 @@ class StatsCollector(Collector):
         bytes_queued = GaugeMetricFamily("gearman_queued_bytes",
                                          "Payload bytes of the jobs ready in the queues.",
                                          labels=fn_label)
-        for name, _, fn in stats.functions(manager):
+        for name, _, fn in stats.functions(manager, self.view):
             bytes_queued.add_metric([stats.label(name)], fn.bytes_queued if fn else 0)
         yield bytes_queued
+        dead = GaugeMetricFamily("gearman_dead_letters",
+                                 "Jobs that used up their retries, kept as dead letters.",
+                                 labels=fn_label)
+        for name, letters in sorted(manager.dead_letters.by_function.items()):
+            dead.add_metric([stats.label(name)], len(letters))
+        yield dead
+        if manager.results is not None:
+            yield CounterMetricFamily("gearman_results_recorded",
+                                      "Results of background jobs kept in the result cache.",
+                                      value=manager.results.recorded)
+            yield CounterMetricFamily("gearman_results_dropped",
+                                      "Results a remote result cache could not take.",
+                                      value=manager.results.dropped)
         yield GaugeMetricFamily("gearman_connections", "Connections open now.",
                                 value=len(manager.conns))
         by_kind = GaugeMetricFamily("gearman_connections_by_kind",
@@ -146,8 +161,8 @@ def _server_metrics(report: dict[str, object]) -> Iterator[Metric]:
         yield commit
 
 
-def render(ctx: AdminContext) -> bytes:
-    """The metrics page, read now."""
+def render(ctx: AdminContext, view: View = ALL) -> bytes:
+    """The metrics page, read now (of the functions ``view`` sees)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(ctx))
+    registry.register(StatsCollector(ctx, view))
     return generate_latest(registry)

@@ -19,6 +19,7 @@ import trio
 from .config import ServerConfig
 from .jobs import Job
 from .manager import Manager
+from .retry import DEAD_WHEN, DeadLetter, decode_envelope, encode_envelope
 from .store import StoredJob, open_store, queue_option_true
 from .store.writer import StoreWriter
 
@@ -29,9 +30,18 @@ CLOSE_TIMEOUT: Final = 30.0
 
 
 def stored_job(job: Job, key: str) -> StoredJob:
+    # A time in the past is "now" (and a negative one would read as a dead letter).
     return StoredJob(key=key, function=job.function.name, unique=job.unique,
-                     priority=int(job.priority), data=job.data, when=int(job.when),
+                     priority=int(job.priority), data=job.data, when=max(0, int(job.when)),
                      reducer=job.reducer)
+
+
+def stored_letter(letter: DeadLetter, key: str) -> StoredJob:
+    """A dead letter as a store keeps it: its ``when`` is ``DEAD_WHEN``, its history
+    leads its data (``server.retry``). Every store can keep it without a change."""
+    return StoredJob(key=key, function=letter.function, unique=letter.unique,
+                     priority=letter.priority, data=encode_envelope(letter), when=DEAD_WHEN,
+                     reducer=letter.reducer)
 
 
 class Persistence:
@@ -49,6 +59,7 @@ class Persistence:
         self._done = trio.Event()
         if not on_shutdown_only:
             manager.attach_store(self)
+            manager.dead_letters.store = self
 
     @classmethod
     def open(cls, manager: Manager, config: ServerConfig,
@@ -84,6 +95,22 @@ class Persistence:
     def forget(self, key: str) -> None:
         self.writer.done(key)
 
+    # ------------------------------------------------------------------ DeadLetterStore
+
+    def keep(self, letter: DeadLetter) -> None:
+        key = letter.store_key
+        assert key is not None
+        handle = letter.handle.decode("latin-1")
+
+        def committed(error: Exception | None) -> None:
+            if error is not None:
+                log.error("store: could not keep dead letter %s: %s", handle, error)
+
+        self.writer.add_nowait(stored_letter(letter, key), committed)
+
+    def drop(self, key: str) -> None:
+        self.writer.done(key)
+
     # ------------------------------------------------------------------ life cycle
 
     async def replay(self) -> int:
@@ -91,7 +118,11 @@ class Persistence:
         jobs = await self.writer.replay()
         now = time.time()
         manager = self.manager
+        letters = 0
         for stored in jobs:
+            if stored.when == DEAD_WHEN:
+                letters += self._replay_letter(stored)
+                continue
             job = manager.restore(stored.function, stored.unique, stored.data,
                                   stored.priority, stored.when, stored.reducer, stored.key,
                                   now)
@@ -100,8 +131,23 @@ class Persistence:
                 job.store_key = None
                 self.writer.done(stored.key)
         if jobs:
-            log.info("replayed %d background jobs from the store", len(jobs))
-        return len(jobs)
+            log.info("replayed %d background jobs and %d dead letters from the store",
+                     len(jobs) - letters, letters)
+        return len(jobs) - letters
+
+    def _replay_letter(self, stored: StoredJob) -> int:
+        try:
+            letter = decode_envelope(stored.function, stored.unique, stored.priority,
+                                     stored.reducer, stored.data, stored.key)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("store: record %s is neither a job nor a dead letter (%s); kept, "
+                      "ignored", stored.key, exc)
+            return 0
+        if self.on_shutdown_only:
+            letter.store_key = None
+            self.writer.done(stored.key)
+        self.manager.dead_letters.add(letter, persist=False)
+        return 1
 
     async def run(self, *, task_status: trio.TaskStatus[None]
                   = trio.TASK_STATUS_IGNORED) -> None:
@@ -123,7 +169,13 @@ class Persistence:
                 writer.add_nowait(stored_job(job, manager.new_store_key()),
                                   lambda error: None)
                 kept += 1
-            log.info("storing %d background jobs on shutdown", kept)
+            letters = 0
+            for letter in manager.dead_letters.rows():
+                writer.add_nowait(stored_letter(letter, manager.new_store_key()),
+                                  lambda error: None)
+                letters += 1
+            log.info("storing %d background jobs and %d dead letters on shutdown", kept,
+                     letters)
         writer.close()
         with trio.move_on_after(CLOSE_TIMEOUT):
             await self._done.wait()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+from .acl import ALL, View
 from .jobs import BUCKETS, Function, FunctionStats
 from .manager import Manager
 
@@ -20,11 +21,13 @@ def label(name: bytes) -> str:
     return name.decode("utf-8", "backslashreplace")
 
 
-def functions(manager: Manager) -> Iterator[tuple[bytes, FunctionStats, Function | None]]:
-    """Every function with statistics, by name: its counters and its record (None once
-    it was freed; it held nothing then)."""
+def functions(manager: Manager, view: View = ALL) -> Iterator[
+        tuple[bytes, FunctionStats, Function | None]]:
+    """Every function with statistics that ``view`` sees, by name (as it shows it): its
+    counters and its record (None once it was freed; it held nothing then)."""
     for name, stats in sorted(manager.stats.items()):
-        yield name, stats, manager.functions.get(name)
+        if view.sees(name):
+            yield view.show(name), stats, manager.functions.get(name)
 
 
 def oldest_age(fn: Function | None, now: float) -> float:
@@ -67,10 +70,10 @@ def _histogram(counts: list[int], total: float) -> dict[str, object]:
 
 
 def document(manager: Manager, *, version: str, uptime: float, now: float,
-             server: dict[str, object] | None = None) -> dict[str, object]:
-    """The ``stats json`` document."""
+             server: dict[str, object] | None = None, view: View = ALL) -> dict[str, object]:
+    """The ``stats json`` document (of the functions and workers ``view`` sees)."""
     report: dict[str, object] = {}
-    for name, st, fn in functions(manager):
+    for name, st, fn in functions(manager, view):
         report[label(name)] = {
             "submitted": {p: {"foreground": st.submitted[i], "background": st.submitted[i + 3]}
                           for i, p in enumerate(PRIORITY_NAMES)},
@@ -92,7 +95,7 @@ def document(manager: Manager, *, version: str, uptime: float, now: float,
         "connections_total": manager.connections_total,
         "connections_by_kind": manager.connections_now(),
         "connections_total_by_front_end": dict(manager.connections_by_kind),
-        "workers": worker_jobs(manager, now),
+        "workers": worker_jobs(manager, now, view),
         "server": server or {},
         "buckets": [*BUCKETS, "+Inf"],
         "functions": report,
@@ -104,17 +107,17 @@ def document(manager: Manager, *, version: str, uptime: float, now: float,
     return doc
 
 
-def worker_jobs(manager: Manager, now: float) -> list[dict[str, object]]:
+def worker_jobs(manager: Manager, now: float, view: View = ALL) -> list[dict[str, object]]:
     """Each worker connection: who, what it can do, and the jobs it runs since when."""
     out: list[dict[str, object]] = []
     for conn in sorted(manager.conns.values(), key=lambda c: c.id):
-        if not conn.abilities and not conn.assigned:
+        if (not conn.abilities and not conn.assigned) or not view.sees_conn(conn):
             continue
         out.append({
             "connection": conn.id, "address": conn.remote,
             "client_id": label(conn.client_id),
-            "functions": sorted(label(f) for f in conn.abilities),
-            "jobs": [{"handle": label(job.handle), "function": label(job.function.name),
+            "functions": sorted(label(view.show(f)) for f in conn.abilities),
+            "jobs": [{"handle": label(job.handle), "function": label(view.show(job.function.name)),
                       "running_seconds": round(max(0.0, now - job.stamp), 6)}
                      for job in conn.assigned.values()],
         })
@@ -122,7 +125,8 @@ def worker_jobs(manager: Manager, now: float) -> list[dict[str, object]]:
 
 
 def json_reply(manager: Manager, *, version: str, uptime: float, now: float,
-               server: dict[str, object] | None = None) -> bytes:
+               server: dict[str, object] | None = None, view: View = ALL) -> bytes:
     """``stats json``: the document on one line, then ``.`` as every listing."""
-    doc = document(manager, version=version, uptime=uptime, now=now, server=server)
+    doc = document(manager, version=version, uptime=uptime, now=now, server=server,
+                   view=view)
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n.\n"

@@ -10,7 +10,8 @@ import pytest
 from test_imports import ROOT, imported_modules, sources
 
 #: The job core and its records: no event loop, no sockets, no clock of their own.
-CORE = ("server.core", "server.manager", "server.jobs")
+CORE = ("server.core", "server.manager", "server.jobs", "server.outcomes", "server.retry",
+        "server.results")
 CORE_FORBIDDEN = {"trio", "socket", "select", "selectors", "asyncio", "threading", "h11"}
 #: The seams between the core, persistence and the front-ends.
 SEAMS = ("server/jobs.py", "server/host.py", "server/persistence.py", "server/app.py")

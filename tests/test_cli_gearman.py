@@ -38,7 +38,8 @@ from tests.wire import Wire, WireTimeout, connect
 # -- parsing, no server needed ------------------------------------------------------------
 
 FLAGS = ["-f", "-h", "-p", "-t", "-i", "-d", "-S", "-v", "-b", "-I", "-L", "-n", "-N", "-P",
-         "-s", "-u", "-c", "-w", "-H", "--window", "--concurrency", "--job-timeout"]
+         "-s", "-u", "-c", "-w", "-H", "--window", "--concurrency", "--job-timeout", "--ssl",
+         "--ssl-ca-file", "--ssl-certificate", "--ssl-key"]
 
 
 def test_help_lists_every_flag() -> None:
@@ -57,7 +58,7 @@ def test_help_lists_every_flag() -> None:
         ((), b"no function given"),
         (("-e", "-f", "x"), b"No such option '-e'"),
         (("-f",), b"requires an argument"),
-        (("-S", "-f", "x"), b"TLS is not supported"),
+        (("-S", "--ssl-key", "k.pem", "-f", "x"), b"a client key needs its certificate"),
         (("-p", "0", "-f", "x"), b"-p"),
         (("-c", "-1", "-w", "-f", "x"), b"-c"),
         (("-u", "x" * 65, "-f", "x"), b"-u"),

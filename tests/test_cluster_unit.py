@@ -10,6 +10,7 @@ import pytest
 from fake_peer import FakePeer
 
 from protocol import PacketType
+from server.cluster import ops
 from server.cluster.db import (
     channel_name,
     decode_relay,
@@ -113,9 +114,9 @@ def test_a_shared_submit_is_answered_with_the_clusters_handle_and_forgotten() ->
     conn = m.connect(peer)
     job = m.submit(conn, b"f", b"u", b"x", 1, True, NOW)
     assert job is not None and store.persisted == [job]
-    m.share(job)
+    ops.share(m, job)
     assert m.unique_index == {}  # the shared table coalesces from now on
-    m.handed_off(job, b"H:b:7", NOW)
+    ops.handed_off(m, job, b"H:b:7", NOW)
     assert [(p.type, p.args) for p in peer.packets] == [(PT.JOB_CREATED, (b"H:b:7",))]
     assert m.jobs == {} and b"f" not in m.functions
     assert m.stats[b"f"].coalesced == 1
@@ -128,9 +129,9 @@ def test_an_adopted_job_runs_under_its_cluster_handle_once() -> None:
     m.attach_store(store)
     worker = m.connect(FakePeer())
     m.handle_packet(worker, PT.CAN_DO, (b"f",), NOW)
-    job = m.adopt(b"H:a:1", b"f", b"u", b"data", 0, b"", "key-1", NOW)
+    job = ops.adopt(m, b"H:a:1", b"f", b"u", b"data", 0, b"", "key-1", NOW)
     assert job is not None and job.background
-    assert m.adopt(b"H:a:1", b"f", b"u", b"data", 0, b"", "key-1", NOW) is None
+    assert ops.adopt(m, b"H:a:1", b"f", b"u", b"data", 0, b"", "key-1", NOW) is None
     m.handle_packet(worker, PT.GRAB_JOB, (), NOW)
     assert worker.peer.packets[-1].args == (b"H:a:1", b"f", b"data")
     m.handle_packet(worker, PT.WORK_COMPLETE, (b"H:a:1", b""), NOW)
@@ -146,7 +147,7 @@ def test_a_relayed_job_reaches_its_clients_through_the_stand_in() -> None:
     job = m.submit(client, b"f", b"", b"x", 1, False, NOW)
     assert job is not None and relayed == [job]
     stand_in = m.connect(FakePeer(), "cluster", 0, "cluster")
-    m.hand_over(job, stand_in, NOW)
+    ops.hand_over(m, job, stand_in, NOW)
     assert not job.queued and job.worker is stand_in and job.function.running == 1
     m.handle_packet(stand_in, PT.WORK_STATUS, (job.handle, b"1", b"2"), NOW)
     m.handle_packet(stand_in, PT.WORK_COMPLETE, (job.handle, b"r"), NOW)
@@ -167,8 +168,8 @@ def test_an_adopted_foreground_job_has_the_relay_as_its_client() -> None:
                       "relay")
     worker = m.connect(FakePeer())
     m.handle_packet(worker, PT.CAN_DO, (b"f",), NOW)
-    job = m.adopt(b"H:a:3", b"f", b"", b"x", 1, b"", "k", NOW, relay)
-    assert job is not None and not job.background and job.clients == [relay]
+    job = ops.adopt(m, b"H:a:3", b"f", b"", b"x", 1, b"", "k", NOW, relay)
+    assert job is not None and not job.background and job.clients == (relay,)
     m.handle_packet(worker, PT.GRAB_JOB, (), NOW)
     m.handle_packet(worker, PT.WORK_DATA, (b"H:a:3", b"chunk"), NOW)
     m.handle_packet(worker, PT.WORK_FAIL, (b"H:a:3",), NOW)
@@ -180,16 +181,16 @@ def test_a_lost_claim_drops_a_queued_job_but_not_a_running_one() -> None:
     m = Manager(handle_prefix="H:c")
     store = Store()
     m.attach_store(store)
-    queued = m.adopt(b"H:a:1", b"f", b"", b"x", 1, b"", "k1", NOW)
+    queued = ops.adopt(m, b"H:a:1", b"f", b"", b"x", 1, b"", "k1", NOW)
     assert queued is not None
-    m.drop_claim(queued)
+    ops.drop_claim(m, queued)
     assert m.jobs == {} and store.forgotten == []
     worker = m.connect(FakePeer())
     m.handle_packet(worker, PT.CAN_DO, (b"f",), NOW)
-    running = m.adopt(b"H:a:2", b"f", b"", b"x", 1, b"", "k2", NOW)
+    running = ops.adopt(m, b"H:a:2", b"f", b"", b"x", 1, b"", "k2", NOW)
     assert running is not None
     m.handle_packet(worker, PT.GRAB_JOB, (), NOW)
-    m.drop_claim(running)
+    ops.drop_claim(m, running)
     assert m.jobs == {b"H:a:2": running} and running.store_key is None
     m.handle_packet(worker, PT.WORK_COMPLETE, (b"H:a:2", b""), NOW)
     assert m.jobs == {} and store.forgotten == []
@@ -227,17 +228,17 @@ def test_a_claimed_row_whose_handle_is_held_here() -> None:
     # Our own relayed foreground job, and now a worker here: it runs here.
     relayed = m.submit(client, b"g", b"", b"y", 1, False, NOW)
     assert relayed is not None
-    m.hand_over(relayed, node.stand_in, NOW)
+    ops.hand_over(m, relayed, node.stand_in, NOW)
     assert node._known(relayed.handle, "row-g", NOW)
     assert relayed.queued and relayed.store_key == "row-g" and node.held["row-g"] is relayed
     assert relayed.function.running == 0 and not node.stand_in.assigned
     # A job running here whose claim was lost, claimed again: ours again.
     worker = m.connect(FakePeer())
     m.handle_packet(worker, PT.CAN_DO, (b"h",), NOW)
-    job = m.adopt(b"H:b:1", b"h", b"", b"z", 1, b"", "row-h", NOW)
+    job = ops.adopt(m, b"H:b:1", b"h", b"", b"z", 1, b"", "row-h", NOW)
     assert job is not None
     m.handle_packet(worker, PT.GRAB_JOB, (), NOW)
-    m.drop_claim(job)
+    ops.drop_claim(m, job)
     assert node._known(b"H:b:1", "row-h", NOW) and job.store_key == "row-h"
     assert node._known(b"H:b:1", "row-h", NOW)  # held: nothing more to do
     assert not node._known(b"H:b:1", "another-row", NOW)

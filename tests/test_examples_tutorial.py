@@ -92,7 +92,7 @@ def test_every_example_has_a_readme_and_executable_scripts() -> None:
     dirs = sorted(p for p in EXAMPLES.iterdir() if p.is_dir())
     assert {d.name for d in dirs} >= {
         "hello_world", "tutorial_python", "image_resize", "log_collection",
-        "distributed_grep", "map_reduce", "async_queue", "search_engine",
+        "distributed_grep", "map_reduce", "async_queue", "search_engine", "retries",
     }
     for d in dirs:
         assert (d / "README.md").is_file(), d
@@ -285,6 +285,24 @@ def test_async_queue_background_jobs_followed_by_handle(server: RunningServer) -
         "to bob@example.com: build 42 passed",
         "to carol@example.com: disk 90% full",
     ]
+
+
+# -- retries, dead letters and results --
+
+
+def test_retries_dead_letters_and_results(start_server: ServerFactory) -> None:
+    server = start_server("ours", "--retry-policy", "flaky=3,backoff=200ms..1s",
+                          "--retry-policy", "convert=2,backoff=200ms", "--result-ttl", "600")
+    part = sections(run_example(server, "retries/run.sh", timeout=60).stdout)
+    assert part["flaky: retried after a back-off until it worked"] == [
+        "done: report for march (took 3 tries)"]
+    assert part["convert: the good order"] == ["done: converted order 18"]
+    assert part["convert: the bad order, after its two attempts"] == [
+        "failed: failed after 2 attempt(s): WORK_FAIL"]
+    assert part["gearadmin --dead (function, unique key, attempts, error)"] == [
+        "convert order-17 2 WORK_FAIL"]
+    assert part["the bug is fixed: retry the dead letters"] == [
+        "retried: 1", "done: converted bad order 17", "dead letters left: 0"]
 
 
 # -- search engine: tests/test_examples_narada.py --

@@ -181,7 +181,10 @@ async def test_remove_function_sends_cant_do(server: Any) -> None:
             assert worker.functions == [b"a", b"c"]
 
 
-async def test_timeout_requeues_a_slow_job_to_another_worker(server: Any) -> None:
+async def test_timeout_fails_the_job_or_requeues_it(server: Any) -> None:
+    # decisions.md "Job life": ours fails a job past its CAN_DO_TIMEOUT (the client hears
+    # WORK_FAIL); the 1.1.20 reference gives it to another worker.
+    ours = server.kind == "ours"
     calls: list[str] = []
 
     async def first(job: Job) -> bytes:
@@ -209,9 +212,16 @@ async def test_timeout_requeues_a_slow_job_to_another_worker(server: Any) -> Non
                     fast = AsyncWorker(addr(server), idle_poll=0.5)
                     fast.add_function("t", second)
                     inner.start_soon(fast.work_forever)
-                    await task.wait()
+                    if ours:
+                        with pytest.raises(JobFailedError):
+                            await task.wait()
+                    else:
+                        await task.wait()
                     inner.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
+    if ours:
+        assert calls == ["first"]
+        return
     assert task.result == b"in time"
     # The reference's CAN_DO_TIMEOUT timer is not cancelled when a job ends (§2.7): a stale
     # timer may take the job back once more, so "second" can run twice there.

@@ -209,12 +209,15 @@ def test_unknown_options_and_arguments_are_one_clear_line() -> None:
     assert refused("--back", "3") == "unrecognised option '--back'"
 
 
-@pytest.mark.parametrize("args", [("--ssl",), ("--ssl-key", "k.pem"), ("--ssl-ca-file=ca",),
-                                  ("--ssl-certificate", "c.pem")])
-def test_tls_options_are_refused_by_name(args: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("args", [("--ssl-key", "k.pem"), ("--ssl-ca-file=ca",),
+                                  ("--ssl-certificate", "c.pem"), ("--ssl-verify-client",)])
+def test_tls_files_without_ssl_are_refused_by_name(args: tuple[str, ...]) -> None:
+    """Never a plaintext server to someone who gave it a certificate (tests/test_tls.py
+    has the rest of --ssl's checks)."""
     option = args[0].split("=")[0]
     message = refused(*args)
-    assert message.startswith(option + ":") and "TLS" in message
+    assert message.startswith(option + " without --ssl")
+    assert refused("--ssl") == "--ssl needs --ssl-certificate FILE and --ssl-key FILE"
 
 
 def test_protocols_http_only() -> None:
@@ -275,6 +278,46 @@ def test_config_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert parse().config.port == 4730
     default.write_text("-p 4999")
     assert parse().config.port == 4999
+
+
+def test_retry_policies_and_result_cache_options(tmp_path: Path) -> None:
+    from server.retry import RetryPolicy
+
+    conf = tmp_path / "gearmand.conf"
+    conf.write_text("# retries for every function, and a result cache\n"
+                    "--retry-policy '*=3,backoff=1s..1m'\n--result-ttl 600\n")
+    inv = parse("--config-file", str(conf), "--retry-policy", "resize=5,backoff=2s..10m",
+                "--retry-policy", "resize=6", "--result-ttl", "thumb=30",
+                "--max-dead-letters", "7", "--result-cache-bytes", "4096")
+    # The command line's repeatable option replaces the file's (as -L does).
+    assert dict(inv.config.retry_policies) == {b"resize": RetryPolicy(6, 1.0, 600.0)}
+    assert inv.config.result_ttls == ((b"thumb", 30.0),)
+    assert (inv.config.max_dead_letters, inv.config.result_cache_bytes) == (7, 4096)
+    from_file = parse("--config-file", str(conf)).config
+    assert dict(from_file.retry_policies) == {None: RetryPolicy(3, 1.0, 60.0)}
+    assert from_file.result_ttls == ((None, 600.0),) and from_file.result_cache == "memory"
+    assert parse("--result-ttl", "1", "--result-cache",
+                 "redis://127.0.0.1:6379/2").config.result_cache == "redis://127.0.0.1:6379/2"
+    assert "no effect without --result-ttl" in " ".join(
+        parse("--result-cache-bytes", "4096").notes)
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (("--retry-policy", "resize"), "expected NAME=ATTEMPTS"),
+    (("--retry-policy", "resize=0"), "whole number >= 1"),
+    (("--retry-policy", "resize=2,backoff=9s..1s"), "maximum is below its minimum"),
+    (("--retry-policy", "resize=2,backoff=fast"), "is not a duration"),
+    (("--retry-policy", "resize=2,sometimes"), "unknown option"),
+    (("--result-ttl", "-5"), "not negative"),
+    (("--result-ttl", "f=soon"), "[NAME=]SECONDS"),
+    (("--result-ttl", "inf"), "finite"),
+    (("--result-cache", "ftp://x"), "expected memory, memcached://HOST:PORT or redis://"),
+    (("--result-cache", "memcached://"), "expected memcached://HOST:PORT"),
+    (("--result-cache", "memcached://h:port"), "Port could not be cast"),
+    (("--max-dead-letters", "0"), "--max-dead-letters"),
+])
+def test_bad_retry_and_result_options_are_one_line(args: tuple[str, ...], words: str) -> None:
+    assert words in refused(*args)
 
 
 # --------------------------------------------------------------------------- logs

@@ -455,18 +455,8 @@ def test_worker_sleeping_before_can_do_is_woken_by_can_do_with_work(w: World) ->
     assert wk.take() == [res(PT.NOOP)]
 
 
-def test_all_sleepers_woken_by_default(w: World) -> None:
-    c = w.end()
-    sleepers = [w.end() for _ in range(3)]
-    for s in sleepers:
-        s.can_do(b"f")
-        s.send(PT.PRE_SLEEP)
-    c.submit(b"f")
-    assert [s.take() for s in sleepers] == [[res(PT.NOOP)]] * 3
-
-
-def test_worker_wakeup_one_rotates_over_sleepers() -> None:
-    w = World(worker_wakeup=1)
+def test_one_sleeper_woken_per_ready_job_the_last_asleep_first(w: World) -> None:
+    """server/wakeups.py: not every sleeper for every job (the reference's default)."""
     c = w.end()
     sleepers = [w.end() for _ in range(3)]
     for s in sleepers:
@@ -476,9 +466,84 @@ def test_worker_wakeup_one_rotates_over_sleepers() -> None:
     for _ in range(3):
         c.submit(b"f")
         woken.append([i for i, s in enumerate(sleepers) if s.take()])
-    assert woken == [[0], [1], [2]]
-    c.submit(b"f")  # everyone has a pending NOOP
+    assert woken == [[2], [1], [0]]
+    c.submit(b"f")  # nobody left asleep
     assert [s.take() for s in sleepers] == [[], [], []]
+    assert w.m.functions[b"f"].waking == 3
+
+
+def test_a_woken_worker_that_takes_other_work_passes_its_wakeup_on(w: World) -> None:
+    c, a, b = w.end(), w.end(), w.end()
+    a.can_do(b"f")
+    a.send(PT.PRE_SLEEP)
+    b.can_do(b"f", b"g")
+    b.send(PT.PRE_SLEEP)
+    c.submit(b"f")
+    assert (a.take(), b.take()) == ([], [res(PT.NOOP)])  # b fell asleep last
+    c.submit(b"g", data=b"urgent", ptype=PT.SUBMIT_JOB_HIGH)  # b is woken: no NOOP
+    assert b.take() == []
+    reply = b.grab()  # b takes the high-priority g job, so f's job needs someone else
+    assert reply.type is PT.JOB_ASSIGN and reply.args[1] == b"g"
+    assert a.take() == [res(PT.NOOP)]
+    assert a.grab().args[1] == b"f"
+
+
+def test_a_woken_worker_that_grabs_nothing_or_sleeps_again_wakes_the_next(w: World) -> None:
+    c, a, b = w.end(), w.end(), w.end()
+    for x in (a, b):
+        x.can_do(b"f")
+        x.send(PT.PRE_SLEEP)
+    c.submit(b"f")
+    assert b.take() == [res(PT.NOOP)]
+    b.send(PT.CANT_DO, b"f")  # gives the function up before grabbing
+    assert a.take() == [res(PT.NOOP)]
+    a.send(PT.PRE_SLEEP)  # sleeps again without grabbing: woken again at once (work waits)
+    assert a.take() == [res(PT.NOOP)]
+    assert a.grab().type is PT.JOB_ASSIGN
+    assert w.m.functions[b"f"].waking == 0
+
+
+def test_a_woken_worker_that_leaves_wakes_the_next(w: World) -> None:
+    c, a, b = w.end(), w.end(), w.end()
+    for x in (a, b):
+        x.can_do(b"f")
+        x.send(PT.PRE_SLEEP)
+    c.submit(b"f")
+    assert (a.take(), b.take()) == ([], [res(PT.NOOP)])
+    b.close()
+    assert a.take() == [res(PT.NOOP)]
+
+
+def test_a_silent_woken_worker_is_replaced_after_the_grace(w: World) -> None:
+    """A peer gone quiet without closing must not hold a job back for ever."""
+    from server.wakeups import GRACE
+
+    c, a, b = w.end(), w.end(), w.end()
+    for x in (a, b):
+        x.can_do(b"f")
+        x.send(PT.PRE_SLEEP)
+    c.submit(b"f")
+    assert b.take() == [res(PT.NOOP)]
+    assert w.m.next_deadline() == T0 + GRACE
+    w.m.tick(T0 + GRACE / 2)
+    assert a.take() == []
+    w.m.tick(T0 + GRACE)
+    assert a.take() == [res(PT.NOOP)]
+    assert a.grab().type is PT.JOB_ASSIGN
+    assert b.grab() == res(PT.NO_JOB)  # the late answer is harmless
+    assert w.m.functions[b"f"].waking == 0
+    assert w.m.next_deadline() is None
+
+
+def test_worker_wakeup_is_accepted_and_wakes_no_more_than_the_work() -> None:
+    w = World(worker_wakeup=1)
+    c = w.end()
+    sleepers = [w.end() for _ in range(3)]
+    for s in sleepers:
+        s.can_do(b"f")
+        s.send(PT.PRE_SLEEP)
+    c.submit(b"f")
+    assert [bool(s.take()) for s in sleepers] == [False, False, True]
 
 
 def test_requeue_wakes_sleepers(w: World) -> None:
@@ -827,33 +892,36 @@ def test_next_cron_time_matches_fields() -> None:
 # ---------------------------------------------------------------- CAN_DO_TIMEOUT
 
 
-def test_can_do_timeout_requeues_after_timeout(w: World) -> None:
+def test_can_do_timeout_fails_the_job(w: World) -> None:
+    # decisions.md "Job life": on expiry the job fails (as PROTOCOL and gearmand 1.0.x).
     c, wk, wk2 = w.end(), w.end(), w.end()
     h = c.submit(b"f")
     wk.send(PT.CAN_DO_TIMEOUT, b"f", b"3000")
     wk.grab()
     w.m.tick(T0 + 2.9)
     assert w.status(b"f") == (1, 1, 1)
-    w.m.tick(T0 + 3.0)
-    assert w.status(b"f") == (1, 0, 1)
-    assert w.m.jobs[h].retries == 1
     assert c.take() == []
+    w.m.tick(T0 + 3.0)
+    assert c.take() == [res(PT.WORK_FAIL, h)]
+    assert w.status(b"f") == (0, 0, 1)
+    assert w.m.jobs == {}
+    assert w.m.stats[b"f"].timed_out == 1 and w.m.stats[b"f"].failed == 1
     w.clock.now = T0 + 3.0
     wk.send(PT.WORK_COMPLETE, h, b"late")
     assert wk.take() == [res(PT.ERROR, b"JOB_NOT_FOUND", b"Job given in work result not found")]
     wk2.can_do(b"f")
-    assert wk2.grab_handle() == h
+    assert wk2.grab().type == PT.NO_JOB
 
 
 def test_can_do_timeout_below_one_second_is_raised(w: World) -> None:
     c, wk = w.end(), w.end()
-    c.submit(b"f")
+    h = c.submit(b"f")
     wk.send(PT.CAN_DO_TIMEOUT, b"f", b"1")
     wk.grab()
     w.m.tick(T0 + 0.5)
     assert w.status(b"f") == (1, 1, 1)
     w.m.tick(T0 + 1.0)
-    assert w.status(b"f") == (1, 0, 1)
+    assert c.take() == [res(PT.WORK_FAIL, h)]
 
 
 def test_can_do_timeout_cancelled_when_job_completes(w: World) -> None:
@@ -868,30 +936,31 @@ def test_can_do_timeout_cancelled_when_job_completes(w: World) -> None:
     assert w.m.jobs == {}
 
 
-def test_can_do_timeout_per_job_and_stale_timer_after_requeue(w: World) -> None:
+def test_can_do_timeout_background_without_policy_is_dropped(w: World) -> None:
     c, wk = w.end(), w.end()
-    h = c.submit(b"f")
-    wk.send(PT.CAN_DO_TIMEOUT, b"f", b"2000")
-    wk.grab()
-    w.m.tick(T0 + 2)  # requeued
-    w.clock.now = T0 + 2
-    assert wk.grab_handle() == h  # assigned again, timer re-armed to T0 + 4
-    w.m.tick(T0 + 3)
-    assert w.status(b"f") == (1, 1, 1)
-    w.m.tick(T0 + 4)
-    assert w.status(b"f") == (1, 0, 1)
-    assert w.m.jobs[h].retries == 2
-
-
-def test_can_do_timeout_counts_against_job_retries() -> None:
-    w = World(job_retries=1)
-    c, wk = w.end(), w.end()
-    h = c.submit(b"f")
+    c.submit(b"f", ptype=PT.SUBMIT_JOB_BG)
     wk.send(PT.CAN_DO_TIMEOUT, b"f", b"1000")
     wk.grab()
     w.m.tick(T0 + 1)
-    assert c.take() == [res(PT.WORK_FAIL, h)]
     assert w.m.jobs == {}
+    assert w.status(b"f") == (0, 0, 1)
+    assert len(w.m.dead_letters) == 0
+
+
+def test_can_do_timeout_stale_timer_after_requeue(w: World) -> None:
+    # A lost worker still re-queues; the first assignment's timer is then stale.
+    c, wk, wk2 = w.end(), w.end(), w.end()
+    h = c.submit(b"f")
+    wk.send(PT.CAN_DO_TIMEOUT, b"f", b"2000")
+    wk.grab()
+    w.clock.now = T0 + 1
+    wk.close()
+    wk2.send(PT.CAN_DO_TIMEOUT, b"f", b"2000")
+    assert wk2.grab_handle() == h  # timer armed to T0 + 3
+    w.m.tick(T0 + 2)
+    assert w.status(b"f") == (1, 1, 1)
+    w.m.tick(T0 + 3)
+    assert c.take() == [res(PT.WORK_FAIL, h)]
 
 
 def test_can_do_timeout_non_numeric_means_no_timeout(w: World) -> None:
@@ -1164,6 +1233,7 @@ def test_several_epoch_jobs_due_together_send_one_noop(w: World) -> None:
     wk.send(PT.PRE_SLEEP)
     w.m.tick(T0 + 5)
     assert wk.take() == [res(PT.NOOP)]
+    assert wk.grab().type is PT.JOB_ASSIGN
     assert w.m.next_deadline() is None
 
 

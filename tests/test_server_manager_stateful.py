@@ -10,8 +10,9 @@ exactly the packets the model predicts (so no lost result, no extra NOOP), and:
 * a GRAB only ever hands out a queued job (none runs twice without a requeue), the
   oldest of the highest priority any of the worker's functions has;
 * a waiting fg client hears WORK_COMPLETE / WORK_FAIL of its job unless it left;
-* a sleeping worker whose functions have ready work has been sent a NOOP since its
-  PRE_SLEEP.
+* no job waits while a capable worker sleeps unwoken: a function with sleeping workers
+  has at least as many woken, unanswered workers as ready jobs (server/wakeups.py: one
+  NOOP per ready job, to the worker that fell asleep last, never all of them).
 """
 
 from __future__ import annotations
@@ -75,8 +76,7 @@ class MConn:
     assigned: list[bytes] = field(default_factory=list)
     sleeping: bool = False
     noop_sent: bool = False
-    pre_sleep_pending: bool = False
-    noop_since_pre_sleep: bool = False
+    woken_for: bytes | None = None
 
 
 def res(ptype: PacketType, *args: bytes) -> Packet:
@@ -94,6 +94,10 @@ class ManagerMachine(RuleBasedStateMachine):
         self.jobs: dict[bytes, MJob] = {}
         self.index: dict[tuple[bytes, ...], bytes] = {}
         self.functions: set[bytes] = set()
+        #: Per function: its sleeping workers in the order they joined (server/wakeups.py
+        #: wakes the last), and how many woken workers have not answered yet.
+        self.sleepers: dict[bytes, list[int]] = {}
+        self.waking: dict[bytes, int] = {}
         self.finished: set[bytes] = set()
         self.issued = 0
         #: (client, function, unique, data) of earlier submits, to submit again (coalescing).
@@ -139,19 +143,47 @@ class ManagerMachine(RuleBasedStateMachine):
         for cid in job.clients:
             self._expect(cid, packet)
 
-    def _has_work(self, w: MConn) -> bool:
-        return any(j.state == "queued" and j.fn in w.abilities for j in self.jobs.values())
+    def _ready(self, fn: bytes) -> int:
+        return sum(1 for j in self.jobs.values() if j.state == "queued" and j.fn == fn)
+
+    def _unsleep(self, w: MConn) -> None:
+        w.sleeping = False
+        for cids in self.sleepers.values():
+            if w.cid in cids:
+                cids.remove(w.cid)
+
+    def _wake(self, w: MConn, fn: bytes) -> None:
+        if w.sleeping:
+            self._unsleep(w)
+        w.noop_sent = True
+        if w.woken_for is None:
+            w.woken_for = fn
+            self.waking[fn] = self.waking.get(fn, 0) + 1
+        self._expect(w.cid, res(PT.NOOP))
+
+    def _rebalance(self, fn: bytes) -> None:
+        sleepers = self.sleepers.setdefault(fn, [])
+        while sleepers and self._ready(fn) > self.waking.get(fn, 0):
+            self._wake(self.conns[sleepers[-1]], fn)
+
+    def _answered(self, w: MConn) -> bytes | None:
+        fn, w.woken_for = w.woken_for, None
+        if fn is not None:
+            self.waking[fn] -= 1
+        return fn
+
+    def _sleep_on(self, w: MConn, fn: bytes) -> None:
+        cids = self.sleepers.setdefault(fn, [])
+        if w.cid not in cids:
+            cids.append(w.cid)
 
     def _enqueue(self, job: MJob) -> None:
         job.state = "queued"
         job.worker = None
         job.seq = next(self.seq)
-        for cid in self.workers:
-            w = self.conns[cid]
-            if w.sleeping and not w.noop_sent and job.fn in w.abilities:
-                self._expect(cid, res(PT.NOOP))
-                w.sleeping = False
-                w.noop_sent = True
+        sleepers = self.sleepers.get(job.fn)
+        if sleepers and self._ready(job.fn) > self.waking.get(job.fn, 0):
+            self._wake(self.conns[sleepers[-1]], job.fn)
 
     def _unindex(self, job: MJob) -> None:
         if job.key is not None and self.index.get(job.key) == job.handle:
@@ -192,8 +224,6 @@ class ManagerMachine(RuleBasedStateMachine):
                 continue
             assert got == mc.expected, f"conn {mc.cid}: got {got}, expected {mc.expected}"
             mc.expected = []
-            if res(PT.NOOP) in got:
-                mc.noop_since_pre_sleep = True
 
     # ------------------------------------------------------------ connections
 
@@ -240,9 +270,12 @@ class ManagerMachine(RuleBasedStateMachine):
         w.alive = False
         self.workers.remove(w.cid)
         w.abilities = []
-        w.sleeping = False
+        self._unsleep(w)
+        woke = self._answered(w)
         for handle in list(w.assigned):
             self._lost(self.jobs[handle], w)
+        if woke is not None:
+            self._rebalance(woke)
         self._check_deliveries()
 
     @precondition(lambda self: self.workers)
@@ -345,19 +378,24 @@ class ManagerMachine(RuleBasedStateMachine):
         if fn in w.abilities:
             w.abilities.remove(fn)
         w.abilities.append(fn)
-        if w.sleeping and not w.noop_sent and any(
-                j.state == "queued" and j.fn == fn for j in self.jobs.values()):
-            self._expect(w.cid, res(PT.NOOP))
-            w.sleeping = False
-            w.noop_sent = True
+        if w.sleeping and not w.noop_sent:
+            if self._ready(fn):
+                self._wake(w, fn)
+            else:
+                self._sleep_on(w, fn)
         self._check_deliveries()
 
     def _unregister(self, w: MConn, fn: bytes) -> None:
         if fn not in w.abilities:
             return
         w.abilities.remove(fn)
+        if w.cid in self.sleepers.get(fn, []):
+            self.sleepers[fn].remove(w.cid)
+        woke = self._answered(w) if w.woken_for == fn else None
         for handle in [h for h in w.assigned if self.jobs[h].fn == fn]:
             self._lost(self.jobs[handle], w)
+        if woke is not None:
+            self._rebalance(woke)
 
     @precondition(lambda self: self.workers)
     @rule(i=st.integers(0, 99), fn=st.sampled_from(FUNCS))
@@ -381,14 +419,17 @@ class ManagerMachine(RuleBasedStateMachine):
     def pre_sleep(self, i: int) -> None:
         w = self._pick(self.workers, i)
         self._send(w, PT.PRE_SLEEP)
-        w.pre_sleep_pending = True
-        w.noop_since_pre_sleep = False
-        if self._has_work(w):
-            self._expect(w.cid, res(PT.NOOP))
-            w.noop_sent = True
+        woke = self._answered(w)
+        work = [fn for fn in w.abilities if self._ready(fn)]
+        if work:
+            self._wake(w, work[0])
         else:
             w.sleeping = True
             w.noop_sent = False
+            for fn in w.abilities:
+                self._sleep_on(w, fn)
+        if woke is not None:
+            self._rebalance(woke)
         self._check_deliveries()
 
     @precondition(lambda self: self.workers)
@@ -396,12 +437,17 @@ class ManagerMachine(RuleBasedStateMachine):
     def grab(self, i: int, ptype: PacketType, progress: bool) -> None:
         w = self._pick(self.workers, i)
         self._send(w, ptype)
-        w.sleeping = w.noop_sent = w.pre_sleep_pending = False
+        if w.sleeping:
+            self._unsleep(w)
+        w.noop_sent = False
+        woke = self._answered(w)
         (reply,) = w.peer.packets
         w.peer.packets = []
         ready = [j for j in self.jobs.values() if j.state == "queued" and j.fn in w.abilities]
         if not ready:
             assert reply == res(PT.NO_JOB)
+            if woke is not None:
+                self._rebalance(woke)
             self._check_deliveries()
             return
         assert reply.type == GRABS[ptype], reply
@@ -422,6 +468,8 @@ class ManagerMachine(RuleBasedStateMachine):
         job.state = "running"
         job.worker = w.cid
         w.assigned.append(handle)
+        if woke is not None:
+            self._rebalance(woke)
         if progress:  # a status that a requeue must reset
             self._send(w, PT.WORK_STATUS, handle, b"1", b"3")
             job.status = (b"1", b"3")
@@ -544,11 +592,17 @@ class ManagerMachine(RuleBasedStateMachine):
                 assert job.handle in self.conns[job.worker].assigned
 
     @invariant()
-    def sleepers_with_work_were_woken(self) -> None:
-        for cid in self.workers:
-            w = self.conns[cid]
-            if w.pre_sleep_pending and self._has_work(w):
-                assert w.noop_since_pre_sleep, f"worker {cid} sleeps through ready work"
+    def no_job_waits_while_a_capable_worker_sleeps(self) -> None:
+        for fn in self.functions:
+            ready = self._ready(fn)
+            if self.sleepers.get(fn):
+                assert self.waking.get(fn, 0) >= ready, \
+                    f"{fn!r}: {ready} ready, {self.waking.get(fn, 0)} woken, sleepers asleep"
+            record = self.m.functions.get(fn)
+            if record is not None:
+                assert record.waking == self.waking.get(fn, 0)
+                assert list(record.sleepers) == [self.conns[c].conn
+                                                 for c in self.sleepers.get(fn, [])]
 
 
 ManagerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=80,

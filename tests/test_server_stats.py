@@ -23,6 +23,7 @@ from server.cli import CliError, parse_args
 from server.config import ServerConfig
 from server.jobs import BUCKETS, FunctionStats, StatsTable
 from server.metrics import render
+from server.retry import RetryPolicies, RetryPolicy
 
 PT = PacketType
 
@@ -104,21 +105,24 @@ def test_histograms_count_known_durations() -> None:
     assert st.wait[BUCKETS.index(2.5)] == 1 and st.run[BUCKETS.index(1.0)] == 1
 
 
-def test_timeout_counts_and_requeue_restarts_the_wait() -> None:
+def test_timeout_counts_and_retry_restarts_the_wait() -> None:
     w = World()
+    w.m.retry = RetryPolicies({b"t": RetryPolicy(2, 0.001, 0.001)})
     client, worker = w.end(), w.end()
     worker.send(PT.CAN_DO_TIMEOUT, b"t", b"1000")
     h = client.submit(b"t", ptype=PT.SUBMIT_JOB_BG)
     w.clock.now += 7
     assert worker.grab_handle() == h  # waited 7
     w.clock.now += 1.5
-    w.m.tick(w.clock.now)  # timed out: requeued at now
+    w.m.tick(w.clock.now)  # timed out: retried after its back-off (at most 1 ms)
+    w.clock.now += 0.002
+    w.m.tick(w.clock.now)  # due again: queued
     w.clock.now += 0.002
     other = w.end()
     other.can_do(b"t")
-    assert other.grab_handle() == h  # waited 0.002 since the requeue
+    assert other.grab_handle() == h  # waited 0.002 since it was queued again
     st = w.m.stats[b"t"]
-    assert (st.timed_out, st.requeued) == (1, 1)
+    assert (st.timed_out, st.requeued, st.failed) == (1, 1, 0)
     assert st.wait[bucket(7)] == 1 and st.wait[bucket(0.002)] == 1 and sum(st.wait) == 2
 
 

@@ -315,3 +315,26 @@ def test_sql_stores_refuse_the_reference_servers_table(
             open_store(name, options)
     finally:
         cleanup()
+
+
+def test_a_dead_letter_replaces_its_job_and_survives_a_restart(opener: Opener) -> None:
+    # server.retry keeps a dead letter as the job's own record rewritten: when is
+    # DEAD_WHEN (-1) and the history leads the data. Every store must keep it as given.
+    from server.persistence import stored_letter
+    from server.retry import DEAD_WHEN, DeadLetter, decode_envelope
+
+    store = opener()
+    a, b = job(1, unique=b"u1", reducer=b"r"), job(2)
+    store.commit([a, b], [])
+    letter = DeadLetter(b"reverse", b"H:x:1", b"u1", a.data, a.priority, b"r", 3,
+                        "exception: boom \u00e9", 1_700_000_000.5, 1_700_000_060.25, "k1")
+    store.commit([stored_letter(letter, "k1")], [])
+    store = reopen(opener, store)
+    replayed = {j.key: j for j in store.replay()}
+    assert set(replayed) == {"k1", "k2"} and replayed["k2"] == b
+    dead = replayed["k1"]
+    assert dead.when == DEAD_WHEN
+    assert decode_envelope(dead.function, dead.unique, dead.priority, dead.reducer, dead.data,
+                           dead.key) == letter
+    store.commit([], ["k1"])
+    assert reopen(opener, store).replay() == [b]

@@ -30,9 +30,13 @@ class WireClosed(AssertionError):
 class Wire:
     """One TCP connection to a gearmand on 127.0.0.1, read with timeouts."""
 
-    def __init__(self, port: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, port: int, timeout: float = DEFAULT_TIMEOUT,
+                 source: str | None = None) -> None:
         self.timeout = timeout
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        # ``source``: another loopback address to connect from (127.0.0.2, ...).
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout,
+            source_address=(source, 0) if source is not None else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
         self.eof = False

@@ -22,6 +22,7 @@ from server.store import StoreError
 from server.store.base import table_name
 from server.store.writer import StoreWriter
 
+from . import ops
 from .db import ClusterDB, ClusterStore, Listener, RelaySender
 from .node import ClusterNode, Quiet
 
@@ -65,6 +66,9 @@ class ClusterPersistence(Persistence):
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.cluster_store = ClusterStore(conninfo, table, cluster, self.owner, lease)
         super().__init__(manager, StoreWriter(self.cluster_store), changed=changed)
+        # Dead letters stay with the member where the job failed (in memory): a row of
+        # the shared table is a job some member would claim.
+        manager.dead_letters.store = None
         self.node = ClusterNode(manager, ClusterDB(conninfo, table, cluster, self.owner, lease),
                                 Listener(conninfo, table, cluster, self.owner),
                                 RelaySender(conninfo, table, cluster), lease, changed)
@@ -88,7 +92,7 @@ class ClusterPersistence(Persistence):
         shared = not job.stored
         self.cluster_store.meta[key] = (job.handle, not shared, False)
         if shared:
-            manager.share(job)
+            ops.share(manager, job)
 
         def committed(error: Exception | None) -> None:
             now = time.time()
@@ -98,7 +102,7 @@ class ClusterPersistence(Persistence):
             elif shared:
                 self.node.state.ok()
                 handle = self.cluster_store.coalesced.pop(key, job.handle)
-                manager.handed_off(job, handle, now)
+                ops.handed_off(manager, job, handle, now)
             else:
                 self.cluster_store.coalesced.pop(key, None)
                 manager.persisted(job, True, now)
@@ -115,7 +119,7 @@ class ClusterPersistence(Persistence):
         server as its origin; it is assigned here to the stand-in for the server that
         will run it, whose packets come back relayed."""
         node = self.node
-        self.manager.hand_over(job, node.stand_in, now)
+        ops.hand_over(self.manager, job, node.stand_in, now)
         key = self.manager.new_store_key()
         self.cluster_store.meta[key] = (job.handle, False, True)
         handle = job.handle

@@ -24,6 +24,7 @@ from server.jobs import Conn, Function, Job
 from server.manager import Manager
 from server.store import StoreError
 
+from . import ops
 from .db import ClusterDB, Listener, RelaySender, encode_relay
 from .relay import RelayPeer, StandInPeer, valid
 
@@ -267,7 +268,7 @@ class ClusterNode:
                 key = job.store_key
                 if key is not None and self.held.get(key) is job:
                     del self.held[key]
-                    self.manager.drop_claim(job)
+                    ops.drop_claim(self.manager, job)
                     give_back.append(key)
                 elif key is None and not job.background and self.relay_job is not None:
                     self.relay_job(job, now)
@@ -279,7 +280,7 @@ class ClusterNode:
         """The clients of a foreground job we relayed are all gone: forget it, and take
         its row out of the shared table unless a member already runs it (then it ends
         there for nobody)."""
-        self.manager.drop_relayed(job)
+        ops.drop_relayed(self.manager, job)
         if self._nursery is not None:
             self._nursery.start_soon(self._withdraw, job.handle)
 
@@ -357,7 +358,7 @@ class ClusterNode:
                 self.reclaimed += row.claims > 1
                 mine = row.origin == self.db.owner
                 client = None if row.origin is None or mine else self.relay_conn(row.origin)
-                job = manager.adopt(row.handle, row.function, row.unique, row.data,
+                job = ops.adopt(manager, row.handle, row.function, row.unique, row.data,
                                     row.priority, row.reducer, row.key, now, client)
                 if job is not None:
                     self.held[row.key] = job
@@ -381,7 +382,7 @@ class ClusterNode:
             return False  # our own submit, whose hand-off has not run yet
         if job.worker is self.stand_in:
             # Our own relayed foreground job, and a worker here now: run it here.
-            self.manager.take_back(job, key, now)
+            ops.take_back(self.manager, job, key, now)
             self.held[key] = job
             return True
         if job.store_key == key:
@@ -464,7 +465,7 @@ class ClusterNode:
                             "it", job.handle.decode("latin-1"),
                             "queued here: dropped" if job.worker is None else
                             "running here: its completion will not count")
-                self.manager.drop_claim(job)
+                ops.drop_claim(self.manager, job)
             if not self._counting:
                 self._counting = True
                 await self._count()

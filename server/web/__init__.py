@@ -11,6 +11,7 @@ import json
 from importlib import resources
 
 from .. import stats
+from ..acl import ALL, View
 from ..admin import AdminContext
 
 __all__ = ["JSON_TYPE", "PAGE_TYPE", "page", "stats_json"]
@@ -25,9 +26,9 @@ def page() -> bytes:
     return resources.files(__name__).joinpath("monitor.html").read_bytes()
 
 
-def stats_json(ctx: AdminContext) -> bytes:
+def stats_json(ctx: AdminContext, view: View = ALL) -> bytes:
     """The ``stats json`` document, read now (without the admin reply's ``.`` line)."""
     now = ctx.clock()
     doc = stats.document(ctx.manager, version=ctx.version, uptime=ctx.uptime(now), now=now,
-                         server=ctx.server_stats() if ctx.server_stats else None)
+                         server=ctx.server_stats() if ctx.server_stats else None, view=view)
     return json.dumps(doc, separators=(",", ":")).encode()
