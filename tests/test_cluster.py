@@ -400,3 +400,31 @@ def test_foreground_jobs_of_a_dead_member_are_dropped(cluster: Cluster) -> None:
     worker.wait_for(1)
     time.sleep(0.5)
     assert worker.got == [b"still wanted"]
+
+
+def test_a_taken_back_job_goes_back_to_the_cluster_when_its_worker_leaves(
+        cluster: Cluster) -> None:
+    """A relays its client's job (no worker anywhere), takes it back when a worker of
+    its own arrives, and that worker leaves without an answer: the job goes back to the
+    shared table, runs on C, and the client on A gets its result, once."""
+    cluster.lease = "30"  # the hand-back must not wait for a lease
+    a, c = cluster.server(), cluster.server()
+    client = Peer(a.port)
+    client.send(encode_req(PT.SUBMIT_JOB, b"back", b"", b"job"))
+    (created,) = handles(client.packets(1))
+    deadline = time.monotonic() + 10
+    while cluster.rows() != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    mine = cluster.worker(a, b"back", complete=False)
+    mine.wait_for(1)
+    assert mine.handles == [created]
+    mine.close()
+    other = cluster.worker(c, b"back")
+    other.wait_for(1, timeout=20)
+    (done,) = client.packets(1)
+    assert done.type is PT.WORK_COMPLETE and done.args == (created, b"done")
+    time.sleep(0.5)
+    assert other.got == [b"job"]
+    client.close()
+    assert cluster.wait_empty() == 0

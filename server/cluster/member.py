@@ -119,6 +119,8 @@ class ClusterPersistence(Persistence):
         server as its origin; it is assigned here to the stand-in for the server that
         will run it, whose packets come back relayed."""
         node = self.node
+        if not job.queued:  # (only a job waiting in the local queue can be handed over)
+            return
         ops.hand_over(self.manager, job, node.stand_in, now)
         key = self.manager.new_store_key()
         self.cluster_store.meta[key] = (job.handle, False, True)

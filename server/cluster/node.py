@@ -123,6 +123,8 @@ class ClusterNode:
         manager.workers_gone_hook = self.workers_gone
         #: Runs a local foreground job on another member (``ClusterPersistence.relay``).
         self.relay_job: Callable[[Job, float], None] | None = None
+        #: Keys of our own relayed jobs that we claimed and run here (``_known``).
+        self._taken_back: set[str] = set()
         self._progress: dict[str, tuple[bytes, bytes]] = {}
         self._progress_wake = trio.Event()
         #: Jobs per function in the shared table held by no one here (admin ``status``),
@@ -137,6 +139,7 @@ class ClusterNode:
 
     def forget(self, key: str) -> None:
         """A held job ended (or was cancelled): room for another."""
+        self._taken_back.discard(key)
         if self.held.pop(key, None) is not None:
             self._wake.set()
 
@@ -263,15 +266,25 @@ class ClusterNode:
         back (any member runs them now, not after the lease), and its foreground jobs
         queued here are relayed to a member that has a worker."""
         give_back: list[str] = []
-        for queue in fn.queues:
-            for job in [j for j in queue if j.queued]:
-                key = job.store_key
-                if key is not None and self.held.get(key) is job:
-                    del self.held[key]
+        # A queue may hold a job twice (an entry left by ``hand_over`` and its entry of
+        # now): the flag, read as each is handled, tells the live one.
+        for job in [j for queue in fn.queues for j in queue]:
+            if not job.queued:
+                continue
+            key = job.store_key
+            if key is not None and self.held.get(key) is job:
+                del self.held[key]
+                if key in self._taken_back:
+                    # Our own client's job, taken back from the cluster: handed
+                    # over again, its row given back for another member to run.
+                    self._taken_back.discard(key)
+                    job.store_key = None
+                    ops.hand_over(self.manager, job, self.stand_in, now)
+                else:
                     ops.drop_claim(self.manager, job)
-                    give_back.append(key)
-                elif key is None and not job.background and self.relay_job is not None:
-                    self.relay_job(job, now)
+                give_back.append(key)
+            elif key is None and not job.background and self.relay_job is not None:
+                self.relay_job(job, now)
         if give_back:
             self.given_back += len(give_back)
             self._give_back(give_back)
@@ -384,6 +397,7 @@ class ClusterNode:
             # Our own relayed foreground job, and a worker here now: run it here.
             ops.take_back(self.manager, job, key, now)
             self.held[key] = job
+            self._taken_back.add(key)
             return True
         if job.store_key == key:
             return key in self.held
@@ -465,7 +479,13 @@ class ClusterNode:
                             "it", job.handle.decode("latin-1"),
                             "queued here: dropped" if job.worker is None else
                             "running here: its completion will not count")
-                ops.drop_claim(self.manager, job)
+                if key in self._taken_back and job.worker is None:
+                    # Our own client's job: another member runs it now, and relays.
+                    self._taken_back.discard(key)
+                    job.store_key = None
+                    ops.hand_over(self.manager, job, self.stand_in, time.time())
+                else:
+                    ops.drop_claim(self.manager, job)
             if not self._counting:
                 self._counting = True
                 await self._count()
