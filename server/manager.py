@@ -31,6 +31,7 @@ from .jobs import (
 )
 from .jobs import parse_int as _parse_int
 from .outcomes import Outcomes
+from .retry import RetryPolicy
 
 __all__ = ["PRIORITIES", "Conn", "Function", "Job", "Limits", "Manager", "next_cron_time"]
 
@@ -144,6 +145,13 @@ class Manager(Outcomes):
                 and not job.background and not job.function.workers):
             self.relay_hook(job, now)
         return job
+
+    def policy_for(self, job: Job) -> RetryPolicy | None:
+        # Cluster: a job run by another member was retried there; its WORK_FAIL is final.
+        worker = job.worker
+        if worker is not None and worker.kind == "cluster":
+            return None
+        return super().policy_for(job)
 
     def _unwanted(self, job: Job) -> None:
         super()._unwanted(job)

@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -26,6 +27,7 @@ from tests.cluster_support import (
     handles,
     submit,
 )
+from tests.conftest import RunningServer
 
 pytestmark = pytest.mark.slow
 
@@ -428,3 +430,33 @@ def test_a_taken_back_job_goes_back_to_the_cluster_when_its_worker_leaves(
     assert other.got == [b"job"]
     client.close()
     assert cluster.wait_empty() == 0
+
+
+def test_a_relayed_job_under_a_retry_policy_is_retried_where_it_runs(
+        start_server: Callable[..., RunningServer], cluster: Cluster) -> None:
+    """``--retry-policy rp=2,backoff=0.1..0.1,foreground`` on every member: C retries
+    the job once, then its final WORK_FAIL reaches the client on A (A does not retry a
+    failure that was retried where the job ran)."""
+    policy = ["--retry-policy", "rp=2,backoff=0.1..0.1,foreground"]
+    a = start_server("ours", *cluster.args(), *policy)
+    c = start_server("ours", *cluster.args(), *policy)
+    worker = Peer(c.port)
+    worker.send(encode_req(PT.CAN_DO, b"rp"))
+    client = Peer(a.port)
+    client.send(encode_req(PT.SUBMIT_JOB, b"rp", b"", b"data"))
+    (created,) = handles(client.packets(1))
+    attempts = 0
+    while attempts < 2:
+        worker.send(encode_req(PT.GRAB_JOB))
+        reply = worker.packets(1)[0]
+        if reply.type is PT.NO_JOB:
+            worker.send(encode_req(PT.PRE_SLEEP))
+            assert worker.packets(1)[0].type is PT.NOOP
+            continue
+        assert reply.args[0] == created
+        attempts += 1
+        worker.send(encode_req(PT.WORK_FAIL, created))
+    (failed,) = client.packets(1)
+    assert failed.type is PT.WORK_FAIL and failed.args == (created,)
+    client.close()
+    worker.close()
