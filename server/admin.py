@@ -68,6 +68,9 @@ class AdminContext:
     #: Answer a command later (its reply comes from a task; later replies wait behind
     #: it): set by the server for replies read from a remote result cache.
     defer: Callable[[Conn, Callable[[], Awaitable[bytes]]], None] | None = None
+    #: Cluster: jobs per function in the shared queue that this server does not hold
+    #: (``status`` adds them to the totals); None outside a cluster.
+    shared_counts: Callable[[], dict[bytes, int]] | None = None
 
     def uptime(self, now: float) -> float:
         return max(0.0, now - self.started)
@@ -111,9 +114,17 @@ def _workers(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> Iterato
 
 def _status(ctx: AdminContext, conn: Conn, words: tuple[bytes, ...]) -> Iterator[bytes]:
     view = ctx.view(conn)
-    for name, fn in sorted(ctx.manager.functions.items()):
-        if view.sees(name):
-            yield text.row((view.show(name), fn.total, fn.running, len(fn.workers)))
+    functions = ctx.manager.functions
+    shared = ctx.shared_counts() if ctx.shared_counts is not None else {}
+    for name in sorted(functions.keys() | shared.keys()):
+        if not view.sees(name):
+            continue
+        fn = functions.get(name)
+        if fn is None:
+            yield text.row((view.show(name), shared[name], 0, 0))
+        else:
+            yield text.row((view.show(name), fn.total + shared.get(name, 0), fn.running,
+                            len(fn.workers)))
     yield text.END
 
 

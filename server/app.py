@@ -183,6 +183,9 @@ class Server:
                                    "count": writer.commits,
                                    "sum": writer.commit_seconds_sum},
             }
+            cluster_stats = getattr(self.persistence, "cluster_stats", None)
+            if cluster_stats is not None:
+                report["cluster"] = cluster_stats()
         return report
 
     # ------------------------------------------------------------------ the Host
@@ -240,7 +243,13 @@ class Server:
         """Open and replay the store, start the front-ends, report the Gear addresses,
         serve until shutdown."""
         config = self._config
-        if config.queue_type.lower() != "builtin":
+        if config.queue_type.lower() == "postgres" and dict(config.queue_options).get(
+                "cluster"):
+            from .cluster.member import ClusterPersistence  # only a cluster member needs it
+            cluster = ClusterPersistence(self._manager, config, self.changed)
+            self._admin.shared_counts = cluster.node.shared_counts
+            self.persistence = cluster
+        elif config.queue_type.lower() != "builtin":
             self.persistence = Persistence.open(self._manager, config, self.changed)
         persistence = self.persistence
         async with trio.open_nursery() as nursery:

@@ -508,6 +508,8 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         notes.append("--http-port has no effect without -r http")
     if given("memcached_port") and "memcached" not in protocols:
         notes.append("--memcached-port has no effect without -r memcached")
+    if given("cluster_lease") and not given("cluster"):
+        notes.append("--cluster-lease has no effect without --cluster")
     if given("threads"):
         notes.append(f"-t {values['threads']} ignored: this server is single-threaded (trio)")
     if given("hashtable_buckets"):

@@ -31,6 +31,7 @@ from .jobs import (
 )
 from .jobs import parse_int as _parse_int
 from .outcomes import Outcomes
+from .retry import RetryPolicy
 
 __all__ = ["PRIORITIES", "Conn", "Function", "Job", "Limits", "Manager", "next_cron_time"]
 
@@ -94,6 +95,17 @@ class Manager(Outcomes):
         self.events: Events | None = None
         #: Job lines are logged (``log_jobs`` is also on while events are listened to).
         self.logging_jobs = self.log_jobs
+        #: Cluster (``server.cluster``): runs a queued foreground job no worker here can
+        #: do on another server; answers GET_STATUS for a handle held elsewhere (True
+        #: when it will answer). None outside a cluster.
+        self.relay_hook: Callable[[Job, float], None] | None = None
+        self.status_hook: Callable[[Conn, bytes], bool] | None = None
+        #: Cluster: a stored job's WORK_STATUS, shared for GET_STATUS on other servers.
+        self.progress_hook: Callable[[Job], None] | None = None
+        #: Cluster: a relayed foreground job that no client waits for any more.
+        self.unwanted_hook: Callable[[Job], None] | None = None
+        #: Cluster: the last worker of a function with queued jobs left this server.
+        self.workers_gone_hook: Callable[[Function, float], None] | None = None
         #: Access rules and tenants (``attach_acl``); None = everyone may do everything.
         self.acl: Acl | None = None
         #: Connections that asked for the ``attempts`` option.
@@ -124,14 +136,53 @@ class Manager(Outcomes):
                 counts["client"] += 1
         return counts
 
+    def submit(self, conn: Conn, function: bytes, unique: bytes, data: bytes,
+               priority: int, background: bool, now: float, *, when: float = 0,
+               reducer: bytes = b"") -> Job | None:
+        job = super().submit(conn, function, unique, data, priority, background, now,
+                             when=when, reducer=reducer)
+        if (self.relay_hook is not None and job is not None and job.queued
+                and not job.background and not job.function.workers):
+            self.relay_hook(job, now)
+        return job
+
+    def policy_for(self, job: Job) -> RetryPolicy | None:
+        # Cluster: a job run by another member was retried there; its WORK_FAIL is final.
+        worker = job.worker
+        if worker is not None and worker.kind == "cluster":
+            return None
+        return super().policy_for(job)
+
+    def _unwanted(self, job: Job) -> None:
+        super()._unwanted(job)
+        if (self.unwanted_hook is not None and job.worker is not None
+                and job.worker.kind == "cluster"):
+            self.unwanted_hook(job)
+
     def disconnect(self, conn: Conn, now: float) -> None:
         """Forget a connection (and its ``watch``, if any)."""
+        names = list(conn.abilities) if self.workers_gone_hook is not None else []
         super().disconnect(conn, now)
         self.attempt_conns.discard(conn.id)
         if self.events is not None and self.events.watchers:
             self.events.unwatch(conn.id)
         if self.acl is not None:
             self.acl.forget(conn)
+        for name in names:
+            self._workers_gone(name, now)
+
+    def _unregister(self, conn: Conn, name: bytes, now: float) -> None:
+        super()._unregister(conn, name, now)
+        if self.workers_gone_hook is not None:
+            self._workers_gone(name, now)
+
+    def _workers_gone(self, name: bytes, now: float) -> None:
+        """Cluster: jobs queued for a function this server has no worker for any more
+        can run elsewhere."""
+        fn = self.functions.get(name)
+        if (fn is not None and not fn.workers and (fn.live[0] or fn.live[1] or fn.live[2])
+                and self.workers_gone_hook is not None):
+            self.workers_gone_hook(fn, now)
 
     # ------------------------------------------------------------------ access rules
 
@@ -404,6 +455,8 @@ class Manager(Outcomes):
         # Stored as numbers, as the reference reads them (atoi); forwarded as sent.
         job.numerator = b"%d" % (_parse_int(args[1]) or 0)
         job.denominator = b"%d" % (_parse_int(args[2]) or 0)
+        if self.progress_hook is not None and job.store_key is not None:
+            self.progress_hook(job)
         if job.clients:
             self._broadcast(job, PT.WORK_STATUS, *args)
 
@@ -463,6 +516,8 @@ class Manager(Outcomes):
             conn.peer.deliver(PT.ERROR, b"INVALID_ARGUMENT", b"Job handle contains NUL")
             return
         job = self.jobs.get(handle)
+        if job is None and self.status_hook is not None and self.status_hook(conn, handle):
+            return
         if job is None or job.cancelled or (self.acl is not None
                                             and not self.acl.sees(conn, job)):
             conn.peer.deliver(PT.STATUS_RES, handle, b"0", b"0", b"0", b"0")
@@ -549,4 +604,3 @@ class Manager(Outcomes):
     def iter_jobs(self) -> Iterator[Job]:
         """Every job the server holds (queued, waiting, running), in handle order."""
         return iter(list(self.jobs.values()))
-

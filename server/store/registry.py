@@ -54,6 +54,11 @@ QUEUE_TYPES: tuple[QueueType, ...] = (
     QueueType("postgres", "server.store.postgres", "Postgres", (
         QueueOption("libpq-conninfo", "PostgreSQL connection information string."),
         QueueOption("libpq-table", "Table to use.", "queue"),
+        QueueOption("cluster", "Join the cluster of this name: every server started with "
+                    "the same database and name shares one queue (table <libpq-table>"
+                    "_cluster)."),
+        QueueOption("cluster-lease", "Seconds a claim on a cluster job lasts without "
+                    "renewal: a dead server's jobs run elsewhere after it.", "30"),
     )),
     QueueType("mysql", "server.store.mysql", "MySQL", (
         QueueOption("mysql-host", "MySQL host.", "localhost"),
