@@ -91,6 +91,9 @@ class Reading(NamedTuple):
     at: float
     functions: dict[str, dict[str, Any]]
     bounds: list[float]
+    #: A cluster member's view of the jobs waiting in the cluster's shared table, per
+    #: function (``stats json``: server.cluster.shared_queued); empty otherwise.
+    shared: tuple[tuple[str, int], ...] = ()
 
 
 def _bounds(raw: list[Any]) -> list[float]:
@@ -141,7 +144,28 @@ def rows(reading: Reading, previous: Reading | None, server: str) -> list[dict[s
             if (now_sub := _submitted(f)) is not None:
                 row["submitted_rate"] = now_sub / dt
         out.append(row)
+    for name, count in sorted(reading.shared):
+        out.append({**dict.fromkeys(SORT_KEYS), "server": SHARED, "function": name,
+                    "queued": count})
     return out
+
+
+#: The "server" of the rows of jobs waiting in a cluster's shared table: every member
+#: reports them, so they are shown once (``merge_shared``).
+SHARED = "cluster (shared)"
+
+
+def merge_shared(all_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with each shared-table function once (members of one cluster agree, up to a
+    fallback poll; the largest count is kept)."""
+    shared: dict[str, dict[str, Any]] = {}
+    out = []
+    for row in all_rows:
+        if row["server"] != SHARED:
+            out.append(row)
+        elif row["function"] not in shared or row["queued"] > shared[row["function"]]["queued"]:
+            shared[row["function"]] = row
+    return out + list(shared.values())
 
 
 def sorted_rows(all_rows: list[dict[str, Any]], key: str, reverse: bool = False) -> list[
@@ -212,8 +236,12 @@ class Source:
                     import json
 
                     doc = json.loads(b"".join(reply.lines))
+                    cluster = (doc.get("server") or {}).get("cluster") or {}
+                    shared = cluster.get("shared_queued") if isinstance(cluster, dict) \
+                        else None
                     return Reading(time.monotonic(), dict(doc.get("functions", {})),
-                                   _bounds(doc.get("buckets", [])))
+                                   _bounds(doc.get("buckets", [])),
+                                   tuple((str(k), int(v)) for k, v in (shared or {}).items()))
                 self.stats_known = False  # not ours: fall back to status
             reply = self.admin.raw("status", is_list=True)
             functions: dict[str, dict[str, Any]] = {}
@@ -267,7 +295,7 @@ def snapshot(opts: TopOptions) -> int:
             sys.stderr.write(f"gearadmin: {source.error}\n")
             status = ExitCode.NO_SERVER
     out = ["\t".join(SORT_KEYS)]
-    for row in sorted_rows(all_rows, opts.sort):
+    for row in sorted_rows(merge_shared(all_rows), opts.sort):
         out.append("\t".join(plain_cell(k, row[k]) for k in SORT_KEYS))
     sys.stdout.write("\n".join(out) + "\n")
     sys.stdout.flush()
@@ -346,7 +374,7 @@ class Live:
         title = (f"{time.strftime('%H:%M:%S')}  every {self.opts.interval:g}s  "
                  f"sort: {self.sort}{order}  [q]uit [s]ort [r]everse")
         cells = [{k: human_cell(k, row[k]) for k in SORT_KEYS}
-                 for row in sorted_rows(all_rows, self.sort, self.reverse)]
+                 for row in sorted_rows(merge_shared(all_rows), self.sort, self.reverse)]
         keys = self.columns(cells, width)
         table = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD,
                       show_edge=False, pad_edge=False, padding=(0, 0, 0, 1))

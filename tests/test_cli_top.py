@@ -49,6 +49,18 @@ def test_rates_come_from_two_readings() -> None:
     assert by_name["f"]["failed"] == 3
 
 
+def test_a_cluster_s_shared_queue_is_shown_once() -> None:
+    """Cluster members each report the jobs waiting in the shared table: one row each."""
+    from gearman_cli._top import SHARED, merge_shared
+
+    a = Reading(1.0, {"f": {"queued": 1, "running": 0, "workers": 1}}, [], (("f", 5),))
+    b = Reading(1.0, {}, [], (("f", 6), ("g", 2)))
+    merged = merge_shared(rows(a, None, "a") + rows(b, None, "b"))
+    shared = {r["function"]: r["queued"] for r in merged if r["server"] == SHARED}
+    assert shared == {"f": 6, "g": 2}
+    assert [(r["server"], r["queued"]) for r in merged if r["server"] != SHARED] == [("a", 1)]
+
+
 def test_sort_keys() -> None:
     assert sort_key("Queued") == "queued" and sort_key("done/s") == "completed_rate"
     assert set(SORT_KEYS) >= {"function", "queued", "running", "workers", "failed"}

@@ -460,3 +460,27 @@ def test_a_relayed_job_under_a_retry_policy_is_retried_where_it_runs(
     assert failed.type is PT.WORK_FAIL and failed.args == (created,)
     client.close()
     worker.close()
+
+
+def test_top_shows_the_shared_queue_once_beside_each_member(cluster: Cluster) -> None:
+    """``gearadmin --top`` over two members: the jobs waiting in the shared table (no
+    worker anywhere) are one row, ``cluster (shared)``, not one per member."""
+    import subprocess
+    import sys
+
+    a, b = cluster.server(), cluster.server()
+    handles(submit(a.port, [bg(b"waiting", b"%d" % i) for i in range(4)]))
+    handles(submit(b.port, [bg(b"waiting", b"b%d" % i) for i in range(2)]))
+    deadline = time.monotonic() + 15
+    while True:  # each member refreshes its shared counts within a fallback poll
+        out = subprocess.run(
+            [sys.executable, "-m", "gearman_cli.gearadmin", "--top", "-h",
+             f"127.0.0.1:{a.port}", "-h", f"127.0.0.1:{b.port}"],
+            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert out.returncode == 0, out.stderr
+        shared = [line.split("\t") for line in out.stdout.splitlines()
+                  if line.startswith("cluster (shared)\twaiting\t")]
+        if (len(shared) == 1 and shared[0][2] == "6") or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert len(shared) == 1 and shared[0][2] == "6", out.stdout
