@@ -421,7 +421,7 @@ class Client(TaskQueue):
         for address in [server] if server is not None else self._pool.order():
             try:
                 with Admin(address, connect_timeout=self._connect_timeout,
-                           timeout=10.0) as admin:
+                           timeout=10.0, ssl=self._tls or False) as admin:
                     answer = (admin.result(function=handle, unique=unique)
                               if unique is not None else admin.result(handle))
             except (OSError, ConnectionLostError) as exc:

@@ -13,7 +13,7 @@ from ._errors import GearmanError
 def run_result(opts: GearmanOptions) -> int:
     assert opts.result is not None
     timeout = opts.timeout_ms / 1000 if opts.timeout_ms else 5.0
-    client = Client(list(opts.servers), connect_timeout=timeout)
+    client = Client(list(opts.servers), connect_timeout=timeout, ssl=opts.tls or False)
     try:
         if opts.functions:
             answer = client.result(opts.functions[0], unique=opts.result)

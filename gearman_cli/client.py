@@ -549,7 +549,8 @@ class AsyncClient(TaskQueue):
         answer: JobResult | None = None
         for address in self._status_servers(server):
             try:
-                async with AsyncAdmin(address, connect_timeout=self._connect_timeout) as admin:
+                async with AsyncAdmin(address, connect_timeout=self._connect_timeout,
+                                      ssl=self._tls or False) as admin:
                     answer = await (admin.result(function=handle, unique=unique)
                                     if unique is not None else admin.result(handle))
             except (OSError, ConnectionLostError) as exc:

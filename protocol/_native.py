@@ -50,8 +50,12 @@ def load_manifest(directory: str = NATIVE_DIR) -> tuple[dict[str, str], str]:
             manifest.get("suffix") not in EXTENSION_SUFFIXES:
         return {}, (f"the compiled build in {directory} is for {manifest.get('python')}, "
                     f"not {sys.implementation.cache_tag}")
+    modules = manifest.get("modules", {})
+    if set(modules) != GROUP:  # compiled before a module joined or left the group
+        return {}, (f"the compiled build in {directory} is not of today's group of modules "
+                    "(run scripts/build_native.py again)")
     files: dict[str, str] = {}
-    for name, entry in manifest.get("modules", {}).items():
+    for name, entry in modules.items():
         source = os.path.join(ROOT, entry["source"])
         try:
             fresh = _sha256(source) == entry["sha256"]
@@ -61,6 +65,15 @@ def load_manifest(directory: str = NATIVE_DIR) -> tuple[dict[str, str], str]:
             return {}, (f"{entry['source']} changed since the compiled build "
                         "(run scripts/build_native.py again)")
         files[name] = os.path.join(directory, entry["extension"])
+    # Modules the group imports (their Final constants may be compiled in).
+    for path, digest in manifest.get("dependencies", {}).items():
+        try:
+            fresh = _sha256(os.path.join(ROOT, path)) == digest
+        except OSError:
+            fresh = False
+        if not fresh:
+            return {}, (f"{path} changed since the compiled build "
+                        "(run scripts/build_native.py again)")
     for name, extension in manifest.get("shared", {}).items():
         files[name] = os.path.join(directory, extension)
     missing = [path for path in files.values() if not os.path.exists(path)]

@@ -16,6 +16,7 @@ it exit 1 instead. A failed compile always exits 1 with the compiler's last line
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import importlib.util
 import json
@@ -37,6 +38,30 @@ PACKAGES = ("protocol", "server", "gearman_cli")
 
 def source_of(module: str) -> str:
     return module.replace(".", "/") + ".py"
+
+
+def dependencies(work: Path) -> list[str]:
+    """The source files (relative paths) of the modules of our packages that the group
+    imports, the group excepted: mypyc may inline their ``Final`` constants, so a change
+    there must make the build stale too."""
+    found: set[str] = set()
+    for module in _native.GROUP:
+        package = module.split(".")[:-1]
+        for node in ast.walk(ast.parse((work / source_of(module)).read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                prefix = ".".join([*base, *([node.module] if node.module else [])])
+                names = [prefix, *(f"{prefix}.{a.name}" for a in node.names)]
+            for name in names:
+                if name.split(".")[0] not in PACKAGES or name in _native.GROUP:
+                    continue
+                for path in (source_of(name), name.replace(".", "/") + "/__init__.py"):
+                    if (work / path).is_file():
+                        found.add(path)
+    return sorted(found)
 
 
 def missing_tools() -> str:
@@ -95,8 +120,10 @@ def build(out: Path, quiet: bool) -> None:
         for lib in work.glob(f"*__mypyc{suffix}"):
             shutil.move(lib, staging / lib.name)
             shared[lib.name[: -len(suffix)]] = lib.name
+        deps = {path: hashlib.sha256((work / path).read_bytes()).hexdigest()
+                for path in dependencies(work)}
         manifest = {"python": sys.implementation.cache_tag, "suffix": suffix,
-                    "modules": modules, "shared": shared}
+                    "modules": modules, "shared": shared, "dependencies": deps}
         (staging / _native.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)

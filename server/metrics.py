@@ -107,7 +107,8 @@ class StatsCollector(Collector):
                                  "Jobs that used up their retries, kept as dead letters.",
                                  labels=fn_label)
         for name, letters in sorted(manager.dead_letters.by_function.items()):
-            dead.add_metric([stats.label(name)], len(letters))
+            if self.view.sees(name):  # a tenant counts its own, by their plain names
+                dead.add_metric([stats.label(self.view.show(name))], len(letters))
         yield dead
         if manager.results is not None:
             yield CounterMetricFamily("gearman_results_recorded",

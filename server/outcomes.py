@@ -198,11 +198,11 @@ class Outcomes(JobCore):
             conn.kind = "internal"
         if self._reviving is None:
             self._reviving = {}
-        reviving = self._reviving.values()
+        reviving = {id(r) for r in self._reviving.values()}
         queued = 0
         for letter in letters:
             assert conn is not None
-            if any(r is letter for r in reviving):
+            if id(letter) in reviving:
                 continue  # queued again already, waiting for its commit
             # A letter the submit refuses (its queue is full, say) stays a dead letter.
             job = self.submit(conn, letter.function, letter.unique, letter.data,
@@ -210,10 +210,11 @@ class Outcomes(JobCore):
             if job is None:
                 continue
             queued += 1
-            if job.stored:
+            if job.acks is None:  # queued (or joined a stored job): nothing to wait for
                 self.dead_letters.remove(letter)
-            else:
+            else:  # a commit is pending: a new job's, or a foreground job made stored
                 self._reviving[job.handle] = letter
+                reviving.add(id(letter))
         return queued
 
     def persisted(self, job: Job, ok: bool, now: float) -> None:

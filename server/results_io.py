@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import urllib.parse
+import weakref
 from typing import Final
 
 import trio
@@ -32,6 +33,20 @@ log = logging.getLogger(__name__)
 
 #: Seconds a remote cache has to answer one call.
 TIMEOUT: Final = 2.0
+#: Threads that read a remote result cache at once (``result``, ``GET /jobs/H``): their
+#: own limit, so a flood of lookups against a slow cache cannot take the threads of trio's
+#: default limiter from the store writer's commits.
+LOOKUP_THREADS: Final = 4
+_lookups: weakref.WeakKeyDictionary[ResultCache, trio.CapacityLimiter] = \
+    weakref.WeakKeyDictionary()
+
+
+def _lookup_limiter(cache: ResultCache) -> trio.CapacityLimiter:
+    """The lookup threads of one cache (one server: one trio run)."""
+    limiter = _lookups.get(cache)
+    if limiter is None:
+        limiter = _lookups[cache] = trio.CapacityLimiter(LOOKUP_THREADS)
+    return limiter
 
 
 class ResultCacheError(Exception):
@@ -159,7 +174,8 @@ async def fetch(cache: ResultCache, key: str) -> Result | None:
     if cache.remote:
         try:
             raw = await trio.to_thread.run_sync(cache.backend.get, key, time.time(),
-                                                abandon_on_cancel=True)
+                                                abandon_on_cancel=True,
+                                                limiter=_lookup_limiter(cache))
         except Exception as exc:
             log.error("result cache %s: cannot read (%s)", cache.url, exc)
             raise ResultCacheError(f"result cache unreachable: {exc}") from None

@@ -70,6 +70,31 @@ def test_a_missing_extension_disables_the_group(tmp_path: Path) -> None:
     assert "lacks" in reason and "gear" in reason
 
 
+def test_a_build_of_another_group_of_modules_is_not_used(tmp_path: Path) -> None:
+    """A build made before a module joined the group (its sources unchanged) would mix a
+    compiled class with a plain subclass of it."""
+    fake_build(tmp_path)
+    manifest = json.loads((tmp_path / _native.MANIFEST).read_text())
+    del manifest["modules"]["server.gear"]
+    (tmp_path / _native.MANIFEST).write_text(json.dumps(manifest))
+    files, reason = _native.load_manifest(str(tmp_path))
+    assert files == {} and "not of today's group" in reason
+
+
+def test_an_edited_module_the_group_imports_makes_the_build_stale(tmp_path: Path) -> None:
+    """mypyc may compile in a Final constant of a module the group imports."""
+    fake_build(tmp_path)
+    manifest = json.loads((tmp_path / _native.MANIFEST).read_text())
+    real = hashlib.sha256((ROOT / "protocol/_packet.py").read_bytes()).hexdigest()
+    manifest["dependencies"] = {"protocol/_packet.py": real}
+    (tmp_path / _native.MANIFEST).write_text(json.dumps(manifest))
+    assert _native.load_manifest(str(tmp_path))[1] == ""
+    manifest["dependencies"] = {"protocol/_packet.py": "0" * 64}
+    (tmp_path / _native.MANIFEST).write_text(json.dumps(manifest))
+    files, reason = _native.load_manifest(str(tmp_path))
+    assert files == {} and "protocol/_packet.py changed" in reason
+
+
 def test_no_build_and_a_broken_manifest_say_so(tmp_path: Path) -> None:
     assert _native.load_manifest(str(tmp_path))[1].startswith("no compiled build")
     (tmp_path / _native.MANIFEST).write_text("{not json")

@@ -300,6 +300,21 @@ def test_blocking_client_and_admin_over_tls(pki: Pki, start_inprocess: Start) ->
     assert status[b"tls_queue"].total == 3
 
 
+async def test_results_are_read_over_the_client_s_tls(pki: Pki, start_inprocess: Start
+                                                       ) -> None:
+    """``Client.result`` / ``AsyncClient.result`` ask the admin port with the client's own
+    TLS settings (not only the GEARMAN_SSL* variables)."""
+    srv = start_inprocess(*pki.server_args("--result-ttl", "60"))
+    address = f"127.0.0.1:{srv.port}"
+    context = pki.client_context()
+    client = Client(address, ssl=context)
+    handle = client.do_background("later", b"x")
+    assert client.result(handle).state == "queued"
+    with trio.fail_after(10):
+        async with AsyncClient(address, ssl=context) as aclient:
+            assert (await aclient.result(handle)).state == "queued"
+
+
 def test_clients_verify_the_server_certificate(pki: Pki, start_inprocess: Start) -> None:
     srv = start_inprocess(*pki.server_args())
     address = f"127.0.0.1:{srv.port}"

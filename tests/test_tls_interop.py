@@ -174,6 +174,19 @@ def test_our_tools_over_tls(pki: Pki, start_ours: StartServer, tmp_path: Path) -
     assert wrong.returncode == 3 and b"certificate" in wrong.stderr, wrong
 
 
+def test_gearman_result_over_tls(pki: Pki, start_ours: StartServer) -> None:
+    """``gearman --result H -S``: the result is read over TLS too (it went out in
+    plaintext, and the TLS server refused it)."""
+    srv = start_ours(*pki.server_args("--result-ttl", "60"))
+    where = ["-h", "127.0.0.1", "-p", str(srv.port), "-S", "--ssl-ca-file", pki.ca_file]
+    from gearman_cli import Client
+
+    handle = Client(f"127.0.0.1:{srv.port}", ssl=pki.client_context()).do_background(
+        "later", b"data")
+    state = run_tool(GEARMAN, *where, "--result", handle.decode())
+    assert state.returncode == 5 and b"is queued" in state.stderr, state
+
+
 def test_start_up_fails_before_binding_with_a_missing_key(pki: Pki, tmp_path: Path) -> None:
     port = free_port()
     done = subprocess.run(
