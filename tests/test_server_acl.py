@@ -575,4 +575,11 @@ def test_dead_letters_and_results_stay_in_their_tenant() -> None:
     assert w.admin(b, b"result unique resize k2") == b"OK unknown\r\n"
     assert w.admin(b, b"drop dead resize " + failed) == b"ERR UNKNOWN_JOB\r\n"
     assert w.admin(b, b"retry dead resize all") == b"OK 0\r\n"
+    from server.metrics import render
+
+    dead = "gearman_dead_letters{"
+    assert [line for line in render(w.ctx, w.ctx.view(a)).decode().splitlines()
+            if line.startswith(dead)] == ['gearman_dead_letters{function="resize"} 1.0']
+    assert not [line for line in render(w.ctx, w.ctx.view(b)).decode().splitlines()
+                if line.startswith(dead)]  # beta has none, and sees none of alpha's
     assert w.admin(a, b"retry dead resize " + failed) == b"OK 1\r\n"
