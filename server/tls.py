@@ -169,6 +169,9 @@ async def handshake(stream: trio.SocketStream, context: ssl.SSLContext, timeout:
     try:
         with trio.fail_after(timeout):
             await ssl_stream.do_handshake()
+    except trio.Cancelled:  # the server stops: close the socket now, not when collected
+        await trio.aclose_forcefully(stream)
+        raise
     except trio.TooSlowError:
         log.warning("%s: refused: no TLS handshake within %g s", where, timeout)
     except trio.BrokenResourceError as exc:
