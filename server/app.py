@@ -17,8 +17,6 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from protocol import PacketType
-
 from .acl import Acl, AclError
 from .admin import AdminContext
 from .config import ServerConfig
@@ -26,26 +24,13 @@ from .daemon import StartupError
 from .events import Events
 from .gear import GearFrontEnd, GearPeer
 from .host import Address, FrontEnd
+from .jobs import InternalPeer
 from .manager import Conn, Limits, Manager
 from .persistence import Persistence
 from .results_io import open_cache, run_writer
 from .retry import RetryPolicies
 
 log = logging.getLogger(__name__)
-
-
-class _InternalPeer:
-    """The ``Peer`` of the server's own connection (``--events-function``): replies dropped."""
-
-    def deliver(self, ptype: PacketType, *args: bytes) -> None:
-        if ptype is PacketType.ERROR:
-            log.warning("events: submit refused: %s", args[-1].decode("utf-8", "replace"))
-
-    def hold(self) -> object:
-        return None
-
-    def release(self, hold: object, ptype: PacketType, *args: bytes) -> None:
-        self.deliver(ptype, *args)
 
 
 class Server:
@@ -121,7 +106,7 @@ class Server:
         """``--events-function``: each event a background job to ``function``, submitted
         on an internal connection (whose replies nobody reads)."""
         manager = self._manager
-        conn = manager.connect(_InternalPeer(), "internal", 0, "internal")
+        conn = manager.connect(InternalPeer("events: submit refused"), "internal", 0, "internal")
         conn.client_id = b"events"
 
         def submit(line: bytes) -> None:

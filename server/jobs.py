@@ -54,6 +54,26 @@ class Peer(Protocol):
         """Fill a reserved place with one packet; pass on what no earlier hold blocks."""
 
 
+class InternalPeer:
+    """The ``Peer`` of a connection the server opens to itself (``--events-function``,
+    dead letters queued again): replies are dropped, an ERROR is logged with ``what``."""
+
+    def __init__(self, what: str, level: int = logging.WARNING) -> None:
+        self.what = what
+        self.level = level
+
+    def deliver(self, ptype: PacketType, *args: bytes) -> None:
+        if ptype is PacketType.ERROR:
+            logging.getLogger("server").log(self.level, "%s: %s", self.what,
+                                            args[-1].decode("utf-8", "replace"))
+
+    def hold(self) -> Hold:
+        return None
+
+    def release(self, hold: Hold, ptype: PacketType, *args: bytes) -> None:
+        self.deliver(ptype, *args)
+
+
 class JobStore(Protocol):
     """Persistence as the core sees it (``server.persistence`` implements it).
 

@@ -17,26 +17,12 @@ import logging
 from protocol import PacketType
 
 from .core import JobCore
-from .jobs import Conn, Job
+from .jobs import Conn, InternalPeer, Job
 from .retry import DeadLetter, RetryPolicy, RetryState
 
 log = logging.getLogger("server.core")
 
 PT = PacketType
-
-
-class _QuietPeer:
-    """The ``Peer`` of the server's own connection that re-submits dead letters."""
-
-    def deliver(self, ptype: PacketType, *args: bytes) -> None:
-        if ptype is PT.ERROR:
-            log.error("dead letter not re-queued: %s", args[-1].decode("utf-8", "replace"))
-
-    def hold(self) -> object:
-        return None
-
-    def release(self, hold: object, ptype: PacketType, *args: bytes) -> None:
-        self.deliver(ptype, *args)
 
 
 class Outcomes(JobCore):
@@ -193,7 +179,8 @@ class Outcomes(JobCore):
             letters = [d for d in letters if d.handle == handle]
         conn = self._internal
         if letters and (conn is None or conn.closed):
-            conn = self._internal = self.connect(_QuietPeer(), "internal", 0)
+            conn = self._internal = self.connect(
+                InternalPeer("dead letter not re-queued", logging.ERROR), "internal", 0)
             conn.client_id = b"dead-letters"
             conn.kind = "internal"
         if self._reviving is None:
