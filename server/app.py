@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -49,8 +50,14 @@ class Server:
         self._manager.retry = RetryPolicies(dict(config.retry_policies))
         self._manager.dead_letters.limit = config.max_dead_letters
         if config.result_ttls:
-            self._manager.results = open_cache(config.result_cache, dict(config.result_ttls),
-                                               config.result_cache_bytes)
+            results = open_cache(config.result_cache, dict(config.result_ttls),
+                                 config.result_cache_bytes)
+            self._manager.results = results
+            if results.remote and "cluster" not in dict(config.queue_options):
+                # Handles count from 1 at each start: in a cache that outlives the server,
+                # an old handle must not find a newer job's result. (A cluster member's
+                # handles carry such a token already.)
+                self._manager.handle_prefix += secrets.token_hex(3).encode() + b":"
         self.events = Events(config.events_buffer, config.events_payloads,
                              config.events_function.encode()
                              if config.events_function is not None else None)

@@ -435,3 +435,21 @@ def test_dead_letters_with_the_same_handle_are_kept_apart() -> None:
     assert [d.unique for d in w.m.dead_letters.rows()] == [b"old", b"new"]
     assert w.m.retry_dead(b"f", h, T0) == 2  # both: the handle names them both
     assert len(w.m.dead_letters) == 0
+
+
+def test_with_a_remote_result_cache_handles_name_the_server_s_start() -> None:
+    """Handles count from 1 at each start; a Redis or memcached cache outlives the server,
+    so there an old handle must not find a newer job's result: each start's handles carry
+    a token of their own. (The memory cache dies with the server: handles stay plain.)"""
+    from server.app import Server
+    from server.config import ServerConfig
+
+    def prefix(cache: str) -> bytes:
+        config = ServerConfig(listen=("127.0.0.1",), port=0, job_handle_prefix="H:host",
+                              result_ttls=((None, 60.0),), result_cache=cache)
+        return Server(config).manager.handle_prefix
+
+    assert prefix("memory") == b"H:host:"
+    first, second = prefix("redis://127.0.0.1:6379/15"), prefix("redis://127.0.0.1:6379/15")
+    assert first.startswith(b"H:host:") and second.startswith(b"H:host:")
+    assert first != second and len(first) == len(b"H:host:") + 7
