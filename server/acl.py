@@ -423,6 +423,16 @@ class Acl:
             return None
         return self.deny(conn, rights, why) if log else why.encode()
 
+    def watch_refusal(self, conn: Conn | None, prefix: bytes | None) -> str | None:
+        """After a reload: why a ``watch`` may no longer stream to ``conn`` (None: it may)."""
+        if conn is None:
+            return None
+        if self.admin(conn, "admin-read", log=False) is not None:
+            return "the reloaded rules refuse it admin-read"
+        if self.view(conn).prefix != prefix:
+            return "the reloaded rules show it another namespace"
+        return None
+
     def view(self, conn: Conn) -> View:
         rights = self.rights(conn)
         return View(None if rights.tenant is None else rights.prefix, self.rules.tenants)

@@ -18,10 +18,13 @@ jobs would otherwise make events without end.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Final, Protocol
+
+from protocol import admin as admin_text
 
 from .acl import SEP
 from .jobs import Conn, Job
@@ -99,6 +102,18 @@ class Events:
     def unwatch(self, conn_id: int) -> None:
         if self.watchers.pop(conn_id, None) is not None:
             self._changed()
+
+    def recheck(self, refusal: Callable[[int, bytes | None], str | None]) -> None:
+        """After an access-rule reload: end each watch ``refusal`` (given the watcher's
+        connection id and namespace) gives a reason for, with an ERR line."""
+        for conn_id, (peer, _, prefix) in list(self.watchers.items()):
+            why = refusal(conn_id, prefix)
+            if why is not None:
+                self.unwatch(conn_id)
+                peer.write(admin_text.err("PERMISSION_DENIED",
+                                          "watch ended by an access-rule reload"))
+                logging.getLogger(__name__).warning("connection %d: watch ended: %s",
+                                                    conn_id, why)
 
     def add_hook(self, hook: Callable[[bytes], None]) -> None:
         self.hooks.append(hook)

@@ -248,7 +248,9 @@ class Manager(Outcomes):
         return super().name_problem(name, what)
 
     def acl_reloaded(self, now: float) -> None:
-        """The rules changed: workers give up the functions they may no longer do."""
+        """The rules changed: workers give up the functions they may no longer do, and
+        ``watch`` connections that may no longer read (or now see another namespace) stop
+        getting events."""
         acl = self.acl
         assert acl is not None
         for conn in list(self.conns.values()):
@@ -256,6 +258,9 @@ class Manager(Outcomes):
                 log.warning("connection %d: may no longer do %r after the ACL reload",
                             conn.id, plain(name))
                 self._unregister(conn, name, now)
+        if self.events is not None:
+            self.events.recheck(lambda cid, prefix: acl.watch_refusal(self.conns.get(cid),
+                                                                       prefix))
 
     def _unique_job(self, conn: Conn, unique: bytes) -> Job | None:
         """The job a submit of ``conn`` with this unique would join (GET_STATUS_UNIQUE)."""

@@ -395,6 +395,48 @@ def test_reload_applies_new_rules_and_a_broken_file_keeps_them(
     assert not w.acl.reload()
 
 
+def test_reload_ends_a_watch_that_may_no_longer_read(tmp_path: Path) -> None:
+    """A ``watch`` started under admin-read stops with an ERR line once a reload takes
+    the right away; one that keeps it goes on."""
+    path = tmp_path / "acl.toml"
+    rules = '[[rule]]\naddress = "10.0.0.2"\nadmin-read = true\nsubmit = "*"\n' \
+            '[[rule]]\naddress = "10.0.0.3"\nadmin-read = true\nsubmit = "*"\n'
+    path.write_text(rules)
+    w = World(rules, path)
+    events = Events()
+    w.m.attach_events(events)
+    kept, lost = w.conn(address="10.0.0.2"), w.conn(address="10.0.0.3")
+
+    class Out:
+        def __init__(self) -> None:
+            self.out = bytearray()
+            self.limit = 1 << 20
+            self.broken = False
+
+        def write(self, data: bytes) -> None:
+            self.out += data
+
+        def drop(self) -> None:
+            self.broken = True
+
+    outs = {kept.id: Out(), lost.id: Out()}
+    for conn in (kept, lost):
+        assert w.acl.admin(conn, "admin-read") is None
+        events.watch(conn.id, outs[conn.id], frozenset(), w.acl.view(conn).prefix)
+    path.write_text(rules.replace('address = "10.0.0.3"\nadmin-read = true',
+                                  'address = "10.0.0.3"\nadmin-read = false'))
+    assert w.acl.reload()
+    w.m.acl_reloaded(NOW)
+    assert set(events.watchers) == {kept.id}
+    assert bytes(outs[lost.id].out) == (b"ERR PERMISSION_DENIED "
+                                        b"watch+ended+by+an+access-rule+reload\r\n")
+    w.submit(kept, b"f")
+    events.drain()
+    (event,) = [json.loads(line) for line in bytes(outs[kept.id].out).splitlines()]
+    assert event["function"] == "f"
+    assert bytes(outs[lost.id].out).count(b"\n") == 1  # nothing after its ERR line
+
+
 def test_reload_moving_a_connection_to_another_tenant_takes_its_rights(
         tmp_path: Path) -> None:
     path = tmp_path / "acl.toml"
