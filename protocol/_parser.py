@@ -30,6 +30,8 @@ _KNOWN: Final[dict[bytes, tuple[Magic, PacketType, int]]] = {
     for ptype in PacketType
 }
 _new_packet: Final = tuple.__new__
+#: An incomplete event larger than this is gathered in a list of reads (see Parser).
+_BIG: Final = 65536
 
 
 class _Sentinel:
@@ -71,9 +73,16 @@ class Parser:
     ``next_event`` until it returns ``NEED_DATA``, or take every complete event
     at once with ``events``. Bad input raises only ``RemoteProtocolError``;
     once one is raised the parser stays broken and raises it again.
+
+    The buffer is one ``bytes`` object: a read that starts at an event boundary (the
+    common case) is used as it is, and each argument is one slice of it. An event that
+    stays incomplete past ``_BIG`` bytes is gathered as a list of reads and joined once
+    it is complete (or, for a text line, each time it doubles), so a large packet
+    arriving in many reads is copied a bounded number of times.
     """
 
-    __slots__ = ("_buf", "_pos", "_eof", "_error", "max_packet_size", "max_line_length")
+    __slots__ = ("_buf", "_pos", "_eof", "_error", "_chunks", "_have", "_want", "args",
+                 "max_packet_size", "max_line_length")
 
     def __init__(
         self,
@@ -81,23 +90,30 @@ class Parser:
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
     ) -> None:
-        self._buf = bytearray()
+        self._buf = b""
         self._pos = 0
         self._eof = False
         self._error: RemoteProtocolError | None = None
+        #: While a large event is incomplete: the reads so far, their total, and the
+        #: total at which to join them.
+        self._chunks: list[bytes] | None = None
+        self._have = 0
+        self._want = 0
+        #: The arguments of the packet ``next_raw`` returned last.
+        self.args: tuple[bytes, ...] = ()
         self.max_packet_size = max_packet_size
         self.max_line_length = max_line_length
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet turned into events."""
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + self._have
 
     @property
     def held(self) -> int:
         """Bytes the parser holds in memory, consumed ones included (at most one read's
         worth once every complete event has been taken)."""
-        return len(self._buf)
+        return len(self._buf) + self._have
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes from the peer; ``b""`` means the peer closed its side."""
@@ -106,15 +122,23 @@ class Parser:
         if not data:
             self._eof = True
             return
-        if self._pos:
-            # Compact lazily: only when the consumed prefix dominates the buffer.
-            if self._pos >= len(self._buf):
-                self._buf.clear()
+        chunks = self._chunks
+        if chunks is not None:
+            chunks.append(bytes(data))
+            self._have += len(data)
+            if self._have >= self._want:
+                self._buf = b"".join(chunks)
                 self._pos = 0
-            elif self._pos > 65536 and self._pos * 2 > len(self._buf):
-                del self._buf[: self._pos]
-                self._pos = 0
-        self._buf += data
+                self._chunks = None
+                self._have = 0
+            return
+        pos = self._pos
+        if pos >= len(self._buf):
+            self._buf = bytes(data)  # no copy when it is bytes already
+        else:
+            # The incomplete rest: under _BIG bytes (next_event sees to that).
+            self._buf = self._buf[pos:] + data
+        self._pos = 0
 
     def _fail(self, exc: RemoteProtocolError) -> RemoteProtocolError:
         self._error = exc
@@ -122,16 +146,28 @@ class Parser:
 
     def next_event(self) -> Event | _Sentinel:
         """The next complete event, or ``NEED_DATA``."""
+        event = self.next_raw()
+        if type(event) is tuple:
+            args = self.args
+            self.args = ()  # not kept alive here until the next packet
+            return _new_packet(Packet, (event[0], event[1], args))
+        return event  # type: ignore[return-value]
+
+    def next_raw(self) -> tuple[Magic, PacketType, int] | Event | _Sentinel:
+        """``next_event`` without building a Packet (the server's hot path): for a
+        binary packet, its (magic, type, arity) and its arguments in ``args``."""
         if self._error is not None:
             raise self._error
         buf = self._buf
         pos = self._pos
         avail = len(buf) - pos
         if avail == 0:
+            if self._chunks is not None:
+                return self._need(self._have)
             if pos:
                 # Everything was consumed: give the memory back now, not at the next
                 # read (a peer that sent one huge packet and stopped would keep it).
-                buf.clear()
+                self._buf = b""
                 self._pos = 0
             return ConnectionClosed() if self._eof else NEED_DATA
         if buf[pos] == 0:
@@ -152,24 +188,21 @@ class Parser:
             start = pos + HEADER_SIZE
             end = start + size
             if end > len(buf):
+                if end - pos > _BIG:
+                    self._gather(end - pos)
                 return self._need(avail)
             nargs = kind[2]
             if nargs == 1:
-                args: tuple[bytes, ...] = (bytes(buf[start:end]),)
+                self.args = (buf[start:end],)
             elif nargs == 0:
-                args = ()
+                self.args = ()
             else:
-                args = tuple(bytes(buf[start:end]).split(b"\0", nargs - 1))
+                args = tuple(buf[start:end].split(b"\0", nargs - 1))
                 if len(args) != nargs:
-                    raise self._fail(
-                        RemoteProtocolError(
-                            f"{kind[1].name} needs {nargs} arguments, "
-                            f"payload has {len(args)}"
-                        )
-                    )
+                    raise self._fail(_arity_error(kind[1], nargs, len(args)))
+                self.args = args
             self._pos = end
-            # No Packet checks: the split already guarantees arity and NUL placement.
-            return _new_packet(Packet, (kind[0], kind[1], args))
+            return kind
         # An admin text line. Its length excludes the line end, so a line that
         # fits with "\n" also fits with "\r\n" (decisions.md, Admin).
         nl = buf.find(b"\n", pos)
@@ -180,20 +213,31 @@ class Parser:
                         "admin line too long", code="ARGUMENT_TOO_LARGE", admin=True
                     )
                 )
+            if avail > _BIG:
+                self._gather(2 * avail)
             return self._need(avail)
         if nl - pos - (nl > pos and buf[nl - 1] == 13) > self.max_line_length:
             raise self._fail(
                 RemoteProtocolError("admin line too long", code="ARGUMENT_TOO_LARGE",
                                     admin=True)
             )
-        line = bytes(buf[pos:nl])
+        line = buf[pos:nl]
         self._pos = nl + 1
         return parse_admin_line(line)
+
+    def _gather(self, want: int) -> None:
+        """Collect the incomplete event's reads in a list until it has ``want`` bytes."""
+        rest = self._buf[self._pos:]
+        self._chunks = [rest]
+        self._have = len(rest)
+        self._want = want
+        self._buf = b""
+        self._pos = 0
 
     def _need(self, avail: int) -> _Sentinel:
         if self._pos > 65536:
             # Keep only the incomplete event, not what was consumed before it.
-            del self._buf[: self._pos]
+            self._buf = self._buf[self._pos:]
             self._pos = 0
         if self._eof:
             raise self._fail(
@@ -215,6 +259,10 @@ class Parser:
             append(event)
             if type(event) is ConnectionClosed:
                 return out
+
+
+def _arity_error(ptype: PacketType, nargs: int, got: int) -> RemoteProtocolError:
+    return RemoteProtocolError(f"{ptype.name} needs {nargs} arguments, payload has {got}")
 
 
 def _header_error(head: bytes) -> RemoteProtocolError:

@@ -18,7 +18,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Final, cast
 
 import trio
 
@@ -137,7 +137,7 @@ class GearPeer:
 
     def deliver(self, ptype: PacketType, *args: bytes) -> None:
         # The core's arguments hold no NUL but in the last (see _ENCODE), so no checks.
-        payload = b"\0".join(args)
+        payload = args[0] if len(args) == 1 else b"\0".join(args)
         data = _RES_PREFIX[ptype] + _pack_size(len(payload)) + payload
         self.traffic[2] += 1
         # ``write``'s common case inline: this runs for every reply.
@@ -552,26 +552,26 @@ class GearFrontEnd:
             self._stop_reading(peer)
 
     def _events(self, peer: GearPeer, data: bytes, now: float) -> None:
-        # Only what this batch fills counts against this sender.
-        self._overfull.clear()
+        self._overfull.clear()  # only what this batch fills counts against this sender
         parser = peer.parser
         conn = peer.conn
         assert conn is not None
         parser.receive_data(data)
         handle_packet = self.manager.handle_packet
         req = Magic.REQ
-        packet_type = Packet
         traffic = self.traffic
         try:
             while True:
-                event = parser.next_event()
+                event = parser.next_raw()
                 if event is NEED_DATA:
+                    parser.args = ()  # the last packet's payload is not kept alive
                     break
-                if type(event) is packet_type:
+                if type(event) is tuple:
                     traffic[0] += 1
-                    magic, ptype, args = event
+                    magic, ptype, _ = cast("tuple[Magic, PacketType, int]", event)
+                    args = parser.args
                     if self._debug:
-                        log.debug("connection %d: %s", conn.id, event)
+                        log.debug("connection %d: %s", conn.id, Packet(ptype, args, magic))
                     if magic is req:
                         handle_packet(conn, ptype, args, now)
                     else:

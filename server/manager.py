@@ -338,6 +338,11 @@ class Manager(Outcomes):
         kind = SUBMIT_KINDS[ptype]
         priority = int(kind.priority)
         background = kind.background
+        if not (kind.epoch or kind.sched or kind.reduce):
+            def plain(conn: Conn, args: tuple[bytes, ...], now: float) -> None:
+                self.submit(conn, args[0], args[1], args[2], priority, background, now)
+
+            return plain  # the common kinds, without the checks below
 
         def submit(conn: Conn, args: tuple[bytes, ...], now: float) -> None:
             when = 0.0
