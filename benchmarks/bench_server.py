@@ -10,7 +10,8 @@ the others. The load generator is ``loadgen.c``, compiled on demand with ``gcc -
 reference, ours, ...) and the table shows medians of the runs with the ratio
 ours/reference, then the CPU both sides used in the timed phase. Every scenario checks
 that each job completed exactly once with its payload intact; a run with errors is
-reported as FAILED (``--fault K`` injects one fault to show that it is).
+reported as FAILED (``--fault K`` injects one fault to show that it is). The rows of
+TLS, the HTTP front-end and the cluster mode are in ``bench_server_rows.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import multiprocessing as mp
 import os
 import resource
@@ -31,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,6 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen
 
 from protocol import NEED_DATA, Packet, PacketType, Parser, encode_req
+
+if TYPE_CHECKING:
+    import bench_server_rows
 
 REFERENCE = "/usr/sbin/gearmand"
 HERE = Path(__file__).resolve().parent
@@ -74,22 +79,38 @@ class Settings:
     server_pid: int = 0
     idle: int = 2000  # --idle: sleeping workers of --idle-function beside the round trips
     idle_function: str = "idle"
+    tls: bool = False  # loadgen.c was built with OpenSSL (--tls)
 
 
 SETTINGS = Settings()
 
 
+def has_openssl(cc: str) -> bool:
+    """The OpenSSL headers and libraries are there: a one-line program links."""
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "t.c"
+        src.write_text("#include <openssl/ssl.h>\n"
+                       "int main(void) { return !OPENSSL_init_ssl(0, 0); }\n")
+        return subprocess.run([cc, "-o", str(Path(d) / "t"), str(src), "-lssl", "-lcrypto"],
+                              capture_output=True, timeout=60).returncode == 0
+
+
 def build_loadgen() -> Path | None:
-    """Compile loadgen.c with gcc -O2 into benchmarks/.build/ (cached by source hash)."""
+    """Compile loadgen.c with gcc -O2 into benchmarks/.build/ (cached by a hash of the
+    source and the flags); with OpenSSL found, -DLOADGEN_TLS (the --tls option)."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         return None
-    digest = hashlib.sha256(LOADGEN_C.read_bytes()).hexdigest()[:12]
+    SETTINGS.tls = has_openssl(cc)
+    flags = ["-O2", "-Wall"] + (["-DLOADGEN_TLS"] if SETTINGS.tls else [])
+    libs = ["-lssl", "-lcrypto"] if SETTINGS.tls else []
+    digest = hashlib.sha256(LOADGEN_C.read_bytes() + " ".join(flags + libs).encode()
+                            ).hexdigest()[:12]
     exe = BUILD_DIR / f"loadgen-{digest}"
     if not exe.exists():
         BUILD_DIR.mkdir(exist_ok=True)
         tmp = BUILD_DIR / f"loadgen-{digest}.{os.getpid()}.tmp"
-        subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(LOADGEN_C)], check=True,
+        subprocess.run([cc, *flags, "-o", str(tmp), str(LOADGEN_C), *libs], check=True,
                        timeout=120)
         tmp.replace(exe)
     return exe
@@ -174,7 +195,12 @@ def start(kind: str, logdir: str, extra: list[str] | None = None,
                *common, *(extra or [])]
     proc = subprocess.Popen(pin("0") + cmd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    wait_port(port)
+    try:
+        wait_port(port)
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
     return proc, port
 
 
@@ -520,6 +546,9 @@ class Scenario(NamedTuple):
     target: tuple[str, float] | None = None
     #: Per-start arguments for both servers, given a fresh directory (a queue file).
     setup: Callable[[str], tuple[str, ...]] | None = None
+    #: (kind, logdir) -> which program runs in that column, with what (bench_server_rows).
+    launch: Callable[[str, str], bench_server_rows.Launch] | None = None
+    anchor: str = ""  # what the second column holds, when it is not the reference
 
 
 def sqlite_args(directory: str) -> tuple[str, ...]:
@@ -556,6 +585,12 @@ def describe_loadgen(kind: str) -> str:
     why = "gcc not found" if kind == "auto" else "--loadgen python"
     return (f"load generator: Python loadgen.py ({why}); it is slower than the servers, "
             "so the ratios say more about it than about them")
+
+
+def cell(value: float, note: str, anchor: str) -> str:
+    """A table cell: the median (none when every run was skipped), a note, the anchor."""
+    text = note if math.isnan(value) else f"{value:,.0f}{' ' + note if note else ''}"
+    return f"{text} ({anchor})" if anchor else text
 
 
 def pct(part: float, whole: float) -> str:
@@ -639,6 +674,8 @@ def main() -> None:
                                   True, idle_server_args(), target=(">=", 1.0)))
         scenarios.append(Scenario(idle_name(4, 100, 32), "jobs/s", scenario_idle(), True,
                                   idle_server_args()))
+    import bench_server_rows as new_rows
+    scenarios += new_rows.rows(Scenario)  # TLS, the HTTP front-end, the cluster mode
     if args.scenario:
         scenarios = [s for s in scenarios if any(w in s.name for w in args.scenario)]
     if any("idle workers" in s.name for s in scenarios):
@@ -653,16 +690,39 @@ def main() -> None:
                     if sc.setup:
                         server_args += sc.setup(tempfile.mkdtemp(dir=logdir))
                     jobs = sc.jobs or args.jobs
-                    proc, port = start(kind, logdir, common=server_args)
+                    program, cleanup = kind, None
+                    who = f"{kind:9}" if kind == "ours" or not sc.anchor else sc.anchor
+                    if sc.launch:
+                        try:
+                            launch = sc.launch(kind, logdir)
+                            program, cleanup = launch.server, launch.cleanup
+                            server_args += launch.args
+                            proc, port = start(program, logdir, common=server_args)
+                        except Exception as e:  # any setup failure: a skipped cell
+                            if cleanup:
+                                cleanup()
+                            why = str(e) if isinstance(e, new_rows.Skip) else f"setup: {e!r}"
+                            out = Outcome(math.nan, f"skipped: {why}")
+                            results.setdefault((name, kind), []).append(out)
+                            notes[(name, kind)] = out.note
+                            print(f"run {run + 1} {who} {name}: {out.note}",
+                                  file=sys.stderr, flush=True)
+                            continue
+                    else:
+                        proc, port = start(kind, logdir, common=server_args)
                     current["pid"] = proc.pid
                     SETTINGS.server_pid = proc.pid
                     cpu0 = cpu_seconds(proc.pid)
                     try:
                         out = fn(port, jobs)
                         cpu = cpu_seconds(proc.pid) - cpu0
+                    except RuntimeError as e:  # the load generator gave no result line
+                        out, cpu = Outcome(math.nan, f"FAILED ({e})"), 0.0
                     finally:
                         proc.terminate()
                         proc.wait(10)
+                        if cleanup:
+                            cleanup()
                     if out.server_cpu is None:
                         out = replace(out, server_cpu=cpu)
                     results.setdefault((name, kind), []).append(out)
@@ -679,7 +739,7 @@ def main() -> None:
                         detail += (f" [idle workers: {out.idle_registered} in status, "
                                    f"{out.idle_noops} NOOPs, {out.idle_other} other packets]")
                     per_job = cpu * 1e6 / (out.jobs or jobs)
-                    print(f"run {run + 1} {kind:9} {name}: {out.value:,.1f} {out.note}{detail}"
+                    print(f"run {run + 1} {who} {name}: {out.value:,.1f} {out.note}{detail}"
                           f" (server CPU {per_job:.1f} us/job{busy})",
                           file=sys.stderr, flush=True)
     print(f"\n| measure | unit | {' | '.join(kinds)} | ratio | target |")
@@ -688,12 +748,16 @@ def main() -> None:
     for sc in scenarios:
         meds = [statistics.median(o.value for o in results[(sc.name, k)]) for k in kinds]
         medians[sc.name] = meds
-        ratio = meds[0] / meds[1] if len(meds) == 2 and meds[1] else None
-        cells = " | ".join(f"{m:,.0f}{' ' + notes[(sc.name, k)] if (sc.name, k) in notes else ''}"
+        ratio = (meds[0] / meds[1] if len(meds) == 2 and meds[1] and not math.isnan(meds[0])
+                 and not math.isnan(meds[1]) else None)
+        cells = " | ".join(cell(m, notes.get((sc.name, k), ""),
+                                sc.anchor if k == "reference" else "")
                            for m, k in zip(meds, kinds, strict=True))
+        target = met(sc.target, ratio) or (f"none (ratio: this row / {sc.anchor})"
+                                           if sc.anchor else "")
         print(f"| {sc.name} | {sc.unit} ({'higher' if sc.higher else 'lower'} is better) "
-              f"| {cells} | {'' if ratio is None else f'{ratio:.2f}x'} "
-              f"| {met(sc.target, ratio)} |")
+              f"| {cells} | {'' if ratio is None else f'{ratio:.2f}x'} | {target} |")
+    new_rows.notes([sc.name for sc in scenarios], kinds)
     own = [s.name for s in scenarios if "libsqlite3" in s.name]
     mem = [s.name for s in scenarios if s.name.startswith("background submits, no unique")]
     if own and mem and medians[mem[0]][0]:
@@ -729,4 +793,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.modules["bench_server"] = sys.modules[__name__]  # one SETTINGS for bench_server_rows
     main()
