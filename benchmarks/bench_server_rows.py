@@ -29,7 +29,7 @@ import math
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import bench_server as bs
 
@@ -142,6 +142,7 @@ def cluster_launch(kind: str, logdir: str) -> Launch:
         why = str(e).strip().splitlines()[0].rsplit("failed: ", 1)[-1][:80]
         raise Skip(f"PostgreSQL at 127.0.0.1:5432 unreachable ({why})") from None
     table = f"bench_{secrets.token_hex(4)}"
+    STATE["rows_table"] = f"{table}_cluster" if kind == "ours" else table
     args = ("--libpq-conninfo", CONNINFO, "--libpq-table", table)
     if kind == "ours":
         args = ("-q", "postgres", *args, "--cluster", table)
@@ -157,9 +158,19 @@ def cluster_launch(kind: str, logdir: str) -> Launch:
 
 
 def scenario_cluster(port: int, jobs: int) -> bs.Outcome:
+    """Background submits; then every job must be a row in PostgreSQL (no worker ran)."""
+    import psycopg
     r = bs.run_c("bg", port, jobs, "--function", "bgpg", "--window", "1000", "--payload",
                  "100", "--unique")
-    return bs.c_outcome(r, float(str(r["rate"])))
+    out = bs.c_outcome(r, float(str(r["rate"])))
+    with psycopg.connect(CONNINFO, connect_timeout=5) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {STATE['rows_table']} WHERE "
+                           "function_name = 'bgpg'").fetchone()
+    stored = int(row[0]) if row else 0
+    if stored != jobs and not out.note:
+        return replace(out, note=f"FAILED ({stored} of {jobs} jobs in PostgreSQL)",
+                       detail=f"{stored} rows in {STATE['rows_table']}, {jobs} submitted")
+    return out
 
 
 def rows(scenario: type[bs.Scenario]) -> list[bs.Scenario]:
