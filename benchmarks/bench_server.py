@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import json
 import math
-import multiprocessing as mp
 import os
 import resource
 import shutil
@@ -39,8 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen
-
-from protocol import NEED_DATA, Packet, PacketType, Parser, encode_req
+from bench_server_py import IdleWorkers, py_cpu, wait_workers
+from bench_server_py import pin_self as _pin_self
+from bench_server_py import with_workers as _with_workers
+from bench_server_report import pct, report
 
 if TYPE_CHECKING:
     import bench_server_rows
@@ -219,48 +220,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _pin_self() -> None:
-    if (os.cpu_count() or 1) >= 2:
-        os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
-
-
-def _workers_proc(port: int, count: int, fn: bytes, done_file: str, q: mp.Queue[int]) -> None:
-    _pin_self()
-    q.put(loadgen.run_workers(port, count, fn, 120, done_file))
-
-
-def _with_workers(port: int, workers: int, fn: bytes,
-                  body: Callable[[], loadgen.Result]) -> tuple[loadgen.Result, int]:
-    done_file = tempfile.mktemp()
-    q: mp.Queue[int] = mp.Queue()
-    procs = []
-    per = max(1, workers // 2) if workers >= 2 else workers
-    left = workers
-    while left > 0:
-        n = min(per, left)
-        p = mp.Process(target=_workers_proc, args=(port, n, fn, done_file, q))
-        p.start()
-        procs.append(p)
-        left -= n
-    time.sleep(0.3)
-    try:
-        result = body()
-    finally:
-        Path(done_file).touch()
-        done = sum(q.get(timeout=30) for _ in procs)
-        for p in procs:
-            p.join(10)
-        os.unlink(done_file)
-    return result, done
-
-
-def py_cpu() -> float:
-    """CPU seconds of this process plus its reaped children (the Python load generator)."""
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def scenario_roundtrip(clients: int = 4, inflight: int = 100,
                        workers: int = 32) -> Callable[[int, int], Outcome]:
     """Round trips: ``clients`` connections x ``inflight`` jobs, ``workers`` echo workers."""
@@ -278,100 +237,6 @@ def scenario_roundtrip(clients: int = 4, inflight: int = 100,
                        "" if ok else f"FAILED ({result.errors} errors)", result.seconds,
                        py_cpu() - cpu0, None, jobs)
     return run
-
-
-def admin_workers(port: int, function: str) -> int:
-    """Workers of ``function`` in the admin protocol's ``status`` (0 when not listed)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"status\n")
-        buf = b""
-        while not (buf == b".\n" or buf.endswith(b"\n.\n")):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise RuntimeError("admin connection closed during status")
-            buf += chunk
-    for line in buf.decode(errors="replace").splitlines():
-        parts = line.split("\t")
-        if len(parts) == 4 and parts[0] == function:
-            return int(parts[3])
-    return 0
-
-
-def wait_workers(port: int, function: str, want: int, timeout: float = 10) -> int:
-    """Poll ``status`` until ``function`` shows ``want`` workers; the last count seen."""
-    deadline = time.monotonic() + timeout
-    got = admin_workers(port, function)
-    while got != want and time.monotonic() < deadline:
-        time.sleep(0.02)
-        got = admin_workers(port, function)
-    return got
-
-
-class IdleWorkers:
-    """``--loadgen python``: ``count`` workers that CAN_DO ``function``, PRE_SLEEP and wait.
-
-    They connect 32 at a time (the servers' default listen backlog), each batch
-    registered and asleep (its ECHO_RES back) before the next. ``check()`` afterwards
-    counts what else reached them: a NOOP, or any packet, is a failure.
-    """
-
-    def __init__(self, port: int, count: int, function: bytes) -> None:
-        self.socks: list[socket.socket] = []
-        self.parsers: list[Parser] = []
-        hello = (encode_req(PacketType.CAN_DO, function) + encode_req(PacketType.PRE_SLEEP)
-                 + encode_req(PacketType.ECHO_REQ, b"asleep"))
-        try:
-            for first in range(0, count, 32):
-                batch = []
-                for _ in range(min(32, count - first)):
-                    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-                    sock.sendall(hello)
-                    self.socks.append(sock)
-                    self.parsers.append(Parser())
-                    batch.append(len(self.socks) - 1)
-                for i in batch:
-                    noops, other = self._until_echo(i)
-                    if noops or other:
-                        raise RuntimeError(f"idle worker {i} got {noops} NOOPs, {other} "
-                                           "other packets before it was asleep")
-        except BaseException:
-            self.close()
-            raise
-
-    def _until_echo(self, i: int) -> tuple[int, int]:
-        """Read idle connection ``i`` up to its next ECHO_RES; (NOOPs, other packets)."""
-        noops = other = 0
-        while True:
-            ev = self.parsers[i].next_event()
-            if ev is NEED_DATA:
-                data = self.socks[i].recv(65536)
-                if not data:
-                    raise RuntimeError(f"server closed idle worker {i}")
-                self.parsers[i].receive_data(data)
-                continue
-            assert isinstance(ev, Packet)
-            if ev.type is PacketType.ECHO_RES:
-                return noops, other
-            if ev.type is PacketType.NOOP:
-                noops += 1
-            else:
-                other += 1
-
-    def check(self) -> tuple[int, int]:
-        """One more ECHO_REQ each; (NOOPs, other packets) that arrived before the answers."""
-        echo = encode_req(PacketType.ECHO_REQ, b"check")
-        for sock in self.socks:
-            sock.sendall(echo)
-        noops = other = 0
-        for i in range(len(self.socks)):
-            n, o = self._until_echo(i)
-            noops += n
-            other += o
-        return noops, other
-
-    def close(self) -> None:
-        for sock in self.socks:
-            sock.close()
 
 
 def idle_name(clients: int, inflight: int, workers: int) -> str:
@@ -556,17 +421,6 @@ def sqlite_args(directory: str) -> tuple[str, ...]:
     return ("-q", "libsqlite3", "--libsqlite3-db", os.path.join(directory, "q.sqlite"))
 
 
-def met(target: tuple[str, float] | None, ratio: float | None) -> str:
-    """The target column: ``>= 1.0x: met`` / ``not met`` (blank without a target)."""
-    if target is None:
-        return ""
-    op, want = target
-    if ratio is None:
-        return f"{op} {want:g}x"
-    ok = ratio >= want if op == ">=" else ratio <= want
-    return f"{op} {want:g}x: {'met' if ok else 'NOT met'}"
-
-
 def raise_nofile(need: int) -> None:
     """Soft RLIMIT_NOFILE to the hard limit (the servers and loadgen inherit it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -585,16 +439,6 @@ def describe_loadgen(kind: str) -> str:
     why = "gcc not found" if kind == "auto" else "--loadgen python"
     return (f"load generator: Python loadgen.py ({why}); it is slower than the servers, "
             "so the ratios say more about it than about them")
-
-
-def cell(value: float, note: str, anchor: str) -> str:
-    """A table cell: the median (none when every run was skipped), a note, the anchor."""
-    text = note if math.isnan(value) else f"{value:,.0f}{' ' + note if note else ''}"
-    return f"{text} ({anchor})" if anchor else text
-
-
-def pct(part: float, whole: float) -> str:
-    return f"{100 * part / whole:.0f}%" if whole > 0 else "-"
 
 
 def main() -> None:
@@ -742,55 +586,7 @@ def main() -> None:
                     print(f"run {run + 1} {who} {name}: {out.value:,.1f} {out.note}{detail}"
                           f" (server CPU {per_job:.1f} us/job{busy})",
                           file=sys.stderr, flush=True)
-    print(f"\n| measure | unit | {' | '.join(kinds)} | ratio | target |")
-    print("|---|---|" + "---|" * len(kinds) + "---|---|")
-    medians: dict[str, list[float]] = {}
-    for sc in scenarios:
-        meds = [statistics.median(o.value for o in results[(sc.name, k)]) for k in kinds]
-        medians[sc.name] = meds
-        ratio = (meds[0] / meds[1] if len(meds) == 2 and meds[1] and not math.isnan(meds[0])
-                 and not math.isnan(meds[1]) else None)
-        cells = " | ".join(cell(m, notes.get((sc.name, k), ""),
-                                sc.anchor if k == "reference" else "")
-                           for m, k in zip(meds, kinds, strict=True))
-        target = met(sc.target, ratio) or (f"none (ratio: this row / {sc.anchor})"
-                                           if sc.anchor else "")
-        print(f"| {sc.name} | {sc.unit} ({'higher' if sc.higher else 'lower'} is better) "
-              f"| {cells} | {'' if ratio is None else f'{ratio:.2f}x'} | {target} |")
-    new_rows.notes([sc.name for sc in scenarios], kinds)
-    own = [s.name for s in scenarios if "libsqlite3" in s.name]
-    mem = [s.name for s in scenarios if s.name.startswith("background submits, no unique")]
-    if own and mem and medians[mem[0]][0]:
-        share = medians[own[0]][0] / medians[mem[0]][0]
-        print(f"\nOur -q libsqlite3 rate is {share:.2f}x our in-memory rate (target >= 0.5x:"
-              f" {'met' if share >= 0.5 else 'NOT met'}).")
-    for name, _unit, _fn, _higher, *_rest in scenarios:
-        if "idle workers" in name:
-            counts = "; ".join(
-                f"{k}: NOOPs {[o.idle_noops for o in results[(name, k)]]}, other packets "
-                f"{[o.idle_other for o in results[(name, k)]]}, in status "
-                f"{[o.idle_registered for o in results[(name, k)]]}" for k in kinds)
-            print(f"\nPackets to the {SETTINGS.idle:,} idle workers (CAN_DO "
-                  f"{SETTINGS.idle_function}) per run, must be 0: {counts}")
-    print("\nCPU in the timed phase (medians; busy = CPU seconds / wall seconds, "
-          "100% = one core):\n")
-    head = " | ".join(f"server busy ({k}) | loadgen busy ({k}) | loadgen us/job ({k})"
-                      for k in kinds)
-    print(f"| measure | {head} |")
-    print("|---|" + "---|---|---|" * len(kinds))
-    for name, *_rest in scenarios:
-        row: list[str] = []
-        for k in kinds:
-            runs = [o for o in results[(name, k)] if o.seconds > 0]
-            if not runs:
-                row.append("- | - | -")
-                continue
-            server = statistics.median((o.server_cpu or 0) / o.seconds for o in runs)
-            lg = statistics.median(o.loadgen_cpu / o.seconds for o in runs)
-            per_job = statistics.median(o.loadgen_us_per_job() for o in runs)
-            row.append(f"{server * 100:.0f}% | {lg * 100:.0f}% | {per_job:.1f}")
-        print(f"| {name} | {' | '.join(row)} |")
-
+    report(scenarios, kinds, results, notes, SETTINGS.idle, SETTINGS.idle_function)
 
 if __name__ == "__main__":
     sys.modules["bench_server"] = sys.modules[__name__]  # one SETTINGS for bench_server_rows
