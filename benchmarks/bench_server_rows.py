@@ -143,7 +143,7 @@ def cluster_launch(kind: str, logdir: str) -> Launch:
         raise Skip(f"PostgreSQL at 127.0.0.1:5432 unreachable ({why})") from None
     table = f"bench_{secrets.token_hex(4)}"
     STATE["rows_table"] = f"{table}_cluster" if kind == "ours" else table
-    args = ("--libpq-conninfo", CONNINFO, "--libpq-table", table)
+    args: tuple[str, ...] = ("--libpq-conninfo", CONNINFO, "--libpq-table", table)
     if kind == "ours":
         args = ("-q", "postgres", *args, "--cluster", table)
     else:
