@@ -73,7 +73,8 @@ def report(scenarios: list[Scenario], kinds: list[str],
                       for k in kinds)
     print(f"| measure | {head} |")
     print("|---|" + "---|---|---|" * len(kinds))
-    for name, *_rest in scenarios:
+    for sc in scenarios:
+        name = sc.name
         row: list[str] = []
         for k in kinds:
             runs = [o for o in results[(name, k)] if o.seconds > 0]
@@ -84,5 +85,6 @@ def report(scenarios: list[Scenario], kinds: list[str],
             lg = statistics.median(o.loadgen_cpu / o.seconds for o in runs)
             per_job = statistics.median(o.loadgen_us_per_job() for o in runs)
             row.append(f"{server * 100:.0f}% | {lg * 100:.0f}% | {per_job:.1f}")
-        print(f"| {name} | {' | '.join(row)} |")
+        anchor = f" (reference columns: {sc.anchor})" if sc.anchor else ""
+        print(f"| {name}{anchor} | {' | '.join(row)} |")
 
