@@ -364,6 +364,10 @@ static void tls_fail(const char *what) {
     unsigned long e = ERR_get_error();
     if (e) ERR_error_string_n(e, msg, sizeof msg);
     fprintf(stderr, "loadgen: %s: %s\n", what, e ? msg : strerror(errno));
+    if (sh) { /* a load process: the others and the parent stop too */
+        error_at(E_TLS, "%s: %s", what, e ? msg : strerror(errno));
+        fatal_stop();
+    }
     exit(2);
 }
 #endif
