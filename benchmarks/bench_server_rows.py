@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -150,9 +151,12 @@ def cluster_launch(kind: str, logdir: str) -> Launch:
         args = ("-q", "Postgres", *args)
 
     def drop() -> None:
-        with psycopg.connect(CONNINFO, autocommit=True, connect_timeout=5) as conn:
-            for suffix in ("", "_cluster", "_cluster_members", "_cluster_relay"):
-                conn.execute(f"DROP TABLE IF EXISTS {table}{suffix}")
+        try:
+            with psycopg.connect(CONNINFO, autocommit=True, connect_timeout=5) as conn:
+                for suffix in ("", "_cluster", "_cluster_members", "_cluster_relay"):
+                    conn.execute(f"DROP TABLE IF EXISTS {table}{suffix}")
+        except psycopg.Error as e:
+            print(f"bench_server: could not drop {table}*: {e}", file=sys.stderr)
 
     return Launch(kind, args, drop)
 
@@ -163,9 +167,13 @@ def scenario_cluster(port: int, jobs: int) -> bs.Outcome:
     r = bs.run_c("bg", port, jobs, "--function", "bgpg", "--window", "1000", "--payload",
                  "100", "--unique")
     out = bs.c_outcome(r, float(str(r["rate"])))
-    with psycopg.connect(CONNINFO, connect_timeout=5) as conn:
-        row = conn.execute(f"SELECT count(*) FROM {STATE['rows_table']} WHERE "
-                           "function_name = 'bgpg'").fetchone()
+    try:
+        with psycopg.connect(CONNINFO, connect_timeout=5) as conn:
+            row = conn.execute(f"SELECT count(*) FROM {STATE['rows_table']} WHERE "
+                               "function_name = 'bgpg'").fetchone()
+    except psycopg.Error as e:
+        return replace(out, note=f"FAILED (rows not counted: {type(e).__name__})",
+                       detail=str(e).strip()[:200])
     stored = int(row[0]) if row else 0
     if stored != jobs and not out.note:
         return replace(out, note=f"FAILED ({stored} of {jobs} jobs in PostgreSQL)",
