@@ -10,7 +10,8 @@ the others. The load generator is ``loadgen.c``, compiled on demand with ``gcc -
 reference, ours, ...) and the table shows medians of the runs with the ratio
 ours/reference, then the CPU both sides used in the timed phase. Every scenario checks
 that each job completed exactly once with its payload intact; a run with errors is
-reported as FAILED (``--fault K`` injects one fault to show that it is).
+reported as FAILED (``--fault K`` injects one fault to show that it is). The rows of
+TLS, the HTTP front-end and the cluster mode are in ``bench_server_rows.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import multiprocessing as mp
+import math
 import os
 import resource
 import shutil
@@ -31,14 +32,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen
+from bench_server_py import IdleWorkers, py_cpu, wait_workers
+from bench_server_py import pin_self as _pin_self
+from bench_server_py import with_workers as _with_workers
+from bench_server_report import pct, report
 
-from protocol import NEED_DATA, Packet, PacketType, Parser, encode_req
+if TYPE_CHECKING:
+    import bench_server_rows
 
 REFERENCE = "/usr/sbin/gearmand"
 HERE = Path(__file__).resolve().parent
@@ -74,22 +80,38 @@ class Settings:
     server_pid: int = 0
     idle: int = 2000  # --idle: sleeping workers of --idle-function beside the round trips
     idle_function: str = "idle"
+    tls: bool = False  # loadgen.c was built with OpenSSL (--tls)
 
 
 SETTINGS = Settings()
 
 
+def has_openssl(cc: str) -> bool:
+    """The OpenSSL headers and libraries are there: a one-line program links."""
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "t.c"
+        src.write_text("#include <openssl/ssl.h>\n"
+                       "int main(void) { return !OPENSSL_init_ssl(0, 0); }\n")
+        return subprocess.run([cc, "-o", str(Path(d) / "t"), str(src), "-lssl", "-lcrypto"],
+                              capture_output=True, timeout=60).returncode == 0
+
+
 def build_loadgen() -> Path | None:
-    """Compile loadgen.c with gcc -O2 into benchmarks/.build/ (cached by source hash)."""
+    """Compile loadgen.c with gcc -O2 into benchmarks/.build/ (cached by a hash of the
+    source and the flags); with OpenSSL found, -DLOADGEN_TLS (the --tls option)."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         return None
-    digest = hashlib.sha256(LOADGEN_C.read_bytes()).hexdigest()[:12]
+    SETTINGS.tls = has_openssl(cc)
+    flags = ["-O2", "-Wall"] + (["-DLOADGEN_TLS"] if SETTINGS.tls else [])
+    libs = ["-lssl", "-lcrypto"] if SETTINGS.tls else []
+    digest = hashlib.sha256(LOADGEN_C.read_bytes() + " ".join(flags + libs).encode()
+                            ).hexdigest()[:12]
     exe = BUILD_DIR / f"loadgen-{digest}"
     if not exe.exists():
         BUILD_DIR.mkdir(exist_ok=True)
         tmp = BUILD_DIR / f"loadgen-{digest}.{os.getpid()}.tmp"
-        subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(LOADGEN_C)], check=True,
+        subprocess.run([cc, *flags, "-o", str(tmp), str(LOADGEN_C), *libs], check=True,
                        timeout=120)
         tmp.replace(exe)
     return exe
@@ -174,7 +196,12 @@ def start(kind: str, logdir: str, extra: list[str] | None = None,
                *common, *(extra or [])]
     proc = subprocess.Popen(pin("0") + cmd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    wait_port(port)
+    try:
+        wait_port(port)
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
     return proc, port
 
 
@@ -191,48 +218,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _pin_self() -> None:
-    if (os.cpu_count() or 1) >= 2:
-        os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
-
-
-def _workers_proc(port: int, count: int, fn: bytes, done_file: str, q: mp.Queue[int]) -> None:
-    _pin_self()
-    q.put(loadgen.run_workers(port, count, fn, 120, done_file))
-
-
-def _with_workers(port: int, workers: int, fn: bytes,
-                  body: Callable[[], loadgen.Result]) -> tuple[loadgen.Result, int]:
-    done_file = tempfile.mktemp()
-    q: mp.Queue[int] = mp.Queue()
-    procs = []
-    per = max(1, workers // 2) if workers >= 2 else workers
-    left = workers
-    while left > 0:
-        n = min(per, left)
-        p = mp.Process(target=_workers_proc, args=(port, n, fn, done_file, q))
-        p.start()
-        procs.append(p)
-        left -= n
-    time.sleep(0.3)
-    try:
-        result = body()
-    finally:
-        Path(done_file).touch()
-        done = sum(q.get(timeout=30) for _ in procs)
-        for p in procs:
-            p.join(10)
-        os.unlink(done_file)
-    return result, done
-
-
-def py_cpu() -> float:
-    """CPU seconds of this process plus its reaped children (the Python load generator)."""
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def scenario_roundtrip(clients: int = 4, inflight: int = 100,
@@ -252,100 +237,6 @@ def scenario_roundtrip(clients: int = 4, inflight: int = 100,
                        "" if ok else f"FAILED ({result.errors} errors)", result.seconds,
                        py_cpu() - cpu0, None, jobs)
     return run
-
-
-def admin_workers(port: int, function: str) -> int:
-    """Workers of ``function`` in the admin protocol's ``status`` (0 when not listed)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"status\n")
-        buf = b""
-        while not (buf == b".\n" or buf.endswith(b"\n.\n")):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise RuntimeError("admin connection closed during status")
-            buf += chunk
-    for line in buf.decode(errors="replace").splitlines():
-        parts = line.split("\t")
-        if len(parts) == 4 and parts[0] == function:
-            return int(parts[3])
-    return 0
-
-
-def wait_workers(port: int, function: str, want: int, timeout: float = 10) -> int:
-    """Poll ``status`` until ``function`` shows ``want`` workers; the last count seen."""
-    deadline = time.monotonic() + timeout
-    got = admin_workers(port, function)
-    while got != want and time.monotonic() < deadline:
-        time.sleep(0.02)
-        got = admin_workers(port, function)
-    return got
-
-
-class IdleWorkers:
-    """``--loadgen python``: ``count`` workers that CAN_DO ``function``, PRE_SLEEP and wait.
-
-    They connect 32 at a time (the servers' default listen backlog), each batch
-    registered and asleep (its ECHO_RES back) before the next. ``check()`` afterwards
-    counts what else reached them: a NOOP, or any packet, is a failure.
-    """
-
-    def __init__(self, port: int, count: int, function: bytes) -> None:
-        self.socks: list[socket.socket] = []
-        self.parsers: list[Parser] = []
-        hello = (encode_req(PacketType.CAN_DO, function) + encode_req(PacketType.PRE_SLEEP)
-                 + encode_req(PacketType.ECHO_REQ, b"asleep"))
-        try:
-            for first in range(0, count, 32):
-                batch = []
-                for _ in range(min(32, count - first)):
-                    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-                    sock.sendall(hello)
-                    self.socks.append(sock)
-                    self.parsers.append(Parser())
-                    batch.append(len(self.socks) - 1)
-                for i in batch:
-                    noops, other = self._until_echo(i)
-                    if noops or other:
-                        raise RuntimeError(f"idle worker {i} got {noops} NOOPs, {other} "
-                                           "other packets before it was asleep")
-        except BaseException:
-            self.close()
-            raise
-
-    def _until_echo(self, i: int) -> tuple[int, int]:
-        """Read idle connection ``i`` up to its next ECHO_RES; (NOOPs, other packets)."""
-        noops = other = 0
-        while True:
-            ev = self.parsers[i].next_event()
-            if ev is NEED_DATA:
-                data = self.socks[i].recv(65536)
-                if not data:
-                    raise RuntimeError(f"server closed idle worker {i}")
-                self.parsers[i].receive_data(data)
-                continue
-            assert isinstance(ev, Packet)
-            if ev.type is PacketType.ECHO_RES:
-                return noops, other
-            if ev.type is PacketType.NOOP:
-                noops += 1
-            else:
-                other += 1
-
-    def check(self) -> tuple[int, int]:
-        """One more ECHO_REQ each; (NOOPs, other packets) that arrived before the answers."""
-        echo = encode_req(PacketType.ECHO_REQ, b"check")
-        for sock in self.socks:
-            sock.sendall(echo)
-        noops = other = 0
-        for i in range(len(self.socks)):
-            n, o = self._until_echo(i)
-            noops += n
-            other += o
-        return noops, other
-
-    def close(self) -> None:
-        for sock in self.socks:
-            sock.close()
 
 
 def idle_name(clients: int, inflight: int, workers: int) -> str:
@@ -520,22 +411,14 @@ class Scenario(NamedTuple):
     target: tuple[str, float] | None = None
     #: Per-start arguments for both servers, given a fresh directory (a queue file).
     setup: Callable[[str], tuple[str, ...]] | None = None
+    #: (kind, logdir) -> which program runs in that column, with what (bench_server_rows).
+    launch: Callable[[str, str], bench_server_rows.Launch] | None = None
+    anchor: str = ""  # what the second column holds, when it is not the reference
 
 
 def sqlite_args(directory: str) -> tuple[str, ...]:
     """Both servers' SQLite queue flags (the same spelling in ours and the reference)."""
     return ("-q", "libsqlite3", "--libsqlite3-db", os.path.join(directory, "q.sqlite"))
-
-
-def met(target: tuple[str, float] | None, ratio: float | None) -> str:
-    """The target column: ``>= 1.0x: met`` / ``not met`` (blank without a target)."""
-    if target is None:
-        return ""
-    op, want = target
-    if ratio is None:
-        return f"{op} {want:g}x"
-    ok = ratio >= want if op == ">=" else ratio <= want
-    return f"{op} {want:g}x: {'met' if ok else 'NOT met'}"
 
 
 def raise_nofile(need: int) -> None:
@@ -556,10 +439,6 @@ def describe_loadgen(kind: str) -> str:
     why = "gcc not found" if kind == "auto" else "--loadgen python"
     return (f"load generator: Python loadgen.py ({why}); it is slower than the servers, "
             "so the ratios say more about it than about them")
-
-
-def pct(part: float, whole: float) -> str:
-    return f"{100 * part / whole:.0f}%" if whole > 0 else "-"
 
 
 def main() -> None:
@@ -639,6 +518,8 @@ def main() -> None:
                                   True, idle_server_args(), target=(">=", 1.0)))
         scenarios.append(Scenario(idle_name(4, 100, 32), "jobs/s", scenario_idle(), True,
                                   idle_server_args()))
+    import bench_server_rows as new_rows
+    scenarios += new_rows.rows(Scenario)  # TLS, the HTTP front-end, the cluster mode
     if args.scenario:
         scenarios = [s for s in scenarios if any(w in s.name for w in args.scenario)]
     if any("idle workers" in s.name for s in scenarios):
@@ -653,16 +534,39 @@ def main() -> None:
                     if sc.setup:
                         server_args += sc.setup(tempfile.mkdtemp(dir=logdir))
                     jobs = sc.jobs or args.jobs
-                    proc, port = start(kind, logdir, common=server_args)
+                    program, cleanup = kind, None
+                    who = f"{kind:9}" if kind == "ours" or not sc.anchor else sc.anchor
+                    if sc.launch:
+                        try:
+                            launch = sc.launch(kind, logdir)
+                            program, cleanup = launch.server, launch.cleanup
+                            server_args += launch.args
+                            proc, port = start(program, logdir, common=server_args)
+                        except Exception as e:  # any setup failure: a skipped cell
+                            if cleanup:
+                                cleanup()
+                            why = str(e) if isinstance(e, new_rows.Skip) else f"setup: {e!r}"
+                            out = Outcome(math.nan, f"skipped: {why}")
+                            results.setdefault((name, kind), []).append(out)
+                            notes[(name, kind)] = out.note
+                            print(f"run {run + 1} {who} {name}: {out.note}",
+                                  file=sys.stderr, flush=True)
+                            continue
+                    else:
+                        proc, port = start(kind, logdir, common=server_args)
                     current["pid"] = proc.pid
                     SETTINGS.server_pid = proc.pid
                     cpu0 = cpu_seconds(proc.pid)
                     try:
                         out = fn(port, jobs)
                         cpu = cpu_seconds(proc.pid) - cpu0
+                    except RuntimeError as e:  # the load generator gave no result line
+                        out, cpu = Outcome(math.nan, f"FAILED ({e})"), 0.0
                     finally:
                         proc.terminate()
                         proc.wait(10)
+                        if cleanup:
+                            cleanup()
                     if out.server_cpu is None:
                         out = replace(out, server_cpu=cpu)
                     results.setdefault((name, kind), []).append(out)
@@ -679,54 +583,11 @@ def main() -> None:
                         detail += (f" [idle workers: {out.idle_registered} in status, "
                                    f"{out.idle_noops} NOOPs, {out.idle_other} other packets]")
                     per_job = cpu * 1e6 / (out.jobs or jobs)
-                    print(f"run {run + 1} {kind:9} {name}: {out.value:,.1f} {out.note}{detail}"
+                    print(f"run {run + 1} {who} {name}: {out.value:,.1f} {out.note}{detail}"
                           f" (server CPU {per_job:.1f} us/job{busy})",
                           file=sys.stderr, flush=True)
-    print(f"\n| measure | unit | {' | '.join(kinds)} | ratio | target |")
-    print("|---|---|" + "---|" * len(kinds) + "---|---|")
-    medians: dict[str, list[float]] = {}
-    for sc in scenarios:
-        meds = [statistics.median(o.value for o in results[(sc.name, k)]) for k in kinds]
-        medians[sc.name] = meds
-        ratio = meds[0] / meds[1] if len(meds) == 2 and meds[1] else None
-        cells = " | ".join(f"{m:,.0f}{' ' + notes[(sc.name, k)] if (sc.name, k) in notes else ''}"
-                           for m, k in zip(meds, kinds, strict=True))
-        print(f"| {sc.name} | {sc.unit} ({'higher' if sc.higher else 'lower'} is better) "
-              f"| {cells} | {'' if ratio is None else f'{ratio:.2f}x'} "
-              f"| {met(sc.target, ratio)} |")
-    own = [s.name for s in scenarios if "libsqlite3" in s.name]
-    mem = [s.name for s in scenarios if s.name.startswith("background submits, no unique")]
-    if own and mem and medians[mem[0]][0]:
-        share = medians[own[0]][0] / medians[mem[0]][0]
-        print(f"\nOur -q libsqlite3 rate is {share:.2f}x our in-memory rate (target >= 0.5x:"
-              f" {'met' if share >= 0.5 else 'NOT met'}).")
-    for name, _unit, _fn, _higher, *_rest in scenarios:
-        if "idle workers" in name:
-            counts = "; ".join(
-                f"{k}: NOOPs {[o.idle_noops for o in results[(name, k)]]}, other packets "
-                f"{[o.idle_other for o in results[(name, k)]]}, in status "
-                f"{[o.idle_registered for o in results[(name, k)]]}" for k in kinds)
-            print(f"\nPackets to the {SETTINGS.idle:,} idle workers (CAN_DO "
-                  f"{SETTINGS.idle_function}) per run, must be 0: {counts}")
-    print("\nCPU in the timed phase (medians; busy = CPU seconds / wall seconds, "
-          "100% = one core):\n")
-    head = " | ".join(f"server busy ({k}) | loadgen busy ({k}) | loadgen us/job ({k})"
-                      for k in kinds)
-    print(f"| measure | {head} |")
-    print("|---|" + "---|---|---|" * len(kinds))
-    for name, *_rest in scenarios:
-        row: list[str] = []
-        for k in kinds:
-            runs = [o for o in results[(name, k)] if o.seconds > 0]
-            if not runs:
-                row.append("- | - | -")
-                continue
-            server = statistics.median((o.server_cpu or 0) / o.seconds for o in runs)
-            lg = statistics.median(o.loadgen_cpu / o.seconds for o in runs)
-            per_job = statistics.median(o.loadgen_us_per_job() for o in runs)
-            row.append(f"{server * 100:.0f}% | {lg * 100:.0f}% | {per_job:.1f}")
-        print(f"| {name} | {' | '.join(row)} |")
-
+    report(scenarios, kinds, results, notes, SETTINGS.idle, SETTINGS.idle_function)
 
 if __name__ == "__main__":
+    sys.modules["bench_server"] = sys.modules[__name__]  # one SETTINGS for bench_server_rows
     main()

@@ -10,6 +10,16 @@
  *   loadgen latency   --port P [--jobs 2000]           (1 client, 1 job at a time, 1 worker)
  *   loadgen bg        --port P [--unique] [--window 1000 --payload 100]
  *   loadgen drain     --port P [--workers 100]         (pre-submit, then workers drain)
+ *   loadgen http      --port P --http-port H [--clients 8 --workers 32 --jobs 20000]
+ *           [--http-close]  K HTTP/1.1 connections (--clients), one request in flight
+ *           each: POST /<function> with the payload (default 100 bytes); each answer
+ *           must be 200 with the payload as its body. Echo workers on the Gearman port.
+ *           Keep-alive by default; --http-close sends "Connection: close", waits for
+ *           the server to close and opens a new connection for the next request.
+ *   roundtrip/latency: --tls [--tls-ca FILE]  every connection over TLS (OpenSSL; only
+ *           when compiled with -DLOADGEN_TLS -lssl -lcrypto). The handshake is blocking
+ *           at connect time, then SSL_read/SSL_write run non-blocking in the epoll loop.
+ *           Without --tls-ca the server's certificate is not verified.
  *   any mode: --idle N [--idle-function idle --idle-batch B]  N more worker connections
  *           that CAN_DO another function, PRE_SLEEP and sit there; any packet they get
  *           but the ECHO_RES they ask for (a NOOP above all) is an error. They connect
@@ -48,26 +58,31 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef LOADGEN_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#endif
 
 enum {
     CAN_DO = 1, PRE_SLEEP = 4, NOOP = 6, SUBMIT_JOB = 7, JOB_CREATED = 8, GRAB_JOB = 9,
     NO_JOB = 10, JOB_ASSIGN = 11, WORK_COMPLETE = 13, WORK_FAIL = 14, ECHO_REQ = 16,
     ECHO_RES = 17, SUBMIT_JOB_BG = 18, ERROR = 19, WORK_EXCEPTION = 25,
 };
-enum mode { M_ROUNDTRIP, M_LATENCY, M_BG, M_DRAIN };
-static const char *mode_names[] = {"roundtrip", "latency", "bg", "drain"};
-enum role { R_CLIENT, R_WORKER, R_BG, R_IDLE };
+enum mode { M_ROUNDTRIP, M_LATENCY, M_BG, M_DRAIN, M_HTTP, M_NMODES };
+static const char *mode_names[] = {"roundtrip", "latency", "bg", "drain", "http"};
+enum role { R_CLIENT, R_WORKER, R_BG, R_IDLE, R_HTTP };
 
 enum errkind {
     E_MISMATCH, E_UNKNOWN_HANDLE, E_DUPLICATE, E_ERROR_PACKET, E_WORK_FAIL, E_UNEXPECTED,
     E_MISSING, E_DUP_HANDLE, E_BAD_PACKET, E_CLOSED, E_COUNT, E_TIMEOUT, E_IDLE_NOOP,
-    E_IDLE_PACKET, E_NKINDS
+    E_IDLE_PACKET, E_HTTP_STATUS, E_HTTP_BAD, E_TLS, E_NKINDS
 };
 static const char *err_names[] = {
     "payload_mismatch", "unknown_handle", "duplicate_completion", "error_packet",
     "work_fail", "unexpected_packet", "missing", "duplicate_handle", "bad_packet",
     "connection_closed", "count_mismatch", "timeout", "noop_to_idle_worker",
-    "packet_to_idle_worker",
+    "packet_to_idle_worker", "http_status", "bad_http_response", "tls_error",
 };
 
 #define MAXPROCS 64
@@ -89,8 +104,14 @@ static struct {
     int server_pid;
     int idle, idle_batch;       /* --idle: sleeping workers of --idle-function */
     const char *idle_function;
+    int http_port, http_close; /* http mode: the HTTP listener; a connection per request */
+    int tls;                   /* --tls: every connection over TLS */
+    const char *tls_ca;        /* --tls-ca: verify the server against this CA (PEM) */
 } opt = {M_ROUNDTRIP, "127.0.0.1", 0, 20000, 4, 100, 32, 1000, 1, -1, 0, 120, 0, NULL, 0,
-         0, 0, "idle"};
+         0, 0, "idle", 0, 0, 0, NULL};
+#ifdef LOADGEN_TLS
+static SSL_CTX *tls_ctx;
+#endif
 
 /* State shared by all processes (MAP_SHARED, mapped before fork). */
 struct shared {
@@ -311,6 +332,11 @@ struct conn {
     struct htab ht;
     unsigned char *completed;
     double *t_submit;
+    int await_eof;       /* http --http-close: answer complete, the server is to close */
+    int read_wants_write, write_wants_read; /* TLS: SSL_read/SSL_write wait on the other */
+#ifdef LOADGEN_TLS
+    SSL *ssl;
+#endif
 };
 
 static int ep;
@@ -332,8 +358,47 @@ static void fatal_stop(void) {
     atomic_store(&sh->stop, 1);
 }
 
-static int open_conn(void) {
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.port)};
+#ifdef LOADGEN_TLS
+static void tls_fail(const char *what) {
+    char msg[256] = "";
+    unsigned long e = ERR_get_error();
+    if (e) ERR_error_string_n(e, msg, sizeof msg);
+    fprintf(stderr, "loadgen: %s: %s\n", what, e ? msg : strerror(errno));
+    if (sh) { /* a load process: the others and the parent stop too */
+        error_at(E_TLS, "%s: %s", what, e ? msg : strerror(errno));
+        fatal_stop();
+    }
+    exit(2);
+}
+#endif
+
+/* --tls: the client context (before fork: the processes share it copy-on-write). */
+static void tls_init(void) {
+#ifdef LOADGEN_TLS
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx) tls_fail("SSL_CTX_new");
+    SSL_CTX_set_min_proto_version(tls_ctx, TLS1_2_VERSION);
+    /* Partial writes; a retried SSL_write may pass the same bytes at a moved address
+     * (the output buffer grows by realloc between the tries). */
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (opt.tls_ca) {
+        if (SSL_CTX_load_verify_locations(tls_ctx, opt.tls_ca, NULL) != 1)
+            tls_fail("SSL_CTX_load_verify_locations");
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
+        X509_VERIFY_PARAM *vp = SSL_CTX_get0_param(tls_ctx);
+        if (X509_VERIFY_PARAM_set1_ip_asc(vp, opt.host) != 1) tls_fail("set1_ip_asc");
+    } else {
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL); /* a benchmark: no check */
+    }
+#else
+    fprintf(stderr, "loadgen: --tls: built without OpenSSL (compile with -DLOADGEN_TLS "
+            "-lssl -lcrypto)\n");
+    exit(2);
+#endif
+}
+
+static int open_conn_to(int port, struct conn *c) {
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     if (inet_pton(AF_INET, opt.host, &sa.sin_addr) != 1) {
         fprintf(stderr, "loadgen: bad host %s (IPv4 address expected)\n", opt.host);
         exit(2);
@@ -345,22 +410,92 @@ static int open_conn(void) {
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("connect");
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+#ifdef LOADGEN_TLS
+    if (opt.tls && c) {
+        /* The handshake blocks (bounded by the socket timeouts); the rest does not. */
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        c->ssl = SSL_new(tls_ctx);
+        if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1) tls_fail("SSL_new");
+        if (SSL_connect(c->ssl) != 1) tls_fail("TLS handshake");
+    }
+#else
+    (void)c;
+#endif
     if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) die("fcntl");
     return fd;
+}
+
+static void close_conn(struct conn *c) {
+#ifdef LOADGEN_TLS
+    if (c->ssl) SSL_free(c->ssl); /* no close_notify: the connection just goes */
+    c->ssl = NULL;
+#endif
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+}
+
+static void watch_conn(struct conn *c) {
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl");
 }
 
 static struct conn *new_conn(int role, int id) {
     struct conn *c = calloc(1, sizeof *c);
     if (!c) die("calloc");
-    c->fd = open_conn();
+    c->fd = open_conn_to(role == R_HTTP ? opt.http_port : opt.port, c);
     c->role = role;
     c->id = id;
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-    if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl");
+    watch_conn(c);
     return c;
 }
 
+static void want_out(struct conn *c, int on) {
+    if (c->want_out == on) return;
+    struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0), .data.ptr = c};
+    epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+    c->want_out = on;
+}
+
+/* TLS: SSL_write what is pending. 1 = all written, 0 = wait (for EPOLLOUT, or for
+ * EPOLLIN when the TLS layer must read first), -1 = the connection failed. */
+#ifdef LOADGEN_TLS
+static int flush_tls(struct conn *c) {
+    c->write_wants_read = 0;
+    while (c->out.len > c->out.off) {
+        size_t left = c->out.len - c->out.off;
+        int n = SSL_write(c->ssl, c->out.p + c->out.off, left > (1 << 30) ? 1 << 30 : (int)left);
+        if (n > 0) {
+            c->out.off += (size_t)n;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_WRITE) {
+            want_out(c, 1);
+            return 0;
+        }
+        if (e == SSL_ERROR_WANT_READ) {
+            c->write_wants_read = 1; /* retried after the next read (EPOLLIN is on) */
+            return 0;
+        }
+        error_at(E_TLS, "SSL_write on connection %d: error %d", c->id, e);
+        return -1;
+    }
+    return 1;
+}
+#endif
+
 static void flush_conn(struct conn *c) {
+    if (c->fd < 0) return;
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        int r = flush_tls(c);
+        if (r < 0) fatal_stop();
+        if (r <= 0) return;
+        c->out.off = c->out.len = 0;
+        want_out(c, c->read_wants_write);
+        return;
+    }
+#endif
     while (c->out.len > c->out.off) {
         ssize_t n = send(c->fd, c->out.p + c->out.off, c->out.len - c->out.off, MSG_NOSIGNAL);
         if (n > 0) {
@@ -369,11 +504,7 @@ static void flush_conn(struct conn *c) {
         }
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!c->want_out) {
-                struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
-                epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
-                c->want_out = 1;
-            }
+            want_out(c, 1);
             return;
         }
         error_at(E_CLOSED, "send on connection %d: %s", c->id, strerror(errno));
@@ -381,11 +512,7 @@ static void flush_conn(struct conn *c) {
         return;
     }
     c->out.off = c->out.len = 0;
-    if (c->want_out) {
-        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-        epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
-        c->want_out = 0;
-    }
+    want_out(c, 0);
 }
 
 static void flush_dirty(void) {
@@ -692,13 +819,184 @@ static int idle_all_checked(void) { return local_idle_checked == local_idle; }
 
 /* ---- the loop ------------------------------------------------------------------- */
 
-static void on_readable(struct conn *c) {
+/* Read what the socket (or the TLS layer) has into c->in: 1 = read (or nothing there
+ * yet), 0 = the server closed the connection, -1 = failed (reported). */
+static int read_in(struct conn *c) {
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        /* Drain SSL_read until WANT_READ: records OpenSSL already took off the socket
+         * would not wake epoll again. After WANT_READ, SSL_pending() is 0. */
+        c->read_wants_write = 0;
+        int closed = 0;
+        for (;;) {
+            buf_reserve(&c->in, READ_CHUNK);
+            size_t room = c->in.cap - c->in.len;
+            int n = SSL_read(c->ssl, c->in.p + c->in.len, room > (1 << 30) ? 1 << 30 : (int)room);
+            if (n > 0) {
+                c->in.len += (size_t)n;
+                continue;
+            }
+            int e = SSL_get_error(c->ssl, n);
+            if (e == SSL_ERROR_WANT_READ) break;
+            if (e == SSL_ERROR_WANT_WRITE) { /* e.g. a key update: retried on EPOLLOUT */
+                c->read_wants_write = 1;
+                want_out(c, 1);
+                break;
+            }
+            if (e == SSL_ERROR_ZERO_RETURN) {
+                closed = 1;
+                break;
+            }
+            error_at(E_TLS, "SSL_read on connection %d: error %d (%s)", c->id, e,
+                     e == SSL_ERROR_SYSCALL ? "closed without close_notify" : "TLS failure");
+            return -1;
+        }
+        if (c->write_wants_read && c->out.len > c->out.off) flush_conn(c);
+        return closed ? 0 : 1;
+    }
+#endif
     buf_reserve(&c->in, READ_CHUNK);
     ssize_t r = read(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len);
     if (r < 0) {
-        if (errno == EAGAIN || errno == EINTR) return;
+        if (errno == EAGAIN || errno == EINTR) return 1;
         error_at(E_CLOSED, "read on connection %d: %s", c->id, strerror(errno));
+        return -1;
+    }
+    c->in.len += (size_t)r;
+    return r > 0;
+}
+
+/* ---- HTTP clients (http mode) ------------------------------------------------------ */
+
+static void http_send(struct conn *c) {
+    char payload[opt.payload + 64], head[600];
+    long idx = c->next++;
+    size_t n = make_payload(payload, c->id, idx, opt.payload);
+    int hn = snprintf(head, sizeof head,
+                      "POST /%s HTTP/1.1\r\nHost: %s:%d\r\nContent-Length: %zu\r\n%s\r\n",
+                      opt.function, opt.host, opt.http_port, n,
+                      opt.http_close ? "Connection: close\r\n" : "");
+    buf_reserve(&c->out, (size_t)hn + n);
+    memcpy(c->out.p + c->out.len, head, (size_t)hn);
+    memcpy(c->out.p + c->out.len + hn, payload, n);
+    c->out.len += (size_t)hn + n;
+    c->t_submit[idx] = now();
+    mark_dirty(c);
+}
+
+/* The value of header `name` (with its colon) in the head [p, end), or NULL. */
+static const char *http_header(const char *p, const char *end, const char *name) {
+    size_t nl = strlen(name);
+    for (const char *line = p; line < end; ) {
+        const char *eol = memmem(line, (size_t)(end - line), "\r\n", 2);
+        if (!eol) eol = end;
+        if ((size_t)(eol - line) > nl && !strncasecmp(line, name, nl)) {
+            const char *v = line + nl;
+            while (v < eol && (*v == ' ' || *v == '\t')) v++;
+            return v;
+        }
+        line = eol + 2;
+    }
+    return NULL;
+}
+
+/* Answers on an HTTP connection: each must be 200 with the request's payload as its
+ * body (Content-Length framing). `closed`: the server closed the connection. */
+static void on_http_data(struct conn *c, int closed) {
+    for (;;) {
+        char *start = c->in.p + c->in.off;
+        size_t avail = c->in.len - c->in.off;
+        if (c->await_eof) {
+            if (avail) {
+                error_at(E_HTTP_BAD, "%zu bytes after the answer on connection %d", avail, c->id);
+                fatal_stop();
+                return;
+            }
+            if (!closed) return;
+            /* --http-close: the server closed; the next request on a new connection. */
+            close_conn(c);
+            c->in.off = c->in.len = 0;
+            c->await_eof = c->want_out = 0;
+            if (c->next < c->limit) {
+                c->fd = open_conn_to(opt.http_port, c);
+                watch_conn(c);
+                http_send(c);
+            }
+            return;
+        }
+        char *end = avail ? memmem(start, avail, "\r\n\r\n", 4) : NULL;
+        if (!end) {
+            if (closed || avail > 65536) {
+                error_at(closed ? E_CLOSED : E_HTTP_BAD, "server closed HTTP connection %d "
+                         "after %ld answers%s", c->id, c->answered,
+                         closed ? "" : " (or sent a head over 64 KiB)");
+                fatal_stop();
+            }
+            return;
+        }
+        int status = 0;
+        const char *cl = http_header(start, end + 2, "content-length:");
+        if (sscanf(start, "HTTP/1.%*d %d", &status) != 1 || !cl ||
+            http_header(start, end + 2, "transfer-encoding:")) {
+            error_at(E_HTTP_BAD, "connection %d: answer without a status or Content-Length: "
+                     "%.*s", c->id, (int)(end - start > 120 ? 120 : end - start), start);
+            fatal_stop();
+            return;
+        }
+        size_t head = (size_t)(end + 4 - start), len = (size_t)strtoul(cl, NULL, 10);
+        if (avail < head + len) {
+            if (closed) {
+                error_at(E_CLOSED, "server closed HTTP connection %d inside a body", c->id);
+                fatal_stop();
+            } else {
+                buf_reserve(&c->in, head + len);
+            }
+            return;
+        }
+        const char *body = start + head;
+        c->in.off += head + len;
+        long idx = c->next - 1;
+        lat[c->base + idx] = now() - c->t_submit[idx];
+        if (status != 200) {
+            error_at(E_HTTP_STATUS, "request %ld of connection %d: status %d", idx, c->id,
+                     status);
+        } else {
+            char want[opt.payload + 64];
+            size_t wn = make_payload(want, c->id, idx, opt.payload);
+            size_t at = 0;
+            while (at < wn && at < len && want[at] == body[at]) at++;
+            if (wn != len || at < wn)
+                error_at(E_MISMATCH, "request %ld of connection %d: body of %zu bytes differs "
+                         "from the %zu sent at byte %zu", idx, c->id, len, wn, at);
+        }
+        c->answered++;
+        atomic_fetch_add(&sh->client_done, 1);
+        if (c->in.off == c->in.len) c->in.off = c->in.len = 0;
+        if (opt.http_close) {
+            c->await_eof = 1;
+            continue;
+        }
+        if (c->next < c->limit) {
+            if (closed) {
+                error_at(E_CLOSED, "server closed keep-alive HTTP connection %d after %ld "
+                         "answers", c->id, c->answered);
+                fatal_stop();
+                return;
+            }
+            http_send(c);
+        }
+    }
+}
+
+static void on_readable(struct conn *c) {
+    if (c->fd < 0) return;
+    int r = read_in(c);
+    if (r < 0) {
         fatal_stop();
+        return;
+    }
+    if (c->role == R_HTTP) {
+        on_http_data(c, r == 0);
         return;
     }
     if (r == 0) {
@@ -706,7 +1004,6 @@ static void on_readable(struct conn *c) {
         fatal_stop();
         return;
     }
-    c->in.len += (size_t)r;
     while (c->in.len - c->in.off >= 12) {
         const unsigned char *h = (const unsigned char *)c->in.p + c->in.off;
         uint32_t type, size;
@@ -761,6 +1058,7 @@ static void run_loop(int (*until)(void), int set_end) {
         if (n < 0 && errno != EINTR) die("epoll_wait");
         for (int i = 0; i < n; i++) {
             struct conn *c = evs[i].data.ptr;
+            if ((evs[i].events & EPOLLOUT) && c->read_wants_write) on_readable(c);
             if (evs[i].events & EPOLLOUT) flush_conn(c);
             if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_readable(c);
         }
@@ -822,10 +1120,13 @@ static void run_proc(int p, int self_start) {
         for (int i = 0; i < opt.clients; i++) {
             long limit = share(opt.jobs, opt.clients, i);
             if (i % opt.procs == p) {
-                struct conn *c = new_conn(opt.mode == M_BG ? R_BG : R_CLIENT, i);
+                struct conn *c = new_conn(opt.mode == M_BG ? R_BG
+                                          : opt.mode == M_HTTP ? R_HTTP : R_CLIENT, i);
                 c->base = base;
                 c->limit = limit;
-                if (c->role == R_CLIENT) {
+                if (c->role == R_HTTP) {
+                    c->t_submit = calloc((size_t)limit + 1, sizeof(double));
+                } else if (c->role == R_CLIENT) {
                     size_t cap = 2;
                     while (cap < (size_t)opt.inflight + 1) cap *= 2;
                     c->fifo = calloc(cap, sizeof *c->fifo);
@@ -856,6 +1157,8 @@ static void run_proc(int p, int self_start) {
             mark_dirty(c);
         } else if (c->role == R_BG) {
             bg_submit_window(c);
+        } else if (c->role == R_HTTP) {
+            http_send(c);
         } else {
             for (int k = 0; k < opt.inflight && c->next < c->limit; k++) client_submit(c);
         }
@@ -875,8 +1178,8 @@ static void run_proc(int p, int self_start) {
         run_loop(idle_all_checked, 0);
         final_phase = 0;
     }
-    for (int i = 0; i < nc; i++) close(conns[i]->fd);
-    for (long i = 0; i < local_idle; i++) close(idle[i]->fd);
+    for (int i = 0; i < nc; i++) close_conn(conns[i]);
+    for (long i = 0; i < local_idle; i++) close_conn(idle[i]);
     close(ep);
 }
 
@@ -901,7 +1204,9 @@ static void json_text(const char *q) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen roundtrip|latency|bg|drain --port P [--host H] [--jobs N]\n"
+"usage: loadgen roundtrip|latency|bg|drain|http --port P [--host H] [--jobs N]\n"
+            "  [--http-port H] [--http-close]  (http mode: the HTTP listener; a connection\n"
+            "  per request)  [--tls] [--tls-ca FILE]  (roundtrip, latency: over TLS)\n"
             "  [--clients C] [--inflight W] [--workers K] [--window W] [--payload BYTES]\n"
             "  [--unique] [--function NAME] [--procs N] [--timeout SECONDS] [--fault K]\n"
             "  [--server-pid PID]  (report that process's CPU seconds during the timed phase)\n"
@@ -924,12 +1229,13 @@ int main(int argc, char **argv) {
         {"window", 1, 0, 'W'}, {"payload", 1, 0, 's'}, {"unique", 0, 0, 'u'},
         {"function", 1, 0, 'f'}, {"procs", 1, 0, 'P'}, {"timeout", 1, 0, 't'},
         {"fault", 1, 0, 'F'}, {"server-pid", 1, 0, 'S'}, {"idle", 1, 0, 'I'},
-        {"idle-function", 1, 0, 'G'}, {"idle-batch", 1, 0, 'B'}, {0, 0, 0, 0},
+        {"idle-function", 1, 0, 'G'}, {"idle-batch", 1, 0, 'B'}, {"http-port", 1, 0, 'H'},
+        {"http-close", 0, 0, 'C'}, {"tls", 0, 0, 'T'}, {"tls-ca", 1, 0, 'A'}, {0, 0, 0, 0},
     };
     if (argc < 2) usage();
     int m;
-    for (m = 0; m < 4 && strcmp(argv[1], mode_names[m]); m++) {}
-    if (m == 4) usage();
+    for (m = 0; m < M_NMODES && strcmp(argv[1], mode_names[m]); m++) {}
+    if (m == M_NMODES) usage();
     opt.mode = (enum mode)m;
     int ch;
     optind = 2;
@@ -953,6 +1259,10 @@ int main(int argc, char **argv) {
         case 'I': opt.idle = atoi(optarg); break;
         case 'G': opt.idle_function = optarg; break;
         case 'B': opt.idle_batch = atoi(optarg); break;
+        case 'H': opt.http_port = atoi(optarg); break;
+        case 'C': opt.http_close = 1; break;
+        case 'T': opt.tls = 1; break;
+        case 'A': opt.tls_ca = optarg; break;
         default: usage();
         }
     }
@@ -966,7 +1276,13 @@ int main(int argc, char **argv) {
         opt.clients = 0;
         if (!workers_set) opt.workers = 100;
     }
-    if (opt.payload < 0) opt.payload = (opt.mode == M_BG || opt.mode == M_DRAIN) ? 100 : 16;
+    if (opt.payload < 0)
+        opt.payload = (opt.mode == M_BG || opt.mode == M_DRAIN || opt.mode == M_HTTP) ? 100 : 16;
+    if ((opt.mode == M_HTTP) != (opt.http_port > 0) || opt.http_port > 65535 ||
+        (opt.http_close && opt.mode != M_HTTP) ||
+        (opt.tls && ((opt.mode != M_ROUNDTRIP && opt.mode != M_LATENCY) || opt.idle)) ||
+        (opt.tls_ca && !opt.tls))
+        usage();
     if (opt.payload > (1 << 20) || opt.clients < 0 || opt.workers < 0 || opt.inflight < 1 ||
         opt.window < 1 || opt.procs < 1 || opt.procs > MAXPROCS || opt.idle < 0 ||
         opt.idle_batch < 0 || !*opt.idle_function || strlen(opt.idle_function) > 255)
@@ -998,6 +1314,7 @@ int main(int argc, char **argv) {
     double t0 = now();
     deadline = t0 + opt.timeout;
     alarm((unsigned)opt.timeout + 15); /* last resort if something blocks outside the loop */
+    if (opt.tls) tls_init();
     sh = shared_alloc(sizeof *sh);
     lat = shared_alloc((size_t)opt.jobs * sizeof *lat);
     if (opt.mode == M_DRAIN) seen = shared_alloc((size_t)opt.jobs);
@@ -1064,7 +1381,7 @@ int main(int argc, char **argv) {
     /* Whole-run checks, across processes. */
     long done = opt.mode == M_DRAIN ? atomic_load(&sh->worker_done) : atomic_load(&sh->client_done);
     if (!atomic_load(&sh->timed_out) && !atomic_load(&sh->fatal)) {
-        if (opt.mode == M_ROUNDTRIP || opt.mode == M_LATENCY) {
+        if (opt.mode == M_ROUNDTRIP || opt.mode == M_LATENCY || opt.mode == M_HTTP) {
             long wd = atomic_load(&sh->worker_done);
             if (wd != opt.jobs || done != opt.jobs)
                 error_at(E_COUNT, "workers completed %ld, clients got %ld, of %ld jobs", wd, done,
@@ -1103,7 +1420,7 @@ int main(int argc, char **argv) {
 
     double p50 = 0, p99 = 0, pmax = 0, mean = 0;
     long nl = 0;
-    if (opt.mode == M_ROUNDTRIP || opt.mode == M_LATENCY) {
+    if (opt.mode == M_ROUNDTRIP || opt.mode == M_LATENCY || opt.mode == M_HTTP) {
         double *s = malloc((size_t)opt.jobs * sizeof *s);
         for (long g = 0; g < opt.jobs; g++)
             if (lat[g] > 0) s[nl++] = lat[g], mean += lat[g];
