@@ -37,14 +37,14 @@ from protocol import admin as admin_text
 
 from .admin import admin_listing, handle_admin
 from .host import Address, Host, Stream, bind, serve_listeners
+from .loopwait import LoopWait
 from .manager import Conn
 from .tls import adopt
 
 log = logging.getLogger(__name__)
 
-# 64 KiB, not more: os.read allocates its buffer first, and a buffer past malloc's mmap
-# threshold (128 KiB) costs an mmap and munmap per read (measured: 15.7 us per small read
-# with 256 KiB against 2.4 us with 64 KiB). Level-triggered epoll reads the rest later.
+# 64 KiB, not more: os.read allocates its buffer first; past malloc's mmap threshold (128
+# KiB) a read costs an mmap and munmap (15.7 us per small read with 256 KiB, 2.4 with 64).
 _RECEIVE_SIZE: Final = 64 * 1024
 
 #: Unchecked encoders by packet number: the core's arguments hold no NUL but the last.
@@ -94,9 +94,8 @@ class GearPeer:
         self.fd = stream.socket.fileno()
         self.out = bytearray()
         self.limit = limit
-        #: Output already pending past this when more arrives: the peer does not read,
-        #: and is dropped rather than buffered for. (Checked before appending, so one
-        #: large reply to a peer that reads is never the reason.)
+        #: Output pending past this when more arrives: the peer does not read, and is
+        #: dropped (checked before appending: one large reply is never the reason).
         self.hard_limit = limit * 4
         self._wake = trio.Event()
         self._write_scope: trio.CancelScope | None = None
@@ -129,8 +128,7 @@ class GearPeer:
         self.waiting_on = 0
         #: Called once this peer's output is back under ``limit`` (after ``over``/pause).
         self.on_drained: Callable[[GearPeer], None] | None = None
-        #: Seconds the writer waits for the socket to take any byte before dropping the
-        #: peer (0 = for ever).
+        #: Seconds the writer waits for the socket to take a byte, then drops it (0: ever).
         self.write_timeout = write_timeout
         #: When a read last brought data (the idle timeout's clock).
         self.last_read = time.monotonic()
@@ -396,8 +394,7 @@ class GearFrontEnd:
             # Only a worker or a waiting client leaves output or deadlines behind.
             left_work = bool(conn.abilities or conn.assigned or conn.attached)
             self.manager.disconnect(conn, time.time())
-            # Senders paused for this peer's sake go on; and nothing keeps this peer's
-            # buffers alive (no reference cycle waiting for the garbage collector).
+            # Senders paused for it go on; nothing keeps its buffers alive (no cycle).
             self._release_waiters(peer)
             peer.parser = _CLOSED_PARSER
             peer.conn = None
@@ -496,8 +493,11 @@ class GearFrontEnd:
         read = os.read
         epfd = epoll.fileno()
         receive = self._receive
+        loop_wait = LoopWait.create(epfd)  # reads without a trio turn while trio is idle
+        ready = False
         while True:
-            await wait_readable(epfd)
+            if not ready:
+                await wait_readable(epfd)
             now = time.time()
             clock = time.monotonic()
             # Bounded per round, so a flood of ready peers still lets other tasks run.
@@ -517,6 +517,7 @@ class GearFrontEnd:
                 receive(peer, data, now)
             self.flush()
             self.host.deadlines_changed()
+            ready = loop_wait is not None and loop_wait.wait()
 
     async def _read_stream(self, peer: GearPeer) -> None:
         """The streams transport: one connection read by its own task."""
@@ -608,9 +609,8 @@ class GearFrontEnd:
             self._pause(peer)
         overfull = self._overfull
         if overfull:
-            # This batch filled other peers' output past their bound (a worker streaming
-            # to a slow client): stop reading the sender until they drain, rather than
-            # buffering without end or dropping the slow reader.
+            # This batch filled other peers' output past their bound (a worker streaming to
+            # a slow client): stop reading the sender until they drain (not drop them).
             for full in overfull:
                 if full is not peer and full.over and not full.broken:
                     self._pause(peer)
