@@ -92,10 +92,11 @@ class LoopWait:
         """Block while only the reactor's connections can need attention; True when
         they are ready to be read, False to go back to trio."""
         runner = self._runner
-        # ``instruments`` always holds its "_all" key; a hook adds its own.
-        if runner.runq or runner.waiting_for_idle or len(runner.instruments) > 1:
-            return False
-        if not self._settled and not self._settle(runner):
+        # ``instruments`` always holds its "_all" key; a hook adds its own. Whenever the
+        # answer is False, the reactor yields to trio: the next call must settle again.
+        if (runner.runq or runner.waiting_for_idle or len(runner.instruments) > 1
+                or not (self._settled or self._settle(runner))):
+            self._settled = False
             return False
         timeout = self._clock.deadline_to_sleep_time(self._deadlines.next_deadline())
         if timeout <= 0:

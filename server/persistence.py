@@ -54,8 +54,10 @@ class Persistence:
         self.writer = writer
         #: ``--store-queue-on-shutdown``: the store holds jobs only between runs.
         self.on_shutdown_only = on_shutdown_only
-        #: Called after a commit answered submits (their replies want flushing).
+        #: Called after a commit answered submits (their replies want flushing): by the
+        #: writer once per batch, not per job.
         self.changed = changed
+        writer.on_settled = changed
         self._done = trio.Event()
         if not on_shutdown_only:
             manager.attach_store(self)
@@ -87,7 +89,6 @@ class Persistence:
                 log.error("store: could not persist job %s: %s",
                           job.handle.decode("latin-1"), error)
             manager.persisted(job, error is None, time.time())
-            self.changed()
 
         # In submit order: the store replays in the order it was given the jobs.
         self.writer.add_nowait(stored_job(job, key), committed)

@@ -30,6 +30,7 @@ class Reactor:
         self.epoll.register(self.ours.fileno(), select.EPOLLIN)
         self.got: list[bytes] = []
         self.fast_rounds = 0
+        self.on_data: list[trio.Event] = []
 
     async def run(self) -> None:
         wait = LoopWait.create(self.epoll.fileno())
@@ -42,6 +43,11 @@ class Reactor:
                 self.fast_rounds += 1
             for _fd, _ in self.epoll.poll(0):
                 self.got.append(self.ours.recv(100))
+                if self.on_data:
+                    self.on_data.pop().set()
+                    # More is ready at once: trio resumes this reactor in the same
+                    # batch as the task it woke.
+                    self.theirs.send(b"y")
             ready = wait.wait()
 
 
@@ -138,3 +144,89 @@ async def test_a_signal_stops_the_block(monkeypatch: pytest.MonkeyPatch) -> None
                     break
             assert time.monotonic() - started < 0.5
         nursery.cancel_scope.cancel()
+
+
+async def test_a_task_the_reactor_wakes_runs_at_once() -> None:
+    """The bug it had: after a read without a trio turn, a task the reactor then woke
+    made it go back to trio, where it met the reactor again in one batch, and the
+    reactor (still counting itself settled) blocked while the task waited its turn."""
+    import threading
+
+    reactor = Reactor()
+    stop = threading.Event()
+
+    def sender() -> None:
+        while not stop.is_set():
+            reactor.theirs.send(b"x")
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=sender)
+    worst = 0.0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reactor.run)
+        thread.start()
+        try:
+            for _ in range(300):
+                await trio.sleep(0.001)
+                event = trio.Event()
+                reactor.on_data.append(event)
+                asked = time.monotonic()
+                with trio.move_on_after(2):
+                    await event.wait()
+                worst = max(worst, time.monotonic() - asked)
+        finally:
+            stop.set()
+            thread.join()
+        nursery.cancel_scope.cancel()
+    assert worst < 0.5
+
+
+class _Task:
+    def __init__(self) -> None:
+        self._next_send_fn: object = None
+
+
+class _Runner:
+    """The parts of trio's runner that LoopWait reads."""
+
+    def __init__(self) -> None:
+        from collections import deque
+
+        self.runq: deque[_Task] = deque()
+        self.waiting_for_idle: dict[object, object] = {}
+        self.instruments: dict[str, object] = {"_all": {}}
+        self.tasks: set[_Task] = set()
+        self.deadlines = self
+        self.clock = self
+
+    def next_deadline(self) -> float:
+        return float("inf")
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        return deadline
+
+
+def test_after_going_back_to_trio_it_looks_for_due_tasks_again() -> None:
+    """A False answer sends the reactor back to trio; trio may resume it in one batch
+    with other tasks (out of runq, marked due): it must not block while they wait."""
+    runner = _Runner()
+    me, mate = _Task(), _Task()
+    runner.tasks = {me, mate}
+
+    class Context:
+        task = me
+
+    reactor_r, reactor_w = socket.socketpair()
+    trio_r, trio_w = socket.socketpair()
+    wait = LoopWait(runner, Context, reactor_r.fileno(), trio_r.fileno())
+    reactor_w.send(b"x")
+    assert wait.wait() is True  # nothing else due: read on without trio
+    runner.runq.append(mate)
+    mate._next_send_fn = print
+    assert wait.wait() is False  # a task to run: back to trio
+    runner.runq.clear()  # trio took it into the batch that also resumes the reactor
+    assert wait.wait() is False  # it is still due: no block
+    mate._next_send_fn = None  # it ran
+    assert wait.wait() is True
+    trio_w.send(b"t")
+    assert wait.wait() is False  # something of trio's is ready

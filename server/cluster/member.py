@@ -106,7 +106,6 @@ class ClusterPersistence(Persistence):
             else:
                 self.cluster_store.coalesced.pop(key, None)
                 manager.persisted(job, True, now)
-            self.changed()
 
         self.writer.add_nowait(stored_job(job, key), committed)
 

@@ -28,7 +28,8 @@ class _Pending:
                  callback: Callable[[StoreError | None], None] | None = None) -> None:
         self.job = job
         self.seq = seq
-        self.event = trio.Event()
+        #: Only an ``add`` caller waits on it (an ``add_nowait`` has its callback).
+        self.event: trio.Event | None = trio.Event() if callback is None else None
         self.error: StoreError | None = None
         self.callback = callback
 
@@ -36,7 +37,8 @@ class _Pending:
         """The batch ended: wake the ``add`` caller, or call the ``add_nowait`` callback.
         A callback that raises is logged: the rest of its batch must still be answered."""
         self.error = error
-        self.event.set()
+        if self.event is not None:
+            self.event.set()
         if self.callback is not None:
             try:
                 self.callback(error)
@@ -77,6 +79,8 @@ class StoreWriter:
         self._closed = False
         self._abandoned = False
         self._commit_scope: trio.CancelScope | None = None
+        #: Called once after each batch of ``add_nowait`` callbacks (not once per job).
+        self.on_settled: Callable[[], None] | None = None
 
     # --- API for the server ---
 
@@ -88,6 +92,7 @@ class StoreWriter:
         pending = _Pending(job, self._seq)
         self._adds.append(pending)
         self._wakeup.set()
+        assert pending.event is not None
         await pending.event.wait()
         if pending.error is not None:
             raise pending.error
@@ -217,6 +222,7 @@ class StoreWriter:
             self._done[:0] = taken
             for pending in batch:
                 pending.settle(error)
+            self._settled()
             return False
         self.commits += 1
         took = time.monotonic() - began
@@ -226,12 +232,21 @@ class StoreWriter:
         self._failing = False
         for pending in batch:
             pending.settle(None)
+        self._settled()
         return True
+
+    def _settled(self) -> None:
+        if self.on_settled is not None:
+            try:
+                self.on_settled()
+            except Exception:
+                log.exception("queue store: answering a committed batch failed")
 
     def _fail_all(self, error: StoreError) -> None:
         adds, self._adds = self._adds, []
         for pending in adds:
             pending.settle(error)
+        self._settled()
         if self._done:
             log.warning("queue store closed with %d removals not applied", len(self._done))
             self._done.clear()
