@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 PT = PacketType
 
 _RECEIVE_SIZE: Final = 64 * 1024
+_wait_readable: Final = trio.lowlevel.wait_readable
+_END: Final = h11.EndOfMessage()  # events are immutable: one serves every response
 #: Bytes of a pipelined next request taken while a job runs. Reading on while the job runs
 #: is how a client leaving is noticed; past this the socket is left alone until the answer.
 _PIPELINE_LIMIT: Final = 64 * 1024
@@ -111,16 +113,6 @@ class _HttpPeer(PacketPeer):
 
     def _push(self, ptype: PacketType, args: tuple[bytes, ...]) -> None:
         self.take(ptype, args)
-
-
-def _keeps_alive(request: h11.Request) -> bool:
-    """Whether h11 keeps the connection open after answering ``request`` (its rule)."""
-    if request.http_version < b"1.1":
-        return False
-    for name, value in request.headers:
-        if name == b"connection" and b"close" in [v.strip() for v in value.lower().split(b",")]:
-            return False
-    return True
 
 
 class HttpConnection:
@@ -240,7 +232,7 @@ class HttpConnection:
         """Read and answer requests until the connection is to end. What a request has got
         to is kept on ``self``: a cancelled read loses nothing, so this may be re-entered."""
         h = self.h11
-        receive = self.stream.receive_some
+        receive = self._receive
         while not self._closing:
             if self._answer is not None:
                 # A job runs: read on, to notice the client leaving (and keep what it
@@ -254,13 +246,13 @@ class HttpConnection:
                     # already, or the connection closes after it).
                     with trio.CancelScope() as wake:
                         self._wake = wake
-                        data = await receive(_RECEIVE_SIZE)
+                        data = await receive()
                     self._wake = None
                     if wake.cancelled_caught:
                         continue
                 else:
                     self._unwakeable = True
-                    data = await receive(_RECEIVE_SIZE)
+                    data = await receive()
                     self._unwakeable = False
                 if self._answer is None:  # answered meanwhile: this is the next request
                     h.receive_data(data)
@@ -278,7 +270,7 @@ class HttpConnection:
                     if self._request is not None or self._begun != math.inf or \
                             h.trailing_data[0]:
                         self._started()
-                    h.receive_data(await receive(_RECEIVE_SIZE))
+                    h.receive_data(await receive())
                     continue
                 if type(event) is h11.Request:
                     if not self._read_head(event):
@@ -304,6 +296,21 @@ class HttpConnection:
                 if h.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     self._simple(exc.error_status_hint)
                 return
+
+    async def _receive(self) -> bytes:
+        """What the client sent next (b"": it closed). Plain TCP: wait, then one read (no
+        read tried first: between requests nothing is there yet)."""
+        fd = self.fd
+        if fd < 0:
+            return await self.stream.receive_some(_RECEIVE_SIZE)
+        while True:
+            await _wait_readable(fd)
+            try:
+                return os.read(fd, _RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as exc:  # ECONNRESET and the like
+                raise trio.BrokenResourceError(f"read failed: {exc}") from exc
 
     def _started(self) -> None:
         """A request is begun and not whole: it must be within --http-request-timeout
@@ -350,6 +357,9 @@ class HttpConnection:
         unique = b""  # decisions.md: no coalescing unless asked for
         background = False
         priority = Priority.NORMAL
+        # Whether h11 keeps the connection open after the answer (its rule): when it does
+        # not, the answer's end must wake the reading task.
+        keep_alive = request.http_version == b"1.1"
         for name, value in request.headers:
             if name == b"x-gearman-unique":
                 unique = value
@@ -357,9 +367,12 @@ class HttpConnection:
                 background = value.lower() == b"true"
             elif name == b"x-gearman-priority":
                 priority = _PRIORITIES.get(value.lower(), Priority.NORMAL)
+            elif name == b"connection" and b"close" in [
+                    v.strip() for v in value.lower().split(b",")]:
+                keep_alive = False
         workload = b"" if request.method == b"GET" else body
         self._answer = _Answer(background, request.http_version == b"1.1")
-        self._keep_alive = _keeps_alive(request)
+        self._keep_alive = keep_alive
         # A next request read with this one waits in h11 until this answer ends.
         self._pipelined = len(self.h11.trailing_data[0])
         # The answer may come in this call already (an ERROR, a background JOB_CREATED).
@@ -438,11 +451,9 @@ class HttpConnection:
             answer.warnings.append(args[1])
         elif ptype == PT.WORK_STATUS:
             answer.status = (args[1], args[2])
-        elif ptype == PT.WORK_FAIL:
-            self._final(answer, 500, b"WORK_FAIL", b"")
-            return
-        elif ptype == PT.WORK_EXCEPTION:
-            self._final(answer, 500, b"WORK_EXCEPTION", args[1])
+        elif ptype == PT.WORK_FAIL or ptype == PT.WORK_EXCEPTION:
+            failed = ptype == PT.WORK_FAIL
+            self._final(answer, 500, ptype.name.encode(), b"" if failed else args[1])
             return
         if answer.size() > self.limit:
             raise _Dropped("answer larger than the output bound")
@@ -450,14 +461,10 @@ class HttpConnection:
     def _start_stream(self, answer: _Answer) -> None:
         """First WORK_DATA on HTTP/1.1: headers now, the data chunked, the end in trailers."""
         answer.streaming = True
-        headers: Headers = [
-            (b"X-Gearman-Job-Handle", answer.handle),
-            (b"X-Gearman-Command", b"WORK_DATA"),
-            *answer.take_headers(),
-            (b"Trailer", _TRAILERS),
-            (b"Transfer-Encoding", b"chunked"),
-            (b"Server", self.server_header),
-        ]
+        headers: Headers = [(b"X-Gearman-Job-Handle", answer.handle),
+                            (b"X-Gearman-Command", b"WORK_DATA"), *answer.take_headers(),
+                            (b"Trailer", _TRAILERS), (b"Transfer-Encoding", b"chunked"),
+                            (b"Server", self.server_header)]
         self._write(self.h11.send(h11.Response(status_code=200, headers=headers,
                                                reason=b"OK")) or b"")
 
@@ -490,7 +497,7 @@ class HttpConnection:
         self._last = trio.current_time()
         if self._wake is not None:
             self._wake.cancel()
-        elif self._closing and self._unwakeable:  # cannot be: _keeps_alive is h11's rule
+        elif self._closing and self._unwakeable:  # cannot be: keep_alive is h11's rule
             self.peer.scope.cancel()
         if self._answered is not None:
             self._answered.set()
@@ -504,7 +511,7 @@ class HttpConnection:
         assert head is not None
         if body:
             head += send(h11.Data(data=body)) or b""
-        send(h11.EndOfMessage())
+        send(_END)
         self._write(head)
         h = self.h11
         if h.our_state is h11.DONE and h.their_state is h11.DONE:
