@@ -142,8 +142,7 @@ class HttpConnection:
         self.client_gone = False
         self._idle_timeout = config.http_idle_timeout or math.inf
         self._request_timeout = config.http_request_timeout or math.inf
-        # The request being read.
-        self._request: h11.Request | None = None
+        self._request: h11.Request | None = None  # the request being read, and its body
         self._body = bytearray()
         #: When the request being read was found incomplete (inf: none is).
         self._begun = math.inf
@@ -160,8 +159,7 @@ class HttpConnection:
         #: While a job runs and its end must wake the reading task: that read's scope.
         self._wake: trio.CancelScope | None = None
         self._answered: trio.Event | None = None
-        #: The reading task waits for data in a read that nothing but data ends.
-        self._unwakeable = False
+        self._unwakeable = False  # the reading task is in a read only data can end
         # Output: what the socket did not take yet, written in order by ``_writer``.
         self._out = bytearray()
         self._writing = False
@@ -180,7 +178,8 @@ class HttpConnection:
                     self._nursery = nursery
                     try:
                         await self._serve_timed()
-                        await self._drain()
+                        if not self.client_gone:
+                            await self._drain()
                     except Exception as exc:  # re-raised below, not in an exception group
                         failure = exc
                     finally:
@@ -252,8 +251,10 @@ class HttpConnection:
                         continue
                 else:
                     self._unwakeable = True
-                    data = await receive()
-                    self._unwakeable = False
+                    try:
+                        data = await receive()
+                    finally:
+                        self._unwakeable = False
                 if self._answer is None:  # answered meanwhile: this is the next request
                     h.receive_data(data)
                     continue

@@ -1,0 +1,103 @@
+"""The HTTP front-end's connection handling: answers written in the core's call, the
+reading task woken when an answer ends a connection or lets a pipelined request go on,
+and the one timer per connection re-armed across requests (server/http.py)."""
+
+from __future__ import annotations
+
+import trio
+
+from protocol import PacketType
+from server.app import Server
+from server.config import ServerConfig
+from tests.test_server_http import Client, Ports, Worker, ports
+
+PT = PacketType
+__all__ = ["ports"]  # the fixture
+
+
+async def read_to_eof(stream: trio.SocketStream) -> bytes:
+    out = b""
+    while data := await stream.receive_some(65536):
+        out += data
+    return out
+
+
+async def test_http10_and_connection_close_end_after_a_later_answer(ports: Ports) -> None:
+    with trio.fail_after(5):
+        worker = await Worker.connect(ports.gear, b"late")
+        for request in (b"POST /late HTTP/1.0\r\nContent-Length: 1\r\n\r\na",
+                        b"POST /late HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                        b"Content-Length: 1\r\n\r\na"):
+            stream = await trio.open_tcp_stream("127.0.0.1", ports.http)
+            await stream.send_all(request)
+            handle, _, _ = await worker.grab()
+            await trio.sleep(0.05)  # the server is waiting in its read by now
+            await worker.answer(PT.WORK_COMPLETE, handle, b"done")
+            out = await read_to_eof(stream)
+            assert out.startswith(b"HTTP/1.") and out.endswith(b"\r\n\r\ndone")
+            await stream.aclose()
+
+
+async def test_requests_pipelined_while_a_job_runs_are_answered_in_order(
+        ports: Ports) -> None:
+    with trio.fail_after(5):
+        worker = await Worker.connect(ports.gear, b"p")
+        stream = await trio.open_tcp_stream("127.0.0.1", ports.http)
+        request = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n%d"
+        await stream.send_all(request % 1 + request % 2)
+        handle, _, data = await worker.grab()
+        await stream.send_all(request % 3)  # read while the first job runs
+        await trio.sleep(0.05)
+        await worker.answer(PT.WORK_COMPLETE, handle, b"r" + data)
+        for _ in range(2):
+            handle, _, data = await worker.grab()
+            await worker.answer(PT.WORK_COMPLETE, handle, b"r" + data)
+        out = b""
+        while out.count(b"HTTP/1.1 200 OK") < 3 or not out.endswith(b"r3"):
+            out += await stream.receive_some(65536)
+        assert out.index(b"\r\n\r\nr1") < out.index(b"\r\n\r\nr2") < out.index(b"\r\n\r\nr3")
+        await stream.aclose()
+
+
+async def test_expect_100_continue_then_the_answer(ports: Ports) -> None:
+    with trio.fail_after(5):
+        worker = await Worker.connect(ports.gear, b"c")
+        stream = await trio.open_tcp_stream("127.0.0.1", ports.http)
+        await stream.send_all(b"POST /c HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                              b"Content-Length: 2\r\n\r\n")
+        assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 100 ")
+        await stream.send_all(b"hi")
+        handle, _, data = await worker.grab()
+        assert data == b"hi"
+        await worker.answer(PT.WORK_COMPLETE, handle, data)
+        out = b""
+        while not out.endswith(b"\r\n\r\nhi"):
+            out += await stream.receive_some(65536)
+        assert out.startswith(b"HTTP/1.1 200 ")
+        await stream.aclose()
+
+
+async def test_idle_and_request_timeouts_count_from_the_last_answer(
+        nursery: trio.Nursery) -> None:
+    config = ServerConfig(listen=("127.0.0.1",), port=0, protocols=("http",), http_port=0,
+                          http_idle_timeout=0.5, http_request_timeout=0.3)
+    srv = Server(config)
+    addresses = await nursery.start(srv.serve)
+    try:
+        with trio.fail_after(10):
+            worker = await Worker.connect(addresses[0][1], b"t")
+            client = await Client.connect(srv.http_addresses[0][1])
+            for _ in range(3):  # busy longer than the idle timeout: not closed
+                await client.request(b"POST", b"/t", b"x")
+                handle, _, _ = await worker.grab()
+                await trio.sleep(0.3)
+                await worker.answer(PT.WORK_COMPLETE, handle, b"y")
+                assert (await client.response()).body == b"y"
+            # Half a request after an answer: 408 once the request timeout passes.
+            await client.stream.send_all(b"POST /t HTTP/1.1\r\nHost: x\r\n")
+            started = trio.current_time()
+            out = await read_to_eof(client.stream)
+            assert out.startswith(b"HTTP/1.1 408 ")
+            assert 0.25 < trio.current_time() - started < 2
+    finally:
+        srv.shutdown()
