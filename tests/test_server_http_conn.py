@@ -4,15 +4,19 @@ and the one timer per connection re-armed across requests (server/http.py)."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 import trio
 
-from protocol import PacketType
+from protocol import NEED_DATA, Packet, PacketType, Parser, encode_req
 from server.app import Server
 from server.config import ServerConfig
 from tests.test_server_http import Client, Ports, Worker, ports
+from tests.test_tls import Pki, Start, pki
 
 PT = PacketType
-__all__ = ["ports"]  # the fixture
+__all__ = ["pki", "ports"]  # the fixtures
 
 
 async def read_to_eof(stream: trio.SocketStream) -> bytes:
@@ -101,3 +105,43 @@ async def test_idle_and_request_timeouts_count_from_the_last_answer(
             assert 0.25 < trio.current_time() - started < 2
     finally:
         srv.shutdown()
+
+
+def test_keep_alive_and_streaming_over_tls(pki: Pki, start_inprocess: Start) -> None:
+    """Over TLS every answer goes through the connection's writer task."""
+    srv = start_inprocess(*pki.server_args("-r", "http", "--http-port", "0"))
+    http_port = srv.server.frontend_addresses["http"][0][1]
+    context = pki.client_context()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw_w, \
+            context.wrap_socket(raw_w, server_hostname="127.0.0.1") as worker, \
+            socket.create_connection(("127.0.0.1", http_port), timeout=5) as raw_h, \
+            context.wrap_socket(raw_h, server_hostname="127.0.0.1") as http:
+        parser = Parser()
+
+        def packet() -> Packet:
+            while (event := parser.next_event()) is NEED_DATA:
+                parser.receive_data(worker.recv(65536))
+            assert isinstance(event, Packet)
+            return event
+
+        worker.sendall(encode_req(PT.CAN_DO, b"s"))
+        for body, streamed in ((b"one", False), (b"two", True)):
+            http.sendall(b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n" + body)
+            while True:
+                worker.sendall(encode_req(PT.GRAB_JOB))
+                job = packet()
+                if job.type == PT.JOB_ASSIGN:
+                    break
+                time.sleep(0.01)
+            handle = job.args[0]
+            if streamed:
+                worker.sendall(encode_req(PT.WORK_DATA, handle, b"part"))
+            worker.sendall(encode_req(PT.WORK_COMPLETE, handle, job.args[2] + b"!"))
+            reply = b""
+            end = b"WORK_COMPLETE\r\n\r\n" if streamed else body + b"!"
+            while not reply.endswith(end):
+                reply += http.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 200 ")
+            if streamed:
+                assert b"Transfer-Encoding: chunked" in reply and b"\r\n4\r\npart\r\n" in reply
+                assert b"4\r\ntwo!\r\n0\r\nX-Gearman-Command: WORK_COMPLETE" in reply
