@@ -196,6 +196,8 @@ class HttpConnection:
             log.exception("connection %d: dropped after an unexpected error", self.cid)
         finally:
             self._drop = self._drop or (logging.DEBUG, "closed")
+            # No cycle left (peer -> self): freed without the cyclic GC.
+            self.peer.take, self._nursery = lambda ptype, args: None, None
             # A foreground job still running loses this client, as when a Gear client leaves.
             self.manager.disconnect(self.conn, time.time())
             self.host.changed()
@@ -506,15 +508,11 @@ class HttpConnection:
 
     def _respond(self, status: int, headers: Headers, body: bytes) -> None:
         """A whole response with a Content-Length: head and body in one write."""
-        send = self.h11.send
-        head = send(h11.Response(status_code=status, headers=headers,
-                                 reason=_REASONS.get(status, b"")))
-        assert head is not None
-        if body:
-            head += send(h11.Data(data=body)) or b""
-        send(_END)
-        self._write(head)
         h = self.h11
+        head = h.send(h11.Response(status_code=status, headers=headers,
+                                   reason=_REASONS.get(status, b""))) or b""
+        self._write(head + (h.send(h11.Data(data=body)) or b"") if body else head)
+        h.send(_END)
         if h.our_state is h11.DONE and h.their_state is h11.DONE:
             h.start_next_cycle()
             self._pipelined = 0
