@@ -1,6 +1,7 @@
-"""The HTTP front-end's read-only job pages: ``GET /jobs/HANDLE`` (a job's state and
-result, ``server.results``) and ``GET /dead[/FUNCTION]`` (dead letters, ``server.retry``).
-Both answer JSON; data is base64 (it is any bytes)."""
+"""The HTTP front-end's read-only pages: ``GET /jobs/HANDLE`` (a job's state and
+result, ``server.results``) and ``GET /dead[/FUNCTION]`` (dead letters, ``server.retry``),
+both JSON with data in base64 (it is any bytes); and ``GET /metrics`` with, on the
+metrics port, the web monitor (``GET /`` and ``GET /stats.json``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import json
 import urllib.parse
 
 from .acl import View
-from .manager import Manager
+from .admin import AdminContext
+from .manager import Conn, Manager
 from .results_io import ResultCacheError, lookup
 
 
@@ -45,3 +47,33 @@ async def job_page(manager: Manager, path: bytes, view: View) -> tuple[int, byte
                    attempts=result.attempts, finished=result.finished,
                    data=base64.b64encode(result.data).decode())
     return (404 if state == "unknown" else 200), json.dumps(doc).encode()
+
+
+def metrics_page(admin: AdminContext, conn: Conn, method: bytes, path: bytes,
+                 metrics_only: bool) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """``GET /metrics``: the Prometheus text format, read from the core now; on the
+    metrics port also ``GET /`` (the web monitor) and ``GET /stats.json``. (status,
+    headers, body); a status other than 200 has no body (its headers: ``Allow``)."""
+    pages = (b"/metrics", b"/", b"/stats.json") if metrics_only else (b"/metrics",)
+    if path not in pages:
+        return 404, [], b""
+    if method != b"GET":
+        return 405, [(b"Allow", b"GET")], b""
+    if admin.refusal(conn, "stats") is not None:  # admin-read, with --acl-file
+        return 403, [], b""
+    view = admin.view(conn)
+    extra: list[tuple[bytes, bytes]] = []
+    if path == b"/metrics":
+        from .metrics import CONTENT_TYPE, render  # prometheus_client only when asked
+
+        content_type, page = CONTENT_TYPE, render(admin, view)
+    else:
+        from . import web
+
+        if path == b"/":
+            content_type, page = web.PAGE_TYPE, web.page()
+        else:
+            content_type, page = web.JSON_TYPE, web.stats_json(admin, view)
+            extra.append((b"Cache-Control", b"no-store"))
+    return 200, [(b"Content-Type", content_type), (b"Content-Length", b"%d" % len(page)),
+                 *extra], page
