@@ -9,17 +9,18 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class StoreError(Exception):
     """A store could not be opened, or a commit or replay failed. ``str()`` is one line."""
 
 
-@dataclass(frozen=True, slots=True)
-class StoredJob:
-    """One background job as a store keeps it (spec §5, decisions.md "Persistence")."""
+class StoredJob(NamedTuple):
+    """One background job as a store keeps it (spec §5, decisions.md "Persistence").
+
+    A NamedTuple: built once per stored job, where a frozen dataclass's ``__init__`` (a
+    ``object.__setattr__`` per field) was a quarter of the server's time with a store."""
 
     #: The store key, unique per job, assigned by the manager. Never (unique, function):
     #: two jobs with an empty or ``-`` unique must not overwrite each other.
