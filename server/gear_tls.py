@@ -233,8 +233,9 @@ class TlsGearFrontEnd(GearFrontEnd):
             self.host.deadlines_changed()
 
     def _receive(self, peer: GearPeer, data: bytes, now: float) -> None:
-        """Ciphertext from the reactor (b"": the peer closed the TCP connection)."""
-        if not data:
+        """Ciphertext from the reactor (b"": the peer closed the TCP connection); the
+        streams transport's ``TlsStream`` gives plaintext."""
+        if not data or self._epoll is None:
             super()._receive(peer, data, now)
         else:
             self._decrypted(peer, data, now)
