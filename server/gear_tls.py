@@ -120,31 +120,37 @@ class TlsEpollPeer(GearPeer):
         """Encrypt and write what the kernel takes now; leave the rest to the writer."""
         out = self.out
         cipher = self.cipher
-        going = not self.broken
-        while going and (out or cipher):
+        # (A loop on a flag set by ``_send`` made mypyc 1.x emit C that does not compile.)
+        while not self.broken and (out or cipher):
             if not cipher:
                 self._encrypt()
-                if self.broken:
-                    self._wake.set()
-                    return
-            try:
-                written = os.write(self.fd, cipher)
-            except BlockingIOError:
-                written = 0
-            except OSError as exc:
-                log.info("connection %d: write failed: %s", self.cid, exc)
-                self.broken = True
-                out.clear()
-                cipher.clear()
-                self._wake.set()
-                return
-            if written == len(cipher):
-                cipher.clear()
-            else:
-                del cipher[:written]
-                self._wake.set()
-                going = False
-        self._check_drained()
+            elif not self._send():
+                break
+        if self.broken:
+            self._wake.set()
+        else:
+            self._check_drained()
+
+    def _send(self) -> bool:
+        """Write the ciphertext; True when the kernel took all of it (else the writer is
+        woken for the rest, or the peer is broken)."""
+        cipher = self.cipher
+        try:
+            written = os.write(self.fd, cipher)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            log.info("connection %d: write failed: %s", self.cid, exc)
+            self.broken = True
+            self.out.clear()
+            cipher.clear()
+            return False
+        if written == len(cipher):
+            cipher.clear()
+            return True
+        del cipher[:written]
+        self._wake.set()
+        return False
 
     async def writer(self) -> None:
         """Finish what ``flush`` could not write; end when closing (and sent) or broken.
