@@ -219,6 +219,40 @@ def test_requests_sent_with_the_client_finished_are_answered(
         client.close()
 
 
+def test_close_notify_ends_the_stream_after_what_came_before(
+        pki: Pki, start_inprocess: Start) -> None:
+    """Requests, then the client's close_notify in the same read: the requests are
+    answered, then the server sends its own close_notify and closes."""
+    srv = start_inprocess(*pki.server_args())
+    client = MemoryClient(srv.port, pki.client_context())
+    try:
+        wire = client.records(ECHO * 2)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            client.tls.unwrap()
+        client.sock.sendall(wire + client.outgoing.read())
+        got = b""
+        closed_cleanly = False
+        while True:
+            try:
+                chunk = client.tls.read(65536)
+            except ssl.SSLWantReadError:
+                if not client._feed():
+                    break
+                continue
+            except ssl.SSLZeroReturnError:
+                closed_cleanly = True
+                break
+            if not chunk:
+                closed_cleanly = True
+                break
+            got += chunk
+        assert got == ECHO_RES * 2
+        assert closed_cleanly
+    finally:
+        client.close()
+    wait_for(lambda: not srv.server.gear.peers())
+
+
 def test_payloads_of_several_megabytes_both_ways(pki: Pki, start_inprocess: Start) -> None:
     srv = start_inprocess(*pki.server_args())
     context = pki.client_context()
