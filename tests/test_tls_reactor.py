@@ -253,6 +253,22 @@ def test_close_notify_ends_the_stream_after_what_came_before(
     wait_for(lambda: not srv.server.gear.peers())
 
 
+def test_a_tls_1_2_client_is_served_by_the_reactor(pki: Pki, start_inprocess: Start) -> None:
+    srv = start_inprocess(*pki.server_args())
+    context = pki.client_context()
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    client = MemoryClient(srv.port, context)
+    try:
+        assert client.tls.version() == "TLSv1.2"
+        wait_for(lambda: len(srv.server.gear.peers()) == 1)  # (the client may be first)
+        (peer,) = gear_peers(srv)
+        assert peer.sslobj.version() == "TLSv1.2"
+        client.sock.sendall(client.records(ECHO))
+        assert client.receive(len(ECHO_RES)) == ECHO_RES
+    finally:
+        client.close()
+
+
 def test_payloads_of_several_megabytes_both_ways(pki: Pki, start_inprocess: Start) -> None:
     srv = start_inprocess(*pki.server_args())
     context = pki.client_context()
