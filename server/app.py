@@ -88,16 +88,7 @@ class Server:
         self.frontend_addresses: dict[str, list[Address]] = {}
         #: ``--ssl``: built here, so that a bad certificate stops start-up before binding.
         self._tls_context: ssl.SSLContext | None = None
-        peer_class: type[GearPeer] = GearPeer
-        if config.tls is not None:
-            from .gear_tls import TlsGearPeer
-            from .tls import TlsSetupError, server_context
-            try:
-                self._tls_context = server_context(config.tls)
-            except TlsSetupError as exc:
-                raise StartupError(str(exc)) from None
-            peer_class = TlsGearPeer
-        self.gear = GearFrontEnd(self, config.port, peer_class)
+        self.gear = GearFrontEnd(self, config.port) if config.tls is None else self._tls_gear()
         self.frontends: list[FrontEnd] = [self.gear, *self._extra_frontends()]
         self.persistence: Persistence | None = None
         self._shutdown = trio.Event()
@@ -134,6 +125,18 @@ class Server:
             self.changed()
 
         self.spawn(reply)
+
+    def _tls_gear(self) -> GearFrontEnd:
+        """``--ssl``: the context (a bad certificate stops start-up here, before binding)
+        and the Gear front-end that speaks TLS (server/gear_tls.py)."""
+        from .gear_tls import TlsGearFrontEnd
+        from .tls import TlsSetupError, server_context
+        assert self._config.tls is not None
+        try:
+            self._tls_context = server_context(self._config.tls)
+        except TlsSetupError as exc:
+            raise StartupError(str(exc)) from None
+        return TlsGearFrontEnd(self, self._config.port)
 
     def _extra_frontends(self) -> list[FrontEnd]:
         config = self._config

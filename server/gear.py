@@ -5,7 +5,7 @@ onto ``Manager.handle_packet`` and ``admin.handle_admin``. Replies go to each co
 ``GearPeer`` buffer, written once per batch of events (one write per peer per batch);
 back-pressure and bounds are in docs/architecture.md. Transports: ``epoll`` (Linux: one
 reactor task over an epoll set of every connection's fd; a third less server CPU per job)
-and ``streams`` (a task per connection: elsewhere, by config, and for ``--ssl``'s peers).
+and ``streams`` (a task per connection: elsewhere, and by config). ``--ssl``: gear_tls.py.
 """
 
 from __future__ import annotations

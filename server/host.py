@@ -23,14 +23,15 @@ from protocol import PacketType
 from .admin import AdminContext
 from .config import ServerConfig
 from .manager import Conn, Manager
-from .tls import TlsStream, adopt, over_tls
+from .tls import MemoryTls, TlsStream, adopt, over_tls
 
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 #: What a front-end reads and writes: a TCP stream, or (``--ssl``) a TLS stream over one
-#: whose handshake is done. Both have ``socket``.
-Stream = trio.SocketStream | TlsStream
+#: whose handshake is done (``MemoryTls``: the Gear reactor's, read and written by it).
+#: All have ``socket``.
+Stream = trio.SocketStream | TlsStream | MemoryTls
 #: A connection's handler: the stream, and the peer's address and port as accept(2) gave
 #: them ("-" and 0 when there were none).
 Handler = Callable[[Stream, str, int], Awaitable[None]]
@@ -191,17 +192,19 @@ async def accept_loop(host: Host, listener: trio.SocketListener,
 
 
 async def serve_listeners(host: Host, listeners: list[trio.SocketListener],
-                          handler: Handler, name: str = "gear") -> None:
+                          handler: Handler, name: str = "gear",
+                          tls_accept: AcceptHandler | None = None) -> None:
     """One accept loop per listener until cancelled; the listeners are closed after.
     With ``--ssl`` each connection is handed to ``handler`` only after its TLS handshake
-    (server/tls.py); one that fails it is closed and logged under ``name``."""
+    (server/tls.py); one that fails it is closed and logged under ``name``. A front-end
+    that makes the handshake itself gives ``tls_accept``, used instead under ``--ssl``."""
     accept: AcceptHandler = handler
     context = host.tls_context
     tls = host.config.tls
     if tls is not None:
         if context is None:  # fail closed: never plaintext on a port meant for TLS
             raise RuntimeError("--ssl is set but the host has no TLS context")
-        accept = over_tls(handler, context, tls.handshake_timeout, name)
+        accept = tls_accept or over_tls(handler, context, tls.handshake_timeout, name)
     try:
         async with trio.open_nursery() as nursery:
             for listener in listeners:

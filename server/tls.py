@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -137,10 +138,109 @@ class TlsStream(trio.abc.Stream):
         return f" over {self.version}{who}"
 
 
+class MemoryTls(trio.abc.Stream):
+    """A server-side TLS connection whose handshake is done, over an ``ssl.SSLObject``
+    and two ``MemoryBIO``s: the Gear front-end's epoll reactor reads and writes the
+    socket itself (``os.read``/``os.write``) and feeds these (server/gear_tls.py).
+    ``pending`` is ciphertext not yet taken by the kernel."""
+
+    def __init__(self, stream: trio.SocketStream, sslobj: ssl.SSLObject,
+                 incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> None:
+        self.transport = stream
+        self.socket = stream.socket
+        self.sslobj = sslobj
+        self.incoming = incoming
+        self.outgoing = outgoing
+        self.pending = bytearray()
+        cert: dict[str, Any] | None = sslobj.getpeercert()
+        #: The verified client certificate's identity (None: no certificate).
+        self.identity = identity_of(cert)
+        version: str | None = sslobj.version()
+        self.version = version or "TLS"
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        raise NotImplementedError("written by the reactor's peer (server/gear_tls.py)")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        raise NotImplementedError("written by the reactor's peer (server/gear_tls.py)")
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        raise NotImplementedError("read by the reactor (server/gear_tls.py)")
+
+    async def aclose(self) -> None:
+        """Send close_notify (unless a record is half sent: then the peer could not
+        read it anyway), then close; at most ``_CLOSE_TIMEOUT`` seconds."""
+        if not self.pending:
+            with trio.move_on_after(_CLOSE_TIMEOUT), \
+                    contextlib.suppress(ssl.SSLError, OSError, ValueError):
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    self.sslobj.unwrap()  # (it does not wait for the peer's close_notify)
+                await _send(self.socket, self.outgoing.read())
+        await trio.aclose_forcefully(self.transport)
+
+    def describe(self) -> str:
+        """For the connection's log line."""
+        who = f" as {self.identity!r}" if self.identity is not None else ""
+        return f" over {self.version}{who}"
+
+
+async def _send(sock: trio.socket.SocketType, data: bytes) -> None:
+    """Write all of ``data`` to a non-blocking socket."""
+    view = memoryview(data)
+    fd = sock.fileno()
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(fd)
+
+
+async def memory_handshake(stream: trio.SocketStream, context: ssl.SSLContext,
+                           timeout: float, where: str) -> MemoryTls | None:
+    """``handshake`` for the epoll reactor: the server side over an ``SSLObject`` and
+    the raw socket; None (closed, one line logged) when it fails. What the client sent
+    after its last handshake message may be left in ``incoming``."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    sslobj = context.wrap_bio(incoming, outgoing, server_side=True)
+    fd = stream.socket.fileno()
+    try:
+        with trio.fail_after(timeout):
+            done = False
+            while not done:
+                try:
+                    sslobj.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    pass
+                await _send(stream.socket, outgoing.read())
+                if not done:
+                    data = b""
+                    with contextlib.suppress(BlockingIOError):
+                        await trio.lowlevel.wait_readable(fd)
+                        data = os.read(fd, 65536)
+                        if data:
+                            incoming.write(data)
+                        else:
+                            incoming.write_eof()
+    except trio.Cancelled:  # the server stops: close the socket now, not when collected
+        await trio.aclose_forcefully(stream)
+        raise
+    except trio.TooSlowError:
+        log.warning("%s: refused: no TLS handshake within %g s", where, timeout)
+    except (ssl.SSLError, OSError) as exc:
+        log.warning("%s: refused: TLS handshake failed: %s", where, _reason(exc))
+    except Exception:  # a bug costs this connection, never the server
+        log.exception("%s: refused after an unexpected error in the TLS handshake", where)
+    else:
+        return MemoryTls(stream, sslobj, incoming, outgoing)
+    await trio.aclose_forcefully(stream)
+    return None
+
+
 def adopt(conn: Conn, stream: object) -> str:
     """Give a new connection its certificate's identity (before any request is read);
     returns what its "accepted" log line adds (nothing for a plaintext connection)."""
-    if isinstance(stream, TlsStream):
+    if isinstance(stream, (TlsStream, MemoryTls)):
         conn.identity = stream.identity
         return stream.describe()
     return ""
