@@ -112,7 +112,7 @@ class NativeFinder:
 #: The modules scripts/build_native.py compiles together (GEARMAN_NATIVE=1 insists on them).
 GROUP = frozenset({"protocol._parser", "server.jobs", "server.core", "server.outcomes",
                    "server.manager", "server.wakeups", "server.gear", "server.gear_tls",
-                   "server.loopwait", "server.persistence", "server.store.writer"})
+                   "server.loopwait", "server.store.writer"})
 
 
 def install() -> NativeFinder | None:

@@ -166,6 +166,44 @@ def test_the_real_build_loads_whole_or_not_at_all(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_every_module_of_ours_imports_beside_the_real_build() -> None:
+    """An interpreted class may not subclass a compiled one (mypyc refuses it at import):
+    compiling a module whose class another module extends broke ``--cluster`` once,
+    and only a compiled server starting that mode showed it."""
+    why = _can_compile()
+    if why:
+        pytest.skip(why)
+    built = subprocess.run([sys.executable, "scripts/build_native.py", "--require"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr
+    code = ("import importlib, pkgutil, protocol, server, gearman_cli\n"
+            "for package in (protocol, server, gearman_cli):\n"
+            "    for info in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
+            "        if not info.name.endswith('__main__'):\n"
+            "            importlib.import_module(info.name)\n"
+            "import inspect, sys\n"
+            "from protocol._native import GROUP, compiled\n"
+            "bad = []\n"
+            "for name, module in list(sys.modules.items()):\n"
+            "    if name.split('.')[0] not in ('protocol', 'server', 'gearman_cli') \\\n"
+            "            or compiled(module):\n"
+            "        continue\n"
+            "    for _, cls in inspect.getmembers(module, inspect.isclass):\n"
+            "        if cls.__module__ != name:\n"
+            "            continue\n"
+            "        for base in cls.__mro__[1:]:\n"
+            "            if base.__module__ in GROUP:\n"
+            "                bad.append(f'{name}.{cls.__name__}({base.__module__}.'\n"
+            "                           f'{base.__name__})')\n"
+            "import server.core\n"
+            "print(compiled(server.core), *bad)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "GEARMAN_NATIVE": "1"}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True"]
+
+
+@pytest.mark.slow
 @pytest.mark.reference
 def test_a_compiled_server_serves_the_reference_tools(
         start_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
