@@ -127,6 +127,16 @@ def _can_compile() -> str:
     return ""
 
 
+def _real_build() -> None:
+    """Build .native (a no-op when it is fresh), or skip where this machine cannot."""
+    why = _can_compile()
+    if why:
+        pytest.skip(why)
+    built = subprocess.run([sys.executable, "scripts/build_native.py", "--require"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr
+
+
 def _probe(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     code = ("import server.core, server.gear, server.manager, server.jobs, protocol._parser;"
             "from protocol._native import compiled;"
@@ -138,12 +148,7 @@ def _probe(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_the_real_build_loads_whole_or_not_at_all(tmp_path: Path) -> None:
-    why = _can_compile()
-    if why:
-        pytest.skip(why)
-    built = subprocess.run([sys.executable, "scripts/build_native.py", "--require"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert built.returncode == 0, built.stderr
+    _real_build()
     native = _probe({"GEARMAN_NATIVE": "1"})
     assert native.returncode == 0, native.stderr
     assert native.stdout.split() == ["True"] * 5
@@ -170,12 +175,7 @@ def test_every_module_of_ours_imports_beside_the_real_build() -> None:
     """An interpreted class may not subclass a compiled one (mypyc refuses it at import):
     compiling a module whose class another module extends broke ``--cluster`` once,
     and only a compiled server starting that mode showed it."""
-    why = _can_compile()
-    if why:
-        pytest.skip(why)
-    built = subprocess.run([sys.executable, "scripts/build_native.py", "--require"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert built.returncode == 0, built.stderr
+    _real_build()
     code = ("import importlib, pkgutil, protocol, server, gearman_cli\n"
             "for package in (protocol, server, gearman_cli):\n"
             "    for info in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
