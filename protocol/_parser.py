@@ -81,8 +81,8 @@ class Parser:
     arriving in many reads is copied a bounded number of times.
     """
 
-    __slots__ = ("_buf", "_pos", "_eof", "_error", "_chunks", "_have", "_want", "args",
-                 "max_packet_size", "max_line_length")
+    __slots__ = ("_buf", "_pos", "_eof", "_error", "_chunks", "_have", "_want", "_line",
+                 "args", "max_packet_size", "max_line_length")
 
     def __init__(
         self,
@@ -99,6 +99,8 @@ class Parser:
         self._chunks: list[bytes] | None = None
         self._have = 0
         self._want = 0
+        #: The event gathered is a text line: a read with a newline ends the gathering.
+        self._line = False
         #: The arguments of the packet ``next_raw`` returned last.
         self.args: tuple[bytes, ...] = ()
         self.max_packet_size = max_packet_size
@@ -126,7 +128,7 @@ class Parser:
         if chunks is not None:
             chunks.append(bytes(data))
             self._have += len(data)
-            if self._have >= self._want:
+            if self._have >= self._want or (self._line and b"\n" in data):
                 self._buf = b"".join(chunks)
                 self._pos = 0
                 self._chunks = None
@@ -189,7 +191,7 @@ class Parser:
             end = start + size
             if end > len(buf):
                 if end - pos > _BIG:
-                    self._gather(end - pos)
+                    self._gather(end - pos, False)
                 return self._need(avail)
             nargs = kind[2]
             if nargs == 1:
@@ -214,7 +216,7 @@ class Parser:
                     )
                 )
             if avail > _BIG:
-                self._gather(2 * avail)
+                self._gather(2 * avail, True)
             return self._need(avail)
         if nl - pos - (nl > pos and buf[nl - 1] == 13) > self.max_line_length:
             raise self._fail(
@@ -225,12 +227,14 @@ class Parser:
         self._pos = nl + 1
         return parse_admin_line(line)
 
-    def _gather(self, want: int) -> None:
-        """Collect the incomplete event's reads in a list until it has ``want`` bytes."""
+    def _gather(self, want: int, line: bool) -> None:
+        """Collect the incomplete event's reads in a list until it has ``want`` bytes (or,
+        for a text ``line``, until a read brings a newline)."""
         rest = self._buf[self._pos:]
         self._chunks = [rest]
         self._have = len(rest)
         self._want = want
+        self._line = line
         self._buf = b""
         self._pos = 0
 

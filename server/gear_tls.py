@@ -241,10 +241,16 @@ class TlsGearFrontEnd(GearFrontEnd):
     def _receive(self, peer: GearPeer, data: bytes, now: float) -> None:
         """Ciphertext from the reactor (b"": the peer closed the TCP connection); the
         streams transport's ``TlsStream`` gives plaintext."""
-        if not data or self._epoll is None:
+        if self._epoll is None:
             super()._receive(peer, data, now)
-        else:
+        elif data:
             self._decrypted(peer, data, now)
+        else:
+            # First what the handshake left in the incoming BIO: the reactor may see a
+            # half-close before ``_early_records`` has run.
+            self._decrypted(peer, b"", now)
+            if self._readers.get(peer.fd) is peer:
+                super()._receive(peer, b"", now)
 
     def _decrypted(self, peer: GearPeer, data: bytes, now: float) -> None:
         assert isinstance(peer, TlsEpollPeer)

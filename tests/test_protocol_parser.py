@@ -416,3 +416,16 @@ def test_text_and_binary_interleave() -> None:
     data = b"version\n" + echo.encode() + b"status\r\n" + echo.encode()
     assert feed(data) == [AdminCommand(b"version", (b"version",)), echo,
                           AdminCommand(b"status", (b"status",)), echo, ConnectionClosed()]
+
+
+def test_a_long_admin_line_is_whole_as_soon_as_its_newline_comes() -> None:
+    """A line longer than the gathering threshold (64 KiB) was held back until twice its
+    length had arrived, and an EOF then made it an error (review finding)."""
+    parser = Parser(max_line_length=1 << 20)
+    parser.receive_data(b"x" * 70_000)
+    assert parser.next_event() is NEED_DATA
+    parser.receive_data(b"y" * 10 + b"\n")
+    event = parser.next_event()
+    assert isinstance(event, AdminCommand) and event.line == b"x" * 70_000 + b"y" * 10
+    parser.receive_data(b"")
+    assert parser.next_event() == ConnectionClosed()

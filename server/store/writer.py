@@ -104,6 +104,7 @@ class StoreWriter:
         The callback runs in the writer's task and must not block."""
         if self._closing or self._closed:
             callback(StoreError("the queue store is closed"))
+            self._settled()  # its answer wants flushing like a batch's
             return
         self._seq += 1
         self._adds.append(_Pending(job, self._seq, callback))
