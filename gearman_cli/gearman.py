@@ -225,10 +225,15 @@ def run(opts: GearmanOptions) -> int:
             return _NO_SERVER
         _daemonize()
     if opts.pid_file:
+        # Renamed into place: a reader never sees it empty or half written.
+        temporary = f"{opts.pid_file}.{os.getpid()}.tmp"
         try:
-            with open(opts.pid_file, "w") as f:
+            with open(temporary, "w") as f:
                 f.write(f"{os.getpid()}\n")
+            os.replace(temporary, opts.pid_file)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
             sys.stderr.write(f"gearman: cannot write pid file {opts.pid_file}: "
                              f"{exc.strerror or exc}\n")
             return _USAGE

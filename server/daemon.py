@@ -75,9 +75,15 @@ class PidFile:
         if other is not None and other != pid:
             raise StartupError(f"pid file {self.path} belongs to running process {other}; "
                                "not overwriting it")
+        # Written beside it and renamed into place: a reader (a test, `kill $(cat f)`)
+        # never sees the file empty or half written.
+        temporary = self.path.with_name(f".{self.path.name}.{pid}.tmp")
         try:
-            self.path.write_text(f"{pid}\n", encoding="ascii")
+            temporary.write_text(f"{pid}\n", encoding="ascii")
+            os.replace(temporary, self.path)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
             raise StartupError(f"Could not open pid file for writing: {self.path} "
                                f"({exc.strerror or exc})") from None
         self.pid = pid

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,21 @@ def gearmand(*args: str) -> list[str]:
     return [sys.executable, "-m", "server", "-L", "127.0.0.1", *args]
 
 
+def written_pid(path: Path, before: str = "") -> str:
+    """The pid file's text once the server has written it. The port accepts connections
+    as soon as it is bound, a moment before the server writes its pid (it writes only
+    after binding), so a test that waited for the port waits for the file too."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            text = before
+        if text != before or time.monotonic() > deadline:
+            return text
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes], Path]]:
     port = free_port()
@@ -31,6 +47,7 @@ def running(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes], Path
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)
+        written_pid(pid_file)
         yield port, proc, pid_file
     finally:
         proc.terminate()
@@ -80,7 +97,7 @@ def test_stale_pid_file_is_replaced_and_removed(tmp_path: Path) -> None:
     proc = subprocess.Popen(gearmand("-p", str(port), "-P", str(pid_file), "-l", "none"))
     try:
         wait_for_port(port)
-        assert pid_file.read_text() == f"{proc.pid}\n"
+        assert written_pid(pid_file, "999999999\n") == f"{proc.pid}\n"
     finally:
         proc.terminate()
         proc.wait(TIMEOUT)

@@ -506,6 +506,10 @@ def test_start_pid_file_log_and_sigterm(tmp_path: Path,
     proc = spawn(processes, tmp_path, "-p", str(port), "-L", "127.0.0.1", "-l", str(log),
                  "-P", str(pid_file), "--verbose=INFO")
     wait_for_port(port)
+    # The port accepts as soon as it is bound; the pid file is written just after.
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert pid_file.read_text() == f"{proc.pid}\n"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == -signal.SIGTERM  # cleaned up, then died by the signal
