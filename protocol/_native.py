@@ -111,7 +111,8 @@ class NativeFinder:
 
 #: The modules scripts/build_native.py compiles together (GEARMAN_NATIVE=1 insists on them).
 GROUP = frozenset({"protocol._parser", "server.jobs", "server.core", "server.outcomes",
-                   "server.manager", "server.wakeups", "server.gear", "server.gear_tls",
+                   "server.manager", "server.wakeups", "server.gear", "server.gear_peer",
+                   "server.gear_tls",
                    "server.loopwait", "server.store.writer"})
 
 

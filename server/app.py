@@ -23,7 +23,8 @@ from .admin import AdminContext
 from .config import ServerConfig
 from .daemon import StartupError
 from .events import Events
-from .gear import GearFrontEnd, GearPeer
+from .gear import GearFrontEnd
+from .gear_peer import GearPeer
 from .host import Address, FrontEnd
 from .jobs import InternalPeer
 from .manager import Conn, Limits, Manager

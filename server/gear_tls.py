@@ -30,7 +30,8 @@ import trio
 
 from protocol import Parser
 
-from .gear import GearFrontEnd, GearPeer, transport_for
+from .gear import GearFrontEnd, transport_for
+from .gear_peer import Batch, GearPeer
 from .host import Address, Host, Stream, bind, serve_listeners
 from .tls import MemoryTls, memory_handshake
 
@@ -51,9 +52,9 @@ class TlsEpollPeer(GearPeer):
     __slots__ = ("cipher", "incoming", "outgoing", "sslobj")
 
     def __init__(self, stream: Stream, limit: int, dirty: list[GearPeer],
-                 parser: Parser, overfull: list[GearPeer] | None = None,
+                 parser: Parser, batch: Batch | None = None,
                  write_timeout: float = 0, traffic: list[int] | None = None) -> None:
-        super().__init__(stream, limit, dirty, parser, overfull, write_timeout, traffic)
+        super().__init__(stream, limit, dirty, parser, batch, write_timeout, traffic)
         assert isinstance(stream, MemoryTls)
         self.sslobj: ssl.SSLObject = stream.sslobj
         self.incoming: ssl.MemoryBIO = stream.incoming

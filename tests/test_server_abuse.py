@@ -334,7 +334,9 @@ def test_job_retries_help_says_what_n_counts() -> None:
 
 async def test_every_worker_filling_a_slow_client_is_paused(nursery: trio.Nursery) -> None:
     """Back-pressure paused only the first worker that filled a slow client: a second
-    one went on streaming until the client was dropped at the hard bound."""
+    one went on streaming until the client was dropped at the hard bound. Later, three
+    workers resumed together could each bring a read past the bound and so push the
+    client over the hard bound: it was dropped (seen once in about 15 runs)."""
     srv, port = await start(nursery, max_outgoing_buffer=64 * 1024)
     with trio.fail_after(30):
         client = await Peer.connect(port)
@@ -358,7 +360,10 @@ async def test_every_worker_filling_a_slow_client_is_paused(nursery: trio.Nurser
             for w, handle in workers:
                 inner.start_soon(stream, w, handle)
             await trio.sleep(0.5)  # let the workers run ahead of the (not yet reading) client
-            assert all(len(p.out) <= p.hard_limit for p in srv.gear.peers())
+            # Each worker is paused after the batch that went past the bound: at most one
+            # read (64 KiB) and the packet it completes (32 KiB) each past it.
+            bound = 64 * 1024 + 3 * (64 * 1024 + 32768 + 64)
+            assert all(len(p.out) <= bound for p in srv.gear.peers())
             received, done = 0, 0
             while done < 3:
                 packet = await client.packet()  # the client was not dropped
