@@ -1,6 +1,7 @@
 """Persistent queue stores: commits/s and jobs/s at batch sizes 1 and 100.
 
     .venv/bin/python benchmarks/bench_store.py [--seconds 2] [--data 100] [--only sqlite,flatfile]
+        [--batches 1,100,1000] [--adds-only]
 
 Each commit adds ``batch`` jobs and removes the ``batch`` added by the commit before, so
 the store stays small, as in a server whose workers keep up. Stores whose service is not
@@ -86,11 +87,14 @@ def drop(name: str, options: dict[str, str]) -> None:
         client.close()
 
 
-def run(store: Store, batch: int, seconds: float, data: bytes) -> tuple[float, float]:
-    """(commits/s, jobs/s) for ``seconds`` of add-batch + done-previous-batch commits."""
+def run(store: Store, batch: int, seconds: float, data: bytes,
+        removes: bool = True) -> tuple[float, float, float]:
+    """(commits/s, jobs/s, CPU us per job, of this process and its threads) for
+    ``seconds`` of add-batch + done-previous-batch commits."""
     n = 0
     previous: list[str] = []
     commits = 0
+    cpu = time.process_time()
     start = time.perf_counter()
     deadline = start + seconds
     while time.perf_counter() < deadline:
@@ -98,10 +102,11 @@ def run(store: Store, batch: int, seconds: float, data: bytes) -> tuple[float, f
                           data=data) for i in range(batch)]
         n += batch
         store.commit(jobs, previous)
-        previous = [j.key for j in jobs]
+        previous = [j.key for j in jobs] if removes else []
         commits += 1
     elapsed = time.perf_counter() - start
-    return commits / elapsed, commits * batch / elapsed
+    cpu = time.process_time() - cpu
+    return commits / elapsed, commits * batch / elapsed, cpu / (commits * batch) * 1e6
 
 
 async def run_writer(store: Store, jobs: int, data: bytes) -> tuple[float, float, int]:
@@ -129,7 +134,12 @@ def main() -> None:
     parser.add_argument("--data", type=int, default=100, help="payload bytes per job")
     parser.add_argument("--only", default="", help="comma-separated store names")
     parser.add_argument("--dir", default=None, help="directory for file stores")
+    parser.add_argument("--batches", default="1,100",
+                        help="comma-separated jobs per commit (a server commits up to 1000)")
+    parser.add_argument("--adds-only", action="store_true",
+                        help="commits only add (background submits with no worker)")
     args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
     names = ["libsqlite3", "flatfile:batch", "flatfile:always", "flatfile:never",
              "postgres", "mysql", "redis", "libmemcached"]
     if args.only:
@@ -150,19 +160,21 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             for name in names:
-                for batch in (1, 100):
+                for batch in batches:
                     options = store_options(name, tmp, memcached_port)
                     if options is None:
-                        rows.append((name, str(batch), "skipped", "", ""))
+                        rows.append((name, str(batch), "skipped", "", "", ""))
                         break
                     store = open_store(name.partition(":")[0], options)
                     assert store is not None
                     try:
-                        commits, jobs = run(store, batch, args.seconds, data)
+                        commits, jobs, cpu = run(store, batch, args.seconds, data,
+                                                 not args.adds_only)
                     finally:
                         store.close()
                         drop(name, options)
-                    rows.append((name, str(batch), f"{commits:,.0f}", f"{jobs:,.0f}", ""))
+                    rows.append((name, str(batch), f"{commits:,.0f}", f"{jobs:,.0f}",
+                                 f"{cpu:,.1f}", ""))
             if not args.only or "writer" in args.only:
                 options = store_options("libsqlite3", tmp, None)
                 assert options is not None
@@ -170,15 +182,15 @@ def main() -> None:
                 assert store is not None
                 commits, jobs, count = trio.run(run_writer, store, 1000, data)
                 rows.append(("writer+libsqlite3", "1000 concurrent", f"{commits:,.0f}",
-                             f"{jobs:,.0f}", f"{count} commits"))
+                             f"{jobs:,.0f}", "", f"{count} commits"))
     finally:
         if memcached is not None:
             memcached.terminate()
             memcached.wait(5)
-    header = ("store", "batch", "commits/s", "jobs/s", "note")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    header = ("store", "batch", "commits/s", "jobs/s", "CPU us/job", "note")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(6)]
     for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) if i in (0, 1, 4) else cell.rjust(w)
+        print("  ".join(cell.ljust(w) if i in (0, 1, 5) else cell.rjust(w)
                         for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
 
 
