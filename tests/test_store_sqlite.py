@@ -65,6 +65,21 @@ def test_wal_and_full_sync(tmp_path: Path) -> None:
     db.close()
 
 
+def test_values_are_blobs_and_come_back_as_bytes(tmp_path: Path) -> None:
+    """The commit binds its values as bytearray (a faster path in the sqlite3 module):
+    they are stored as blobs, an empty one as x'' (never NULL), and replay as bytes."""
+    store = SqliteStore(str(tmp_path / "q.db"))
+    job = StoredJob("k", b"f\xff", b"", 2, b"\0data", 7, b"")
+    store.commit([job], [])
+    row = store._db.execute(
+        "SELECT typeof(function_name), typeof(unique_key), typeof(reducer), typeof(data),"
+        " unique_key = x'', reducer = x'' FROM gearman_queue").fetchone()
+    assert row == ("blob", "blob", "blob", "blob", 1, 1)
+    (replayed,) = store.replay()
+    assert replayed == job and all(type(v) is bytes for v in replayed[1:3] + replayed[4:5])
+    store.close()
+
+
 def test_the_reference_servers_table_is_detected(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "ref.db")
     db.execute("CREATE TABLE gearman_queue ( unique_key TEXT, function_name TEXT, "

