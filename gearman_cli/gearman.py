@@ -226,7 +226,8 @@ def run(opts: GearmanOptions) -> int:
         _daemonize()
     if opts.pid_file:
         # Renamed into place: a reader never sees it empty or half written.
-        temporary = f"{opts.pid_file}.{os.getpid()}.tmp"
+        head, name = os.path.split(opts.pid_file)
+        temporary = os.path.join(head, f".{name}.{os.getpid()}.tmp")
         try:
             with open(temporary, "w") as f:
                 f.write(f"{os.getpid()}\n")
