@@ -269,7 +269,7 @@ class GearFrontEnd:
             # Bounded per round, so a flood of ready peers still lets other tasks run.
             for fd, _ in epoll.poll(0, 512):
                 peer = readers.get(fd)
-                if peer is None:
+                if peer is None or peer.paused:  # paused by a batch earlier this round
                     continue
                 try:
                     data = read(fd, _RECEIVE_SIZE)
@@ -380,10 +380,12 @@ class GearFrontEnd:
         overfull = self._overfull
         if overfull:
             # This batch filled other peers' output past their bound (a worker streaming to
-            # a slow client): stop reading the sender until they drain (not drop them).
+            # a slow client): stop reading the sender until they drain (not drop them),
+            # and them too, as if they had filled it themselves.
             for full in overfull:
                 if full is not peer and full.over and not full.broken:
                     self._pause(peer)
+                    self._pause(full)
                     if peer not in full.waiters:
                         full.waiters.append(peer)
                         peer.waiting_on += 1

@@ -146,18 +146,24 @@ class GearPeer:
         """Broken, behind a hold, or past the bound."""
         if self.broken:
             return
+        batch = self.batch
+        own = batch.sender is None or batch.sender is self
         if self._holds:
             self.held += len(data)
-            if self.held > self.hard_limit:
+            if self.held > self.hard_limit and own:
                 log.warning("connection %d: %d bytes held behind a store commit; dropping",
                             self.cid, self.held)
                 self.drop()
                 return
             self._holds[-1].buffered += data
+            if not own and len(self.out) + self.held > self.limit:
+                # Another peer's batch: it waits until the commit lets these out.
+                self.over = True
+                if self not in batch.overfull:
+                    batch.overfull.append(self)
             return
         out = self.out
-        batch = self.batch
-        if len(out) > self.hard_limit and (batch.sender is None or batch.sender is self):
+        if len(out) > self.hard_limit and own:
             log.warning("connection %d: peer does not read (%d bytes pending); dropping",
                         self.cid, len(out))
             self.drop()
@@ -230,7 +236,7 @@ class GearPeer:
         self._check_drained()
 
     def _check_drained(self) -> None:
-        if ((self.paused or self.over) and len(self.out) <= self.limit
+        if ((self.paused or self.over) and len(self.out) + self.held <= self.limit
                 and self.on_drained is not None):
             self.on_drained(self)
 

@@ -367,6 +367,9 @@ async def test_every_worker_filling_a_slow_client_is_paused(nursery: trio.Nurser
             # read (64 KiB) and the packet it completes (32 KiB) each past it.
             bound = 64 * 1024 + count * (64 * 1024 + 32768 + 64)
             assert all(len(p.out) <= bound for p in srv.gear.peers())
+            # The client, past its bound, is not read either (as if it had filled it).
+            slow = max(srv.gear.peers(), key=lambda p: len(p.out))
+            assert slow.over and slow.paused and not slow.waiting_on
             received, done = 0, 0
             while done < count:
                 packet = await client.packet()  # the client was not dropped
@@ -436,6 +439,60 @@ async def test_replies_held_behind_commits_are_bounded(
             for _ in range(rounds):
                 assert (await peer.packet()).type is PT.JOB_CREATED
                 assert (await peer.packet()).args == (big,)
+    srv.shutdown()
+
+
+async def test_a_worker_streaming_to_a_client_held_behind_a_commit_is_paused(
+        nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client's background submit waits for a slow commit (its JOB_CREATED is held, and
+    all its later output with it) while a worker streams its foreground job's data: the
+    held bytes passed the hard bound and the client was dropped. The worker is paused
+    until the commit lets them out."""
+    import threading
+
+    from server.store import sqlite
+
+    gate = threading.Event()
+    real_commit = sqlite.SqliteStore.commit
+
+    def slow_commit(self: sqlite.SqliteStore, added: object, done: object) -> None:
+        gate.wait(20)
+        real_commit(self, added, done)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite.SqliteStore, "commit", slow_commit)
+    srv, port = await start(nursery, max_outgoing_buffer=64 * 1024, queue_type="libsqlite3",
+                            queue_options=(("libsqlite3-db", str(tmp_path / "q.db")),))
+    with trio.fail_after(30):
+        client = await Peer.connect(port)
+        await client.send(encode_req(PT.SUBMIT_JOB, b"fg", b"", b"x"))
+        handle = (await client.packet()).args[0]
+        await client.send(encode_req(PT.SUBMIT_JOB_BG, b"bg", b"", b"y"))  # held
+        worker = await Peer.connect(port)
+        await worker.send(encode_req(PT.CAN_DO, b"fg"), encode_req(PT.GRAB_JOB))
+        assert (await worker.packet()).args[0] == handle
+        chunks = 40  # 1.25 MiB held behind the commit, far past the 256 KiB hard bound
+        data = encode_req(PT.WORK_DATA, handle, b"d" * 32768)
+
+        async def stream() -> None:
+            for _ in range(chunks):
+                await worker.stream.send_all(data)
+            await worker.send(encode_req(PT.WORK_COMPLETE, handle, b""))
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(stream)
+            for _ in range(500):
+                if any(p.paused and p.waiting_on for p in srv.gear.peers()):
+                    break
+                await trio.sleep(0.01)
+            held = [p for p in srv.gear.peers() if p.held]
+            assert len(held) == 1 and not held[0].broken
+            assert held[0].held <= 64 * 1024 + 64 * 1024 + 32768 + 64  # one batch past
+            gate.set()
+            assert (await client.packet()).type is PT.JOB_CREATED  # the client is here
+            received = 0
+            while (packet := await client.packet()).type is PT.WORK_DATA:
+                received += len(packet.args[1])
+            assert packet.type is PT.WORK_COMPLETE and received == chunks * 32768
     srv.shutdown()
 
 
