@@ -15,7 +15,7 @@ import logging
 import os
 import select
 import time
-from collections.abc import Iterator
+from collections import deque
 from typing import Final, cast
 
 import trio
@@ -33,7 +33,7 @@ from protocol import RemoteProtocolError as ProtoError
 from protocol import admin as admin_text
 
 from .admin import admin_listing, handle_admin
-from .gear_peer import Batch, GearHold, GearPeer
+from .gear_peer import Batch, GearPeer
 from .host import Address, Host, Stream, bind, serve_listeners
 from .loopwait import LoopWait
 from .tls import adopt
@@ -47,6 +47,10 @@ _RECEIVE_SIZE: Final = 64 * 1024
 _PT_ERROR: Final = PacketType.ERROR
 #: Lines of a long admin listing built between two yields to other connections.
 _LISTING_CHUNK: Final = 1000
+#: Long listings one peer may have waiting before it is not read until they are built.
+_LISTINGS_QUEUED: Final = 16
+#: Seconds between looks at a peer's output while it reads a long listing.
+_LISTING_DRAIN_POLL: Final = 0.005
 #: What a closed peer's parser becomes: its buffers are freed at once.
 _CLOSED_PARSER: Final = Parser(max_packet_size=0)
 
@@ -203,8 +207,9 @@ class GearFrontEnd:
             self._resume(waiter)
 
     def _resume(self, peer: GearPeer) -> None:
-        if not peer.paused or peer.waiting_on > 0 or len(peer.out) + peer.held > peer.limit:
-            return  # still behind with its own output, or waiting for a full peer
+        if (not peer.paused or peer.waiting_on > 0 or len(peer.out) + peer.held > peer.limit
+                or (peer.listings is not None and len(peer.listings) > _LISTINGS_QUEUED)):
+            return  # still behind with its own output or listings, or waiting for a peer
         peer.paused = False
         peer.last_read = time.monotonic()  # the idle clock starts again
         if peer.resumed is not None:
@@ -217,17 +222,29 @@ class GearFrontEnd:
         self._stop_reading(peer)
         peer.close_when_flushed()
 
-    async def _send_listing(self, peer: GearPeer, hold: GearHold,
-                            lines: Iterator[bytes]) -> None:
-        out = bytearray()
-        for count, line in enumerate(lines, 1):
-            out += line
-            if count % _LISTING_CHUNK == 0:
-                await trio.sleep(0)
-                if peer.broken:
-                    return
-        peer.release_raw(hold, bytes(out))
-        self.flush()
+    async def _send_listings(self, peer: GearPeer) -> None:
+        """Build a peer's long listings one after another, each once the peer has read
+        most of the one before: a client asking for many cannot make the server build
+        them all at once."""
+        listings = peer.listings
+        assert listings is not None
+        while listings and not peer.broken:
+            hold, lines = listings[0]
+            out = bytearray()
+            for count, line in enumerate(lines, 1):
+                out += line
+                if count % _LISTING_CHUNK == 0:
+                    await trio.sleep(0)
+                    if peer.broken:
+                        break
+            listings.popleft()
+            peer.release_raw(hold, bytes(out))
+            self.flush()
+            while len(peer.out) > peer.limit and not peer.broken:
+                await trio.sleep(_LISTING_DRAIN_POLL)
+            self._resume(peer)  # if it was paused with too many waiting
+        peer.listings = None
+        self._resume(peer)
 
     async def _close_idle(self, timeout: float) -> None:
         """``--idle-timeout``: close connections that sent nothing for that long."""
@@ -357,7 +374,10 @@ class GearFrontEnd:
                     else:
                         # A long listing is built in a task that lets other connections
                         # run between chunks; this connection's later replies wait.
-                        self.host.spawn(self._send_listing, peer, peer.hold(), listing)
+                        if peer.listings is None:
+                            peer.listings = deque()
+                            self.host.spawn(self._send_listings, peer)
+                        peer.listings.append((peer.hold(), listing))
                 elif isinstance(event, ConnectionClosed):
                     self._end(peer)
                     return
@@ -375,7 +395,8 @@ class GearFrontEnd:
         if peer.closing:
             self._end(peer)
             return
-        if len(peer.out) + peer.held > peer.limit:
+        if (len(peer.out) + peer.held > peer.limit
+                or (peer.listings is not None and len(peer.listings) > _LISTINGS_QUEUED)):
             self._pause(peer)
         overfull = self._overfull
         if overfull:

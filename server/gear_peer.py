@@ -10,7 +10,7 @@ import os
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final
 
 import trio
@@ -65,10 +65,10 @@ class GearPeer:
     the writer has drained it.
     """
 
-    __slots__ = ("_holds", "_wake", "_write_scope", "broken", "cid", "closed", "closing",
-                 "conn", "dirty", "fd", "hard_limit", "last_read", "limit", "on_drained", "out",
-                 "over", "batch", "parser", "paused", "reader_scope", "resumed", "stream",
-                 "waiters", "waiting_on", "write_timeout", "held", "traffic")
+    __slots__ = ("_holds", "_wake", "_write_scope", "batch", "broken", "cid", "closed",
+                 "closing", "conn", "dirty", "fd", "hard_limit", "held", "last_read", "limit",
+                 "listings", "on_drained", "out", "over", "parser", "paused", "reader_scope",
+                 "resumed", "stream", "traffic", "waiters", "waiting_on", "write_timeout")
 
     def __init__(self, stream: Stream, limit: int, dirty: list[GearPeer],
                  parser: Parser, batch: Batch | None = None,
@@ -107,6 +107,9 @@ class GearPeer:
         #: list, so that whoever sent the batch is paused until this one drains.
         self.over = False
         self.batch = batch if batch is not None else Batch()
+        #: Long admin listings this peer asked for, built one at a time by one task (in
+        #: order, each into its hold); None while no task builds them.
+        self.listings: deque[tuple[GearHold, Iterator[bytes]]] | None = None
         #: Peers paused because their batches filled this one's output.
         self.waiters: list[GearPeer] = []
         #: How many peers this one waits for (it is read again when none is left).

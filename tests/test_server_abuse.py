@@ -496,6 +496,57 @@ async def test_a_worker_streaming_to_a_client_held_behind_a_commit_is_paused(
     srv.shutdown()
 
 
+async def test_many_long_listings_are_built_one_at_a_time(
+        nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each long admin listing was built in its own task, all at once: a client sending
+    many `status` lines (without reading) made the server hold every listing in memory
+    together. They are built one after another, and the client is not read while more
+    than a few wait."""
+    from collections.abc import Iterator
+
+    from server import admin
+
+    building = [0, 0]  # now, most at once
+    status_rows, size = admin._LISTINGS["status"]
+
+    def counted(*args: object) -> Iterator[bytes]:
+        building[0] += 1
+        building[1] = max(building)
+        try:
+            yield from status_rows(*args)  # type: ignore[arg-type]
+        finally:
+            building[0] -= 1
+
+    monkeypatch.setitem(admin._LISTINGS, "status", (counted, size))
+    monkeypatch.setattr(admin, "CHUNKED_ROWS", 1)
+    srv, port = await start(nursery)
+    with trio.fail_after(30):
+        worker = await Peer.connect(port)
+        functions = 1100  # more rows than the builder writes between two yields (1,000)
+        await worker.send(*(encode_req(PT.CAN_DO, b"f%d" % i) for i in range(functions)))
+        await worker.send(encode_req(PT.ECHO_REQ, b"registered"))
+        assert (await worker.packet()).args == (b"registered",)
+        client = await Peer.connect(port)
+        listings = 100
+        await client.stream.send_all(b"status\n" * listings)
+        paused = False
+        for _ in range(100):
+            peers = [p for p in srv.gear.peers() if p.listings]
+            if any(p.paused for p in peers):
+                paused = True
+                break
+            await trio.sleep(0.005)
+        assert paused
+        reply = b""
+        while reply.count(b".\n") < listings:
+            reply += await client.stream.receive_some(1 << 20)
+        assert building[1] == 1
+        tables = reply.split(b".\n")
+        assert len(tables) == listings + 1 and tables[-1] == b""
+        assert all(t.count(b"\n") == functions for t in tables[:-1])
+    srv.shutdown()
+
+
 async def test_http_client_that_never_reads_is_dropped_after_the_write_timeout(
         nursery: trio.Nursery) -> None:
     srv, port = await start(nursery, protocols=("http",), http_port=0, write_timeout=0.5)
