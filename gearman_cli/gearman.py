@@ -225,16 +225,11 @@ def run(opts: GearmanOptions) -> int:
             return _NO_SERVER
         _daemonize()
     if opts.pid_file:
-        # Renamed into place: a reader never sees it empty or half written.
-        head, name = os.path.split(opts.pid_file)
-        temporary = os.path.join(head, f".{name}.{os.getpid()}.tmp")
+        from protocol._pidfile import write_pid
+
         try:
-            with open(temporary, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            os.replace(temporary, opts.pid_file)
+            write_pid(opts.pid_file, os.getpid())  # never seen empty or half written
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
             sys.stderr.write(f"gearman: cannot write pid file {opts.pid_file}: "
                              f"{exc.strerror or exc}\n")
             return _USAGE

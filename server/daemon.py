@@ -13,6 +13,8 @@ import resource
 import sys
 from pathlib import Path
 
+from protocol._pidfile import write_pid
+
 
 class StartupError(Exception):
     """Start-up cannot go on; the message is one line for stderr."""
@@ -75,15 +77,9 @@ class PidFile:
         if other is not None and other != pid:
             raise StartupError(f"pid file {self.path} belongs to running process {other}; "
                                "not overwriting it")
-        # Written beside it and renamed into place: a reader (a test, `kill $(cat f)`)
-        # never sees the file empty or half written.
-        temporary = self.path.with_name(f".{self.path.name}.{pid}.tmp")
         try:
-            temporary.write_text(f"{pid}\n", encoding="ascii")
-            os.replace(temporary, self.path)
+            write_pid(str(self.path), pid)  # never seen empty or half written
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
             raise StartupError(f"Could not open pid file for writing: {self.path} "
                                f"({exc.strerror or exc})") from None
         self.pid = pid
