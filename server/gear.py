@@ -49,8 +49,11 @@ _PT_ERROR: Final = PacketType.ERROR
 _LISTING_CHUNK: Final = 1000
 #: Long listings one peer may have waiting before it is not read until they are built.
 _LISTINGS_QUEUED: Final = 16
-#: Seconds between looks at a peer's output while it reads a long listing.
-_LISTING_DRAIN_POLL: Final = 0.005
+#: Seconds to the first look at a peer's output while it reads a long listing (doubled
+#: up to a quarter of a second).
+_LISTING_DRAIN_POLL: Final = 0.002
+#: Epoll events of a socket that broke, reported whatever the peer's event mask.
+_BROKEN: Final[int] = getattr(select, "EPOLLERR", 8) | getattr(select, "EPOLLHUP", 16)
 #: What a closed peer's parser becomes: its buffers are freed at once.
 _CLOSED_PARSER: Final = Parser(max_packet_size=0)
 
@@ -240,8 +243,13 @@ class GearFrontEnd:
             listings.popleft()
             peer.release_raw(hold, bytes(out))
             self.flush()
-            while len(peer.out) > peer.limit and not peer.broken:
-                await trio.sleep(_LISTING_DRAIN_POLL)
+            # The next one once this one is out (not behind an earlier hold, a store
+            # commit) and mostly read: never two built listings held in memory.
+            poll = _LISTING_DRAIN_POLL
+            while not peer.broken and (peer.behind(hold)
+                                       or len(peer.out) + peer.held > peer.limit):
+                await trio.sleep(poll)
+                poll = min(poll * 2, 0.25)
             self._resume(peer)  # if it was paused with too many waiting
         peer.listings = None
         self._resume(peer)
@@ -284,9 +292,11 @@ class GearFrontEnd:
             now = time.time()
             clock = time.monotonic()
             # Bounded per round, so a flood of ready peers still lets other tasks run.
-            for fd, _ in epoll.poll(0, 512):
+            for fd, events in epoll.poll(0, 512):
                 peer = readers.get(fd)
-                if peer is None or peer.paused:  # paused by a batch earlier this round
+                # Paused by a batch earlier this round: not read, unless its socket broke
+                # (reported even with no events asked for; skipped, it would spin).
+                if peer is None or (peer.paused and not events & _BROKEN):
                     continue
                 try:
                     data = read(fd, _RECEIVE_SIZE)
@@ -318,6 +328,12 @@ class GearFrontEnd:
                     self._end(peer)
                     return
                 peer.last_read = time.monotonic()
+                # Paused while this read waited (filled by other peers' batches): what it
+                # brought waits too.
+                while peer.paused and peer.resumed is not None:
+                    await peer.resumed.wait()
+                    if self._readers.get(peer.fd) is not peer:
+                        return
                 self._receive(peer, data, time.time())
                 self.flush()
                 self.host.deadlines_changed()

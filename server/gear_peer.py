@@ -66,9 +66,10 @@ class GearPeer:
     """
 
     __slots__ = ("_holds", "_wake", "_write_scope", "batch", "broken", "cid", "closed",
-                 "closing", "conn", "dirty", "fd", "hard_limit", "held", "last_read", "limit",
-                 "listings", "on_drained", "out", "over", "parser", "paused", "reader_scope",
-                 "resumed", "stream", "traffic", "waiters", "waiting_on", "write_timeout")
+                 "closing", "conn", "dirty", "fd", "hard_limit", "held", "last_read", "lent",
+                 "limit", "listings", "on_drained", "out", "over", "parser", "paused",
+                 "reader_scope", "resumed", "stream", "traffic", "waiters", "waiting_on",
+                 "write_timeout")
 
     def __init__(self, stream: Stream, limit: int, dirty: list[GearPeer],
                  parser: Parser, batch: Batch | None = None,
@@ -80,8 +81,10 @@ class GearPeer:
         #: Output pending past this when more of its own replies (or output no sender
         #: can be paused for) arrives: the peer does not read, and is dropped (checked
         #: before appending: one large reply is never the reason). Another peer's batch
-        #: pauses that sender instead (``over``), so each adds at most one batch.
+        #: pauses that sender instead (``over``), so each adds at most one batch; what
+        #: they add (``lent``, until the peer drains) does not count against this.
         self.hard_limit = limit * 4
+        self.lent = 0
         self._wake = trio.Event()
         self._write_scope: trio.CancelScope | None = None
         self._holds: deque[GearHold] = deque()
@@ -153,7 +156,9 @@ class GearPeer:
         own = batch.sender is None or batch.sender is self
         if self._holds:
             self.held += len(data)
-            if self.held > self.hard_limit and own:
+            if not own:
+                self.lent += len(data)
+            elif self.held - self.lent > self.hard_limit:
                 log.warning("connection %d: %d bytes held behind a store commit; dropping",
                             self.cid, self.held)
                 self.drop()
@@ -166,7 +171,9 @@ class GearPeer:
                     batch.overfull.append(self)
             return
         out = self.out
-        if len(out) > self.hard_limit and own:
+        if not own:
+            self.lent += len(data)
+        elif len(out) - self.lent > self.hard_limit:
             log.warning("connection %d: peer does not read (%d bytes pending); dropping",
                         self.cid, len(out))
             self.drop()
@@ -182,6 +189,10 @@ class GearPeer:
         hold = GearHold()
         self._holds.append(hold)
         return hold
+
+    def behind(self, hold: GearHold) -> bool:
+        """``hold``'s reply is still waiting for an earlier one (not yet in ``out``)."""
+        return hold in self._holds
 
     def release(self, hold: object, ptype: PacketType, *args: bytes) -> None:
         self.traffic[2] += 1
@@ -241,6 +252,7 @@ class GearPeer:
     def _check_drained(self) -> None:
         if ((self.paused or self.over) and len(self.out) + self.held <= self.limit
                 and self.on_drained is not None):
+            self.lent = 0
             self.on_drained(self)
 
     async def writer(self) -> None:

@@ -51,3 +51,30 @@ def test_its_own_replies_or_output_outside_a_batch_past_the_hard_bound_drop_it(
     batch.sender = client if sender == "itself" else None
     fill(client, 20)
     assert client.broken and not client.out
+
+
+def test_what_others_brought_does_not_count_against_its_own_hard_bound(
+        peers: tuple[GearPeer, GearPeer, Batch]) -> None:
+    """A client filled by a worker past the hard bound: a timer's WORK_FAIL, or replies
+    of its own, do not drop it until they alone pass the hard bound."""
+    client, worker, batch = peers
+    batch.sender = worker
+    fill(client, 20)  # 2 packets under the bound, 18 lent past it
+    assert client.lent == 18 * 516 and len(client.out) == 20 * 516
+    batch.sender = None
+    client.deliver(PT.WORK_FAIL, b"H:1")
+    fill(client, 5)  # its own share: 2 * 516 + 15 + 5 * 516, under 4 KiB
+    assert not client.broken
+    fill(client, 3)
+    assert client.broken
+
+
+def test_draining_forgets_what_was_lent(peers: tuple[GearPeer, GearPeer, Batch]) -> None:
+    client, worker, batch = peers
+    drained: list[GearPeer] = []
+    client.on_drained = drained.append
+    batch.sender = worker
+    fill(client, 20)
+    client.out.clear()  # as if written
+    client._check_drained()
+    assert drained == [client] and client.lent == 0

@@ -76,7 +76,9 @@ def test_values_are_blobs_and_come_back_as_bytes(tmp_path: Path) -> None:
         " unique_key = x'', reducer = x'' FROM gearman_queue").fetchone()
     assert row == ("blob", "blob", "blob", "blob", 1, 1)
     (replayed,) = store.replay()
-    assert replayed == job and all(type(v) is bytes for v in replayed[1:3] + replayed[4:5])
+    assert replayed == job
+    assert all(type(v) is bytes for v in (replayed.function, replayed.unique, replayed.data,
+                                          replayed.reducer))
     store.close()
 
 
