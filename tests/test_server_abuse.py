@@ -10,7 +10,8 @@ import contextlib
 import gc
 import socket
 import struct
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,24 @@ class Peer:
         except trio.BrokenResourceError:
             pass
         return True
+
+
+@pytest.fixture
+def slow_commits(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """SQLite commits that wait for the event (set at the end whatever happened, so a
+    failing test does not leave the store's thread waiting)."""
+    from server.store import sqlite
+
+    gate = threading.Event()
+    real_commit = sqlite.SqliteStore.commit
+
+    def slow_commit(self: sqlite.SqliteStore, added: object, done: object) -> None:
+        gate.wait(20)
+        real_commit(self, added, done)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite.SqliteStore, "commit", slow_commit)
+    yield gate
+    gate.set()
 
 
 async def start(nursery: trio.Nursery, **options: object) -> tuple[Server, int]:
@@ -429,21 +448,11 @@ async def test_a_client_that_closes_its_side_still_gets_its_held_replies(
 
 
 async def test_replies_held_behind_commits_are_bounded(
-        nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        nursery: trio.Nursery, tmp_path: Path,
+        slow_commits: threading.Event) -> None:
     """A client alternating background submits (held for the commit) with big ECHOs
     grew the held replies without bound while the store was slow: it is paused."""
-    import threading
-
-    from server.store import sqlite
-
-    gate = threading.Event()
-    real_commit = sqlite.SqliteStore.commit
-
-    def slow_commit(self: sqlite.SqliteStore, added: object, done: object) -> None:
-        gate.wait(20)
-        real_commit(self, added, done)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(sqlite.SqliteStore, "commit", slow_commit)
+    gate = slow_commits
     srv, port = await start(nursery, max_outgoing_buffer=64 * 1024, queue_type="libsqlite3",
                             queue_options=(("libsqlite3-db", str(tmp_path / "q.db")),))
     with trio.fail_after(30):
@@ -474,23 +483,13 @@ async def test_replies_held_behind_commits_are_bounded(
 
 
 async def test_a_worker_streaming_to_a_client_held_behind_a_commit_is_paused(
-        nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        nursery: trio.Nursery, tmp_path: Path,
+        slow_commits: threading.Event) -> None:
     """A client's background submit waits for a slow commit (its JOB_CREATED is held, and
     all its later output with it) while a worker streams its foreground job's data: the
     held bytes passed the hard bound and the client was dropped. The worker is paused
     until the commit lets them out."""
-    import threading
-
-    from server.store import sqlite
-
-    gate = threading.Event()
-    real_commit = sqlite.SqliteStore.commit
-
-    def slow_commit(self: sqlite.SqliteStore, added: object, done: object) -> None:
-        gate.wait(20)
-        real_commit(self, added, done)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(sqlite.SqliteStore, "commit", slow_commit)
+    gate = slow_commits
     srv, port = await start(nursery, max_outgoing_buffer=64 * 1024, queue_type="libsqlite3",
                             queue_options=(("libsqlite3-db", str(tmp_path / "q.db")),))
     with trio.fail_after(30):
@@ -535,7 +534,6 @@ async def test_many_long_listings_are_built_one_at_a_time(
     many `status` lines (without reading) made the server hold every listing in memory
     together. They are built one after another, and the client is not read while more
     than a few wait."""
-    from collections.abc import Iterator
 
     from server import admin
 
@@ -581,23 +579,15 @@ async def test_many_long_listings_are_built_one_at_a_time(
 
 
 async def test_listings_behind_a_held_reply_are_not_built_ahead(
-        nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        slow_commits: threading.Event) -> None:
     """Listings asked for behind a background submit waiting for a slow commit were all
     built and kept until the commit let them out (review: 21.8 MB after three reads of
     `status` lines). The next one is built only once the one before is out."""
-    import threading
-    from collections.abc import Iterator
 
     from server import admin
-    from server.store import sqlite
 
-    gate = threading.Event()
-    real_commit = sqlite.SqliteStore.commit
-
-    def slow_commit(self: sqlite.SqliteStore, added: object, done: object) -> None:
-        gate.wait(20)
-        real_commit(self, added, done)  # type: ignore[arg-type]
-
+    gate = slow_commits
     started = [0]
     status_rows, size = admin._LISTINGS["status"]
 
@@ -605,7 +595,6 @@ async def test_listings_behind_a_held_reply_are_not_built_ahead(
         started[0] += 1
         yield from status_rows(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sqlite.SqliteStore, "commit", slow_commit)
     monkeypatch.setitem(admin._LISTINGS, "status", (counted, size))
     monkeypatch.setattr(admin, "CHUNKED_ROWS", 1)
     srv, port = await start(nursery, queue_type="libsqlite3",
