@@ -427,6 +427,9 @@ class AsyncWorker:
             else:
                 assert self._jobs is not None
                 self._jobs.start_soon(self._run_job, job, function)
+            # A slot an earlier NO_JOB freed (while "empty", nothing grabbed with it; and
+            # the server sends no NOOP to a worker that did not sleep): grab with it now.
+            self._dispatch()
             return
         if ptype is PacketType.NOOP:
             self._wake(session)

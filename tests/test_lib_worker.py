@@ -147,6 +147,48 @@ async def test_sleeps_with_pre_sleep_and_wakes_on_noop() -> None:
     assert script == ["slept", "completed"]
 
 
+async def test_a_slot_freed_by_no_job_grabs_again_once_a_job_comes_after_all() -> None:
+    """Pipelined grabs answered NO_JOB, then JOB_ASSIGN (the jobs arrived between them):
+    the slot the NO_JOB freed stayed idle, and the worker neither grabbed nor slept, so
+    no NOOP could come. Seen against the reference server under CI: the fourth of four
+    jobs waited until the first three gave up."""
+    finished = trio.Event()
+    release = trio.Event()
+
+    async def handler(peer: FakePeer) -> None:
+        assert (await peer.next()).type is PacketType.CAN_DO
+        for _ in range(2):
+            assert (await peer.next()).type is PacketType.GRAB_JOB_UNIQ
+        await peer.send(Packet.res(PacketType.NO_JOB))
+        await peer.send(Packet.res(PacketType.JOB_ASSIGN_UNIQ, b"H:1", b"f", b"", b"a"))
+        again = await peer.next(timeout=2)  # the slot the NO_JOB freed
+        assert again.type is PacketType.GRAB_JOB_UNIQ
+        await peer.send(Packet.res(PacketType.JOB_ASSIGN_UNIQ, b"H:2", b"f", b"", b"b"))
+        done = set()
+        while len(done) < 2:  # (with the grabs of the slots the jobs free)
+            packet = await peer.next()
+            if packet.type is PacketType.WORK_COMPLETE:
+                done.add(packet.args)
+        assert done == {(b"H:1", b"a"), (b"H:2", b"b")}
+        finished.set()
+        await trio.sleep_forever()
+
+    async def both(job: Job) -> bytes:
+        if job.data == b"b":
+            release.set()
+        await release.wait()  # done only once both run at the same time
+        return job.data
+
+    with trio.fail_after(10):
+        async with FakeServer(handler).serving() as fake:
+            worker = AsyncWorker(fake.address, concurrency=2)
+            worker.add_function("f", both)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker.work_forever)
+                await finished.wait()
+                nursery.cancel_scope.cancel()
+
+
 async def test_idle_worker_picks_up_a_later_job(server: Any) -> None:
     with trio.fail_after(10):
         async with running_worker(addr(server), {"late": _reverse}):
@@ -354,7 +396,8 @@ async def test_idle_poll_grabs_again_without_a_noop() -> None:
 async def test_grabs_are_pipelined_and_pre_sleep_waits_for_every_answer() -> None:
     """concurrency=3: three GRABs in one go; an empty answer does not put the worker to
     sleep while other GRABs are out; a job that comes after an empty answer keeps it
-    grabbing; PRE_SLEEP only once every outstanding GRAB came back empty."""
+    grabbing, with the slot the empty answer freed at once; PRE_SLEEP only once every
+    outstanding GRAB came back empty."""
     finished = trio.Event()
     seen: list[PacketType] = []
 
@@ -366,8 +409,8 @@ async def test_grabs_are_pipelined_and_pre_sleep_waits_for_every_answer() -> Non
             Packet.res(PacketType.NO_JOB),
             Packet.res(PacketType.JOB_ASSIGN_UNIQ, b"H:1", b"f", b"", b"one"),
         )
-        # The job's result, then GRABs for the two freed slots (no PRE_SLEEP: one GRAB is
-        # still out, and a job came after the empty answer).
+        # A GRAB for the slot the empty answer freed (a job came after it), the job's
+        # result, a GRAB for the slot the job freed (no PRE_SLEEP: GRABs are still out).
         while len(seen) < 3:
             seen.append((await peer.next()).type)
         await peer.send(*[Packet.res(PacketType.NO_JOB)] * 3)
@@ -386,8 +429,8 @@ async def test_grabs_are_pipelined_and_pre_sleep_waits_for_every_answer() -> Non
                 await finished.wait()
                 nursery.cancel_scope.cancel()
     assert seen == [
-        PacketType.WORK_COMPLETE,
         PacketType.GRAB_JOB_UNIQ,
+        PacketType.WORK_COMPLETE,
         PacketType.GRAB_JOB_UNIQ,
         PacketType.PRE_SLEEP,
     ]
