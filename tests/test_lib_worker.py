@@ -180,13 +180,9 @@ async def test_a_slot_freed_by_no_job_grabs_again_once_a_job_comes_after_all() -
         return job.data
 
     with trio.fail_after(10):
-        async with FakeServer(handler).serving() as fake:
-            worker = AsyncWorker(fake.address, concurrency=2)
-            worker.add_function("f", both)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(worker.work_forever)
-                await finished.wait()
-                nursery.cancel_scope.cancel()
+        async with FakeServer(handler).serving() as fake, running_worker(
+                fake.address, {"f": both}, concurrency=2):
+            await finished.wait()
 
 
 async def test_idle_worker_picks_up_a_later_job(server: Any) -> None:
@@ -384,13 +380,9 @@ async def test_idle_poll_grabs_again_without_a_noop() -> None:
         await trio.sleep_forever()
 
     with trio.fail_after(5):
-        async with FakeServer(handler).serving() as fake:
-            worker = AsyncWorker(fake.address, idle_poll=0.2)
-            worker.add_function("f", _reverse)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(worker.work_forever)
-                await grabs_after_sleep.wait()
-                nursery.cancel_scope.cancel()
+        async with FakeServer(handler).serving() as fake, running_worker(
+                fake.address, {"f": _reverse}, idle_poll=0.2):
+            await grabs_after_sleep.wait()
 
 
 async def test_grabs_are_pipelined_and_pre_sleep_waits_for_every_answer() -> None:
@@ -421,13 +413,9 @@ async def test_grabs_are_pipelined_and_pre_sleep_waits_for_every_answer() -> Non
         await trio.sleep_forever()
 
     with trio.fail_after(10):
-        async with FakeServer(handler).serving() as fake:
-            worker = AsyncWorker(fake.address, concurrency=3)
-            worker.add_function("f", _reverse)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(worker.work_forever)
-                await finished.wait()
-                nursery.cancel_scope.cancel()
+        async with FakeServer(handler).serving() as fake, running_worker(
+                fake.address, {"f": _reverse}, concurrency=3):
+            await finished.wait()
     assert seen == [
         PacketType.GRAB_JOB_UNIQ,
         PacketType.WORK_COMPLETE,
